@@ -1,0 +1,38 @@
+# Two commands on a fresh machine: `make demo` (set-up + main job) and `make test` (set-up + tests).
+PYTHON ?= $(shell command -v python3.11 || command -v python3)
+VENV ?= .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+# Extras for the local environment; the Dockerfile installs the same through scripts/install.sh.
+EXTRAS ?= pipeline,trainer,test
+PYTEST_ARGS ?= -n 2
+
+.PHONY: install test lint format demo bench clean
+
+$(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install.sh
+	@test -n "$(PYTHON)" || { echo "error: no python3.11/python3 on PATH; install Python 3.11" >&2; exit 2; }
+	$(PYTHON) -m venv $(VENV)
+	EXTRAS=$(EXTRAS) PIP="$(BIN)/python -m pip" EDITABLE=1 sh scripts/install.sh
+	@touch $@
+
+install: $(STAMP)
+
+lint: $(STAMP)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+format: $(STAMP)
+	$(BIN)/ruff format .
+	$(BIN)/ruff check --fix .
+
+test: lint
+	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+demo: $(STAMP)
+	$(BIN)/python -m tools.demo
+
+bench: $(STAMP)
+	$(BIN)/rotnet-bench
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache .hypothesis

@@ -1,0 +1,48 @@
+"""Helpers shared by the benchmarks: where the real sample data is, machine facts, timing."""
+
+from __future__ import annotations
+
+import os
+import platform
+import time
+from collections.abc import Callable
+from pathlib import Path
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+
+def shared_data_dir() -> Path:
+    """`../shared/data` beside the checkout, or $ROTNET_SHARED_DATA."""
+    configured = os.environ.get("ROTNET_SHARED_DATA")
+    path = Path(configured) if configured else REPO_ROOT.parent / "shared" / "data"
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"sample data not found at {path}; set ROTNET_SHARED_DATA to the folder holding "
+            "mnist-5k/ and street-view-samples/"
+        )
+    return path
+
+
+def street_view_samples() -> list[Path]:
+    return sorted((shared_data_dir() / "street-view-samples").glob("*.jpg"))
+
+
+def machine_summary() -> str:
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as handle:
+            cpu = next(line.split(":", 1)[1].strip() for line in handle if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    memory_gib = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30
+    return f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB RAM, Python {platform.python_version()}"
+
+
+def best_of(repeats: int, function: Callable[[], object]) -> float:
+    """The fastest of `repeats` wall-clock timings of `function()` in seconds (least disturbed run)."""
+    timings = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        function()
+        timings.append(time.perf_counter() - start)
+    return min(timings)

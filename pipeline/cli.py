@@ -1,0 +1,10 @@
+"""`rotnet-pipeline`: not yet available (issue #5 builds it)."""
+
+import click
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True})
+@click.argument("args", nargs=-1, type=click.UNPROCESSED)
+def main(args: tuple[str, ...]) -> None:
+    """Not yet available: issue #5 builds this command."""
+    raise click.ClickException("rotnet-pipeline is not yet available in this version (issue #5 builds it)")

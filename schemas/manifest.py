@@ -1,0 +1,217 @@
+"""The manifest `dataset_info.json`: what a records directory holds, written last by the pipeline.
+
+A directory whose manifest is missing was not finished (the pipeline writes it only after every shard
+was renamed into place), so readers refuse it. Counts obey
+
+    splits[s].num_records == splits[s].num_images * len(angles_degrees)
+    splits[s].num_records == sum(shard.num_records for shard in splits[s].shards)
+    num_images_read == sum(splits[s].num_images) + num_errors
+
+Example (abridged):
+
+    {"schema_version": 1, "package_version": "0.1.0", "dataset": "mnist",
+     "image": {"height": 28, "width": 28, "channels": 1, "format": "png"},
+     "angles_degrees": [0, 1, ..., 359], "compression": "none",
+     "splits": {"train": {"num_images": 4512, "num_records": 1624320, "num_bytes": 512000000,
+                          "shards": [{"name": "train-00000-of-00004.tfrecord", "num_records": 406080,
+                                      "num_bytes": 128000000}, ...]}},
+     "num_images_read": 5000, "num_errors": 0, "error_files": [], "config": {...}}
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+import tempfile
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas import paths
+from schemas.record import DATASETS, IMAGE_FORMATS, NUM_ANGLES
+from schemas.sharding import COMPRESSION_SUFFIXES, MANIFEST_NAME, shard_name
+from schemas.version import PACKAGE_VERSION, SCHEMA_VERSION
+
+
+class ManifestError(ValueError):
+    """A manifest that is missing, unreadable, of another schema version, or inconsistent."""
+
+
+@dataclass
+class ShardInfo:
+    name: str
+    num_records: int
+    num_bytes: int
+
+
+@dataclass
+class SplitInfo:
+    num_images: int
+    num_records: int
+    shards: list[ShardInfo]
+
+    @property
+    def num_bytes(self) -> int:
+        return sum(shard.num_bytes for shard in self.shards)
+
+
+@dataclass
+class ImageSpec:
+    height: int
+    width: int
+    channels: int
+    format: str
+
+
+@dataclass
+class DatasetInfo:
+    dataset: str
+    image: ImageSpec
+    angles_degrees: list[int]
+    splits: dict[str, SplitInfo]
+    num_images_read: int
+    num_errors: int = 0
+    error_files: list[str] = field(default_factory=list)
+    compression: str = "none"
+    config: dict[str, Any] = field(default_factory=dict)
+    schema_version: int = SCHEMA_VERSION
+    package_version: str = PACKAGE_VERSION
+
+    # --- derived ------------------------------------------------------------------------------
+
+    @property
+    def num_records(self) -> int:
+        return sum(split.num_records for split in self.splits.values())
+
+    def shard_paths(self, directory: str, split: str) -> list[str]:
+        """Full paths of a split's shards, in index order."""
+        if split not in self.splits:
+            raise ManifestError(f"split {split!r} not in this dataset; it has {sorted(self.splits)}")
+        return [paths.join(directory, shard.name) for shard in self.splits[split].shards]
+
+    # --- checks -------------------------------------------------------------------------------
+
+    def problems(self) -> list[str]:
+        """Every inconsistency found, as sentences; empty when the manifest is sound."""
+        found = []
+        if self.dataset not in DATASETS:
+            found.append(f"dataset {self.dataset!r} is not one of {DATASETS}")
+        if self.image.format not in IMAGE_FORMATS:
+            found.append(f"image format {self.image.format!r} is not one of {IMAGE_FORMATS}")
+        if self.compression not in COMPRESSION_SUFFIXES:
+            found.append(f"compression {self.compression!r} is not one of {sorted(COMPRESSION_SUFFIXES)}")
+        if not self.angles_degrees or any(not 0 <= a < NUM_ANGLES for a in self.angles_degrees):
+            found.append("angles_degrees must be a non-empty list of integers in 0..359")
+        if len(set(self.angles_degrees)) != len(self.angles_degrees):
+            found.append("angles_degrees has duplicates")
+        for name, split in self.splits.items():
+            expected_records = split.num_images * len(self.angles_degrees)
+            if split.num_records != expected_records:
+                found.append(
+                    f"split {name}: {split.num_records} records but {split.num_images} images x "
+                    f"{len(self.angles_degrees)} angles = {expected_records}"
+                )
+            shard_total = sum(shard.num_records for shard in split.shards)
+            if shard_total != split.num_records:
+                found.append(
+                    f"split {name}: shards hold {shard_total} records, split says {split.num_records}"
+                )
+            expected_names = [
+                shard_name(name, i, len(split.shards), self.compression) for i in range(len(split.shards))
+            ]
+            if [shard.name for shard in split.shards] != expected_names:
+                found.append(f"split {name}: shard names are not {expected_names[:1]}... in index order")
+        images = sum(split.num_images for split in self.splits.values())
+        if images + self.num_errors != self.num_images_read:
+            found.append(
+                f"{self.num_images_read} images read but {images} written + {self.num_errors} errors = "
+                f"{images + self.num_errors}"
+            )
+        return found
+
+    def validate(self, source: str = MANIFEST_NAME) -> DatasetInfo:
+        found = self.problems()
+        if found:
+            raise ManifestError(f"{source} is inconsistent: " + "; ".join(found))
+        return self
+
+    # --- (de)serialization --------------------------------------------------------------------
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_json(cls, text: str, source: str = MANIFEST_NAME) -> DatasetInfo:
+        """Parse and validate; ManifestError says what is wrong and how to fix it."""
+        try:
+            data = json.loads(text)
+        except json.JSONDecodeError as error:
+            raise ManifestError(f"{source} is not valid JSON ({error}); re-run the pipeline") from error
+        if not isinstance(data, dict):
+            raise ManifestError(f"{source} must hold a JSON object")
+        version = data.get("schema_version")
+        if version is None:
+            raise ManifestError(f"{source} has no schema_version: it was not written by rotnet-pipeline")
+        if version != SCHEMA_VERSION:
+            raise ManifestError(
+                f"{source} has schema_version {version} but this rotnet (package {PACKAGE_VERSION}) reads "
+                f"schema_version {SCHEMA_VERSION}: re-run rotnet-pipeline with this version, or install the "
+                f"rotnet version that wrote it (package {data.get('package_version', 'unknown')})"
+            )
+        try:
+            info = cls(
+                dataset=data["dataset"],
+                image=ImageSpec(**data["image"]),
+                angles_degrees=[int(angle) for angle in data["angles_degrees"]],
+                splits={
+                    name: SplitInfo(
+                        num_images=split["num_images"],
+                        num_records=split["num_records"],
+                        shards=[ShardInfo(**shard) for shard in split["shards"]],
+                    )
+                    for name, split in data["splits"].items()
+                },
+                num_images_read=data["num_images_read"],
+                num_errors=data.get("num_errors", 0),
+                error_files=list(data.get("error_files", [])),
+                compression=data.get("compression", "none"),
+                config=dict(data.get("config", {})),
+                schema_version=version,
+                package_version=data.get("package_version", "unknown"),
+            )
+        except (KeyError, TypeError) as error:
+            raise ManifestError(f"{source} lacks or mistypes field {error}; re-run the pipeline") from error
+        return info.validate(source)
+
+
+def manifest_path(records: str) -> str:
+    """The manifest path for a records directory (or the manifest path itself)."""
+    return records if records.endswith(".json") else paths.join(records, MANIFEST_NAME)
+
+
+def load_manifest(records: str) -> DatasetInfo:
+    """Load and validate `dataset_info.json` from a records directory (local or gs://)."""
+    path = manifest_path(records)
+    if not paths.exists(path):
+        raise ManifestError(
+            f"no {MANIFEST_NAME} in {records}: either this is not a records directory or the pipeline "
+            "did not finish (it writes the manifest last); run rotnet-pipeline --output-dir to (re)create it"
+        )
+    with paths.open_binary(path) as handle:
+        return DatasetInfo.from_json(handle.read().decode("utf-8"), source=path)
+
+
+def write_manifest(records: str, info: DatasetInfo) -> str:
+    """Validate and write the manifest atomically (temp file + rename locally; one object write on GCS)."""
+    info.validate()
+    path = manifest_path(records)
+    text = info.to_json().encode("utf-8")
+    if paths.is_remote(path):
+        with paths.open_binary(path, "wb") as handle:
+            handle.write(text)
+        return path
+    directory = os.path.dirname(paths.local_path(path)) or "."
+    with tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", suffix=".json", delete=False) as handle:
+        handle.write(text)
+    os.replace(handle.name, paths.local_path(path))
+    return path

@@ -1,0 +1,57 @@
+"""Path helpers that work for local paths and `gs://` (or any scheme Beam/TF know) without importing them
+unless a remote path is actually used."""
+
+from __future__ import annotations
+
+import os
+from typing import IO
+
+
+def is_remote(path: str) -> bool:
+    """True for URLs such as gs://bucket/dir (anything with a scheme other than file://)."""
+    return "://" in path and not path.startswith("file://")
+
+
+def local_path(path: str) -> str:
+    return path[len("file://") :] if path.startswith("file://") else path
+
+
+def join(directory: str, *names: str) -> str:
+    """Join path parts with '/', for local directories and gs:// prefixes alike."""
+    if is_remote(directory):
+        return "/".join([directory.rstrip("/"), *names])
+    return os.path.join(local_path(directory), *names)
+
+
+def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
+    """Open a local or remote file. Remote paths use Beam's FileSystems, else tf.io.gfile."""
+    if not is_remote(path):
+        return open(local_path(path), mode)
+    try:
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.open(path) if "r" in mode else FileSystems.create(path)
+    except ImportError:
+        pass
+    try:
+        import tensorflow as tf
+
+        return tf.io.gfile.GFile(path, mode)
+    except ImportError:
+        raise RuntimeError(
+            f"cannot open {path}: remote paths need apache-beam[gcp] or tensorflow; "
+            "install one with `pip install 'rotnet[gcp]'` or copy the files locally"
+        ) from None
+
+
+def exists(path: str) -> bool:
+    if not is_remote(path):
+        return os.path.exists(local_path(path))
+    try:
+        from apache_beam.io.filesystems import FileSystems
+
+        return FileSystems.exists(path)
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.io.gfile.exists(path)

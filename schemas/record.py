@@ -1,0 +1,202 @@
+"""The record format: one table that drives encoding, decoding (with or without TensorFlow) and docs.
+
+Each record is one rotated image, serialized as a `tf.train.Example`:
+
+| key              | type   | meaning                                                              |
+|------------------|--------|----------------------------------------------------------------------|
+| image/encoded    | bytes  | the rotated image, encoded as `image/format`                         |
+| image/format     | string | `png` (lossless), `jpeg`, or `raw` (row-major HWC uint8 bytes)       |
+| image/height     | int64  | pixels                                                               |
+| image/width      | int64  | pixels                                                               |
+| image/channels   | int64  | 1 (grey) or 3 (RGB)                                                  |
+| angle_degrees    | int64  | 0..359, counter-clockwise rotation applied to the upright image      |
+| source/dataset   | string | `mnist`, `street_view` or `images`                                   |
+| source/split     | string | `train`, `validation`, `test`, ...                                   |
+| source/image_id  | string | stable id of the source image within its dataset                     |
+| source/label     | int64  | digit label for MNIST, -1 otherwise                                  |
+| schema_version   | int64  | `schemas.version.SCHEMA_VERSION` of the writer                       |
+
+To correct an image, rotate it clockwise by `angle_degrees` (i.e. by `-angle_degrees` counter-clockwise).
+Images are HWC uint8, channels RGB (never BGR) when there are three.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import re
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from schemas import wire
+from schemas.version import SCHEMA_VERSION
+
+if TYPE_CHECKING:  # TensorFlow is optional: only the tf.data helpers below import it, lazily.
+    import tensorflow as tf
+
+DATASETS = ("mnist", "street_view", "images")
+IMAGE_FORMATS = ("png", "jpeg", "raw")
+NUM_ANGLES = 360
+_SPLIT_NAME = re.compile(r"^[a-z][a-z0-9_]*$")
+
+BYTES, STRING, INT64 = "bytes", "string", "int64"
+
+
+@dataclass(frozen=True)
+class FeatureDef:
+    """One row of the schema table: wire key, Record attribute, type, and meaning."""
+
+    key: str
+    field: str
+    kind: str
+    description: str
+
+
+FEATURES: tuple[FeatureDef, ...] = (
+    FeatureDef("image/encoded", "image_encoded", BYTES, "rotated image, encoded as image/format"),
+    FeatureDef("image/format", "image_format", STRING, "png | jpeg | raw (row-major HWC uint8)"),
+    FeatureDef("image/height", "height", INT64, "pixels"),
+    FeatureDef("image/width", "width", INT64, "pixels"),
+    FeatureDef("image/channels", "channels", INT64, "1 (grey) or 3 (RGB)"),
+    FeatureDef("angle_degrees", "angle_degrees", INT64, "0..359, counter-clockwise rotation applied"),
+    FeatureDef("source/dataset", "dataset", STRING, "mnist | street_view | images"),
+    FeatureDef("source/split", "split", STRING, "train | validation | test | ..."),
+    FeatureDef("source/image_id", "image_id", STRING, "stable id of the source image"),
+    FeatureDef("source/label", "label", INT64, "digit label for MNIST, -1 otherwise"),
+    FeatureDef("schema_version", "schema_version", INT64, "schema version of the writer"),
+)
+FEATURES_BY_KEY = {feature.key: feature for feature in FEATURES}
+
+
+class SchemaError(ValueError):
+    """A record that does not follow this schema (missing key, wrong version, bad value)."""
+
+
+@dataclass(frozen=True)
+class Record:
+    """One rotated image with its provenance; the Python side of the table above."""
+
+    image_encoded: bytes
+    image_format: str
+    height: int
+    width: int
+    channels: int
+    angle_degrees: int
+    dataset: str
+    split: str
+    image_id: str
+    label: int = -1
+    schema_version: int = SCHEMA_VERSION
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.image_format not in IMAGE_FORMATS:
+            problems.append(f"image_format {self.image_format!r} is not one of {IMAGE_FORMATS}")
+        if self.height <= 0 or self.width <= 0:
+            problems.append(f"image size {self.height}x{self.width} must be positive")
+        if self.channels not in (1, 3):
+            problems.append(f"channels {self.channels} must be 1 or 3")
+        if not 0 <= self.angle_degrees < NUM_ANGLES:
+            problems.append(f"angle_degrees {self.angle_degrees} must be in 0..359")
+        if self.dataset not in DATASETS:
+            problems.append(f"dataset {self.dataset!r} is not one of {DATASETS}")
+        if not _SPLIT_NAME.match(self.split):
+            problems.append(f"split {self.split!r} must be lower-case letters, digits and '_'")
+        if not self.image_id:
+            problems.append("image_id must not be empty")
+        if problems:
+            raise SchemaError("invalid record: " + "; ".join(problems))
+
+    @property
+    def key(self) -> str:
+        """Deterministic example key, unique within a dataset (see `example_key`)."""
+        return example_key(self.dataset, self.split, self.image_id, self.angle_degrees)
+
+
+def example_key(dataset: str, split: str, image_id: str, angle_degrees: int) -> str:
+    """The stable identity of a record: `dataset/split/image_id/angle` (angle zero-padded to 3 digits)."""
+    return f"{dataset}/{split}/{image_id}/{angle_degrees:03d}"
+
+
+def encode_example(record: Record) -> bytes:
+    """Serialize a Record to tf.train.Example bytes (deterministic; no TensorFlow needed)."""
+    features = {}
+    for feature in FEATURES:
+        value = getattr(record, feature.field)
+        if feature.kind == BYTES:
+            features[feature.key] = (wire.BYTES_LIST, [value])
+        elif feature.kind == STRING:
+            features[feature.key] = (wire.BYTES_LIST, [value.encode("utf-8")])
+        else:
+            features[feature.key] = (wire.INT64_LIST, [int(value)])
+    return wire.encode_example(features)
+
+
+def decode_example(serialized: bytes) -> Record:
+    """Parse tf.train.Example bytes into a Record without TensorFlow (tfrecord-lite).
+
+    Raises SchemaError naming the missing keys, or the version found, when the bytes were not written
+    with this schema version.
+    """
+    import tfrecord_lite
+
+    try:
+        raw = tfrecord_lite.decode_example(serialized)
+    except Exception as error:  # the C parser raises assorted types on garbage
+        raise SchemaError(f"not a tf.train.Example ({error})") from error
+    return record_from_features(raw)
+
+
+def record_from_features(raw: dict[str, Any]) -> Record:
+    """Build a Record from {key: list-of-values} as tfrecord-lite returns it."""
+    missing = [feature.key for feature in FEATURES if feature.key not in raw or len(raw[feature.key]) != 1]
+    version = raw.get("schema_version")
+    if version is not None and len(version) == 1 and int(version[0]) != SCHEMA_VERSION:
+        raise SchemaError(
+            f"record has schema_version {int(version[0])}, this code reads version {SCHEMA_VERSION}: "
+            "re-run the pipeline with this version, or install the rotnet version that wrote the shards"
+        )
+    if missing:
+        raise SchemaError(f"record is missing keys {missing} (or has more than one value for them)")
+    values = {}
+    for feature in FEATURES:
+        value = raw[feature.key][0]
+        if feature.kind == BYTES:
+            values[feature.field] = bytes(value)
+        elif feature.kind == STRING:
+            values[feature.field] = bytes(value).decode("utf-8")
+        else:
+            values[feature.field] = int(value)
+    return Record(**values)
+
+
+def record_fields() -> tuple[str, ...]:
+    """Record attribute names in schema order."""
+    return tuple(field.name for field in dataclasses.fields(Record))
+
+
+# --- TensorFlow side: derived from the same table ----------------------------------------------
+
+
+def feature_spec() -> dict[str, Any]:
+    """`tf.io.parse_example` spec for every key in the table (scalars)."""
+    import tensorflow as tf
+
+    dtypes = {BYTES: tf.string, STRING: tf.string, INT64: tf.int64}
+    return {feature.key: tf.io.FixedLenFeature([], dtypes[feature.kind]) for feature in FEATURES}
+
+
+def parse_batch(serialized: tf.Tensor, fields: tuple[str, ...] | None = None) -> dict[str, tf.Tensor]:
+    """Parse a batch (or a single scalar) of serialized records, vectorized.
+
+    Returns a dict keyed by Record attribute names (`image_encoded`, `angle_degrees`, ...). `fields`
+    restricts parsing to those attributes, which is faster when the trainer needs only a few.
+    """
+    import tensorflow as tf
+
+    spec = feature_spec()
+    wanted = [f for f in FEATURES if fields is None or f.field in fields]
+    unknown = set(fields or ()) - {f.field for f in FEATURES}
+    if unknown:
+        raise SchemaError(f"unknown record fields {sorted(unknown)}; known: {record_fields()}")
+    parsed = tf.io.parse_example(serialized, {f.key: spec[f.key] for f in wanted})
+    return {f.field: parsed[f.key] for f in wanted}

@@ -1,0 +1,37 @@
+"""schemas/, the geometry core and tools/inspect must work where TensorFlow and Beam are not installed."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+import textwrap
+
+from tests.conftest import REPO_ROOT
+
+
+def test_schema_and_inspect_import_without_tensorflow_or_beam(tmp_path) -> None:
+    script = textwrap.dedent(
+        f"""
+        import sys
+        for name in ("tensorflow", "keras", "apache_beam"):
+            sys.modules[name] = None  # any import of them now raises ImportError
+        import schemas, schemas.tfrecord_file, pipeline.geometry, pipeline.codec, tools.inspect
+        import numpy as np
+        record = schemas.Record(
+            image_encoded=pipeline.codec.encode_image(np.zeros((4, 4, 1), np.uint8), "png"),
+            image_format="png", height=4, width=4, channels=1, angle_degrees=5,
+            dataset="mnist", split="train", image_id="1", label=3)
+        path = {str(tmp_path / "x.tfrecord")!r}
+        schemas.tfrecord_file.write_records(path, [schemas.encode_example(record)])
+        [data] = schemas.tfrecord_file.iter_records(path)
+        assert schemas.decode_example(data) == record
+        for name in ("tensorflow", "apache_beam"):
+            assert sys.modules[name] is None, name + " was imported"
+        print("ok")
+        """
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "ok"

@@ -1,0 +1,125 @@
+"""The manifest: round trip, and clear errors for missing, foreign-version or inconsistent manifests."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+import schemas
+from schemas import sharding
+
+
+def make_info(**overrides) -> schemas.DatasetInfo:
+    angles = [0, 90, 180, 270]
+    fields = dict(
+        dataset="mnist",
+        image=schemas.ImageSpec(height=28, width=28, channels=1, format="png"),
+        angles_degrees=angles,
+        splits={
+            "train": schemas.SplitInfo(
+                num_images=3,
+                num_records=12,
+                shards=[
+                    schemas.ShardInfo(sharding.shard_name("train", 0, 2), 5, 500),
+                    schemas.ShardInfo(sharding.shard_name("train", 1, 2), 7, 700),
+                ],
+            ),
+            "validation": schemas.SplitInfo(
+                num_images=1,
+                num_records=4,
+                shards=[schemas.ShardInfo(sharding.shard_name("validation", 0, 1), 4, 40)],
+            ),
+        },
+        num_images_read=5,
+        num_errors=1,
+        error_files=["errors-00000-of-00001.jsonl"],
+        config={"image_size": 28, "angles": "all"},
+    )
+    fields.update(overrides)
+    return schemas.DatasetInfo(**fields)
+
+
+def test_round_trip_through_a_directory(tmp_path: Path) -> None:
+    info = make_info()
+    path = schemas.write_manifest(str(tmp_path), info)
+    assert Path(path).name == schemas.MANIFEST_NAME
+    assert not list(tmp_path.glob(".tmp-*")), "temporary file left behind"
+    loaded = schemas.load_manifest(str(tmp_path))
+    assert loaded == info
+    assert loaded.num_records == 16
+    assert loaded.splits["train"].num_bytes == 1200
+    assert loaded.shard_paths(str(tmp_path), "train")[1] == str(tmp_path / "train-00001-of-00002.tfrecord")
+    with pytest.raises(schemas.ManifestError, match="split 'test' not in this dataset"):
+        loaded.shard_paths(str(tmp_path), "test")
+
+
+def test_missing_manifest_says_the_pipeline_did_not_finish(tmp_path: Path) -> None:
+    with pytest.raises(schemas.ManifestError, match="did not finish"):
+        schemas.load_manifest(str(tmp_path))
+
+
+def test_schema_version_mismatch_says_what_to_do(tmp_path: Path) -> None:
+    data = json.loads(make_info().to_json())
+    data["schema_version"] = schemas.SCHEMA_VERSION + 1
+    (tmp_path / schemas.MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(schemas.ManifestError, match=r"schema_version 2 .* re-run rotnet-pipeline"):
+        schemas.load_manifest(str(tmp_path))
+    del data["schema_version"]
+    (tmp_path / schemas.MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(schemas.ManifestError, match="no schema_version"):
+        schemas.load_manifest(str(tmp_path))
+
+
+@pytest.mark.parametrize(
+    ("mutate", "message"),
+    [
+        (lambda d: d["splits"]["train"].update(num_records=13), "13 records but 3 images x 4 angles"),
+        (lambda d: d["splits"]["train"]["shards"][0].update(num_records=4), "shards hold 11 records"),
+        (lambda d: d.update(num_images_read=9), "9 images read but 4 written"),
+        (lambda d: d["splits"]["train"]["shards"][0].update(name="x.tfrecord"), "shard names"),
+        (lambda d: d.update(angles_degrees=[0, 0, 1, 2]), "duplicates"),
+        (lambda d: d.update(angles_degrees=[0, 90, 180, 360]), "0..359"),
+        (lambda d: d.update(dataset="cifar"), "dataset 'cifar'"),
+        (lambda d: d["image"].update(format="gif"), "image format 'gif'"),
+        (lambda d: d.pop("splits"), "lacks or mistypes field 'splits'"),
+    ],
+)
+def test_inconsistent_manifests_are_refused(mutate, message: str) -> None:
+    data = json.loads(make_info().to_json())
+    mutate(data)
+    with pytest.raises(schemas.ManifestError, match=message):
+        schemas.DatasetInfo.from_json(json.dumps(data))
+
+
+def test_not_json_is_refused() -> None:
+    with pytest.raises(schemas.ManifestError, match="not valid JSON"):
+        schemas.DatasetInfo.from_json("{oops")
+
+
+def test_write_refuses_an_inconsistent_manifest(tmp_path: Path) -> None:
+    with pytest.raises(schemas.ManifestError):
+        schemas.write_manifest(str(tmp_path), make_info(num_images_read=1))
+    assert not (tmp_path / schemas.MANIFEST_NAME).exists()
+
+
+def test_shard_names_have_one_spelling() -> None:
+    assert sharding.shard_name("train", 3, 10) == "train-00003-of-00010.tfrecord"
+    assert sharding.shard_name("train", 3, 10, "gzip") == "train-00003-of-00010.tfrecord.gz"
+    parsed = sharding.parse_shard_name("validation-00001-of-00002.tfrecord.gz")
+    assert parsed == sharding.ShardName("validation", 1, 2, "gzip")
+    assert sharding.parse_shard_name("dataset_info.json") is None
+    with pytest.raises(ValueError, match="out of range"):
+        sharding.shard_name("train", 10, 10)
+    with pytest.raises(ValueError, match="compression"):
+        sharding.shard_name("train", 0, 1, "zstd")
+    naming = sharding.beam_shard_naming("gs://bucket/records", "train", "gzip")
+    assert naming.file_path_prefix == "gs://bucket/records/train"
+    # Beam fills SSSSS/NNNNN in the template; spelled out, it must give shard_name's result.
+    beam_name = (
+        naming.file_path_prefix
+        + naming.shard_name_template.replace("SSSSS", "00003").replace("NNNNN", "00010")
+        + naming.file_name_suffix
+    )
+    assert beam_name == "gs://bucket/records/" + sharding.shard_name("train", 3, 10, "gzip")

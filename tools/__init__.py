@@ -1,0 +1,1 @@
+"""Command-line tools for people: correct images, inspect shards, run the benchmarks."""

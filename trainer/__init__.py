@@ -1,0 +1,1 @@
+"""The trainer: streams records with tf.data into the RotNet models."""
