@@ -146,6 +146,35 @@ def decode_example(serialized: bytes) -> Record:
     return record_from_features(raw)
 
 
+def decode_fields(serialized: bytes, fields: tuple[str, ...]) -> dict[str, Any]:
+    """Decode only some Record attributes (e.g. `("angle_degrees", "split")`), without TensorFlow.
+
+    Much faster than `decode_example` when scanning millions of records for counts, since the image
+    bytes are never copied. Raises SchemaError when a requested key is missing.
+    """
+    import tfrecord_lite
+
+    by_field = {feature.field: feature for feature in FEATURES}
+    unknown = set(fields) - set(by_field)
+    if unknown:
+        raise SchemaError(f"unknown record fields {sorted(unknown)}; known: {record_fields()}")
+    keys = [by_field[field].key for field in fields]
+    try:
+        raw = tfrecord_lite.decode_example(serialized, keys)
+    except Exception as error:
+        raise SchemaError(f"not a tf.train.Example ({error})") from error
+    values = {}
+    for field, key in zip(fields, keys, strict=True):
+        if key not in raw or len(raw[key]) != 1:
+            raise SchemaError(f"record is missing key {key!r}")
+        value = raw[key][0]
+        kind = by_field[field].kind
+        values[field] = (
+            bytes(value) if kind == BYTES else bytes(value).decode() if kind == STRING else int(value)
+        )
+    return values
+
+
 def record_from_features(raw: dict[str, Any]) -> Record:
     """Build a Record from {key: list-of-values} as tfrecord-lite returns it."""
     missing = [feature.key for feature in FEATURES if feature.key not in raw or len(raw[feature.key]) != 1]

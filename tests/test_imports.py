@@ -25,6 +25,13 @@ def test_schema_and_inspect_import_without_tensorflow_or_beam(tmp_path) -> None:
         schemas.tfrecord_file.write_records(path, [schemas.encode_example(record)])
         [data] = schemas.tfrecord_file.iter_records(path)
         assert schemas.decode_example(data) == record
+        from tests.factories import write_records_dir
+        directory = {str(tmp_path / "records")!r}
+        write_records_dir(directory, angles=(0, 180))
+        try:
+            tools.inspect.main([directory, "--verify", "--no-progress"])
+        except SystemExit as done:
+            assert done.code == 0, done.code
         for name in ("tensorflow", "apache_beam"):
             assert sys.modules[name] is None, name + " was imported"
         print("ok")
@@ -34,4 +41,5 @@ def test_schema_and_inspect_import_without_tensorflow_or_beam(tmp_path) -> None:
         [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stderr
-    assert result.stdout.strip() == "ok"
+    assert result.stdout.strip().endswith("ok")
+    assert "OK: the files match the manifest and every record was read back" in result.stdout

@@ -138,3 +138,13 @@ def test_splits_are_stable_hashes_not_positions() -> None:
     small = {i for i in ids if schemas.in_subset(i, 0.1)}
     large = {i for i in ids if schemas.in_subset(i, 0.5)}
     assert small < large
+
+
+def test_decode_fields_reads_only_what_is_asked() -> None:
+    data = schemas.encode_example(make_record(angle_degrees=123, split="train"))
+    assert schemas.record.decode_fields(data, ("angle_degrees", "split")) == {
+        "angle_degrees": 123,
+        "split": "train",
+    }
+    with pytest.raises(schemas.SchemaError, match="unknown record fields"):
+        schemas.record.decode_fields(data, ("angle",))

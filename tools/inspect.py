@@ -1,10 +1,272 @@
-"""`rotnet-inspect`: not yet available (issue #4 builds it)."""
+"""`rotnet-inspect RECORDS`: check a records directory against its manifest and show what is in it.
+
+Works without TensorFlow or Beam (tfrecord-lite + schemas.tfrecord_file); gs:// paths need
+apache-beam[gcp] or tensorflow installed.
+
+    rotnet-inspect data/records/mnist                      # manifest vs files: counts, sizes, version
+    rotnet-inspect data/records/mnist --verify             # + read every record: CRCs, schema, images
+    rotnet-inspect data/records/mnist --sheet sheet.png    # + contact sheet of 16 random records
+
+Exit status: 0 when everything matches, 1 when a problem was found (each is printed), 2 for usage errors.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import random
+import sys
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
 
 import click
+from tqdm import tqdm
+
+import schemas
+from schemas import paths, sharding, tfrecord_file
+from schemas.record import SchemaError, decode_fields
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def main(args: tuple[str, ...]) -> None:
-    """Not yet available: issue #4 builds this command."""
-    raise click.ClickException("rotnet-inspect is not yet available in this version (issue #4 builds it)")
+@dataclass
+class Report:
+    """What inspecting a records directory found."""
+
+    info: schemas.DatasetInfo
+    problems: list[str] = field(default_factory=list)
+    scanned: bool = False
+    records_by_split: Counter = field(default_factory=Counter)
+    records_by_angle: Counter = field(default_factory=Counter)
+    records_by_dataset: Counter = field(default_factory=Counter)
+    corrupt_shards: list[str] = field(default_factory=list)
+
+
+def check_files(records: str, info: schemas.DatasetInfo) -> list[str]:
+    """Manifest vs directory: every shard present with its recorded size; nothing unexpected beside them."""
+    problems = []
+    expected = set()
+    for split, split_info in info.splits.items():
+        for shard, path in zip(split_info.shards, info.shard_paths(records, split), strict=True):
+            expected.add(shard.name)
+            if not paths.exists(path):
+                problems.append(f"{shard.name}: listed in the manifest but missing")
+            elif not paths.is_remote(path) and os.path.getsize(paths.local_path(path)) != shard.num_bytes:
+                size = os.path.getsize(paths.local_path(path))
+                problems.append(f"{shard.name}: {size} bytes on disk, manifest says {shard.num_bytes}")
+    if not paths.is_remote(records):
+        for name in sorted(os.listdir(paths.local_path(records))):
+            if sharding.parse_shard_name(name) and name not in expected:
+                problems.append(f"{name}: a shard not listed in the manifest (left from another run?)")
+            elif name.startswith("beam-temp"):
+                problems.append(f"{name}: temporary files of an interrupted pipeline run")
+    return problems
+
+
+def scan(records: str, report: Report, progress: bool = True) -> None:
+    """Read every record of every shard with CRC checks; count by split, angle and dataset."""
+    info = report.info
+    report.scanned = True
+    with tqdm(total=info.num_records, unit="rec", disable=not progress, desc="verify", leave=False) as bar:
+        for split, split_info in info.splits.items():
+            for shard, path in zip(split_info.shards, info.shard_paths(records, split), strict=True):
+                if not paths.exists(path):
+                    continue  # already reported by check_files
+                count = 0
+                try:
+                    for data in tfrecord_file.iter_records(path, verify=True):
+                        fields = decode_fields(data, ("split", "angle_degrees", "dataset", "schema_version"))
+                        if fields["split"] != split:
+                            report.problems.append(
+                                f"{shard.name}: holds a record of split {fields['split']!r}"
+                            )
+                        report.records_by_split[split] += 1
+                        report.records_by_angle[fields["angle_degrees"]] += 1
+                        report.records_by_dataset[fields["dataset"]] += 1
+                        count += 1
+                        bar.update()
+                except (tfrecord_file.CorruptShardError, SchemaError) as error:
+                    report.corrupt_shards.append(shard.name)
+                    report.problems.append(str(error))
+                    continue
+                if count != shard.num_records:
+                    report.problems.append(
+                        f"{shard.name}: {count} records, manifest says {shard.num_records}"
+                    )
+    wanted = set(info.angles_degrees)
+    for angle, count in sorted(report.records_by_angle.items()):
+        if angle not in wanted:
+            report.problems.append(f"{count} records at angle {angle}, which the manifest does not list")
+    images = sum(split.num_images for split in info.splits.values())
+    uneven = {
+        angle: report.records_by_angle[angle] for angle in wanted if report.records_by_angle[angle] != images
+    }
+    if uneven and not report.corrupt_shards:
+        sample = ", ".join(f"{angle}: {count}" for angle, count in sorted(uneven.items())[:5])
+        report.problems.append(f"angles without exactly one record per image ({images}): {sample}")
+
+
+def decode_images_check(records: str, info: schemas.DatasetInfo, per_shard: int = 4) -> list[str]:
+    """Decode the pixels of the first records of each shard and compare with the manifest's image spec."""
+    from pipeline.codec import decode_record_image
+
+    problems = []
+    for split in info.splits:
+        for path in info.shard_paths(records, split):
+            try:
+                for index, data in enumerate(tfrecord_file.iter_records(path, verify=False)):
+                    if index >= per_shard:
+                        break
+                    record = schemas.decode_example(data)
+                    image = decode_record_image(record)
+                    spec = info.image
+                    if (
+                        image.shape != (spec.height, spec.width, spec.channels)
+                        or record.image_format != spec.format
+                    ):
+                        problems.append(
+                            f"{Path(path).name}: image {image.shape} {record.image_format}, manifest {spec}"
+                        )
+            except (OSError, ValueError) as error:
+                problems.append(f"{Path(path).name}: {error}")
+    return problems
+
+
+def sample_records(records: str, info: schemas.DatasetInfo, count: int, seed: int) -> list[schemas.Record]:
+    """`count` records drawn uniformly from all shards (reproducible for a seed)."""
+    population = [
+        (split, shard_index, record_index)
+        for split, split_info in info.splits.items()
+        for shard_index, shard in enumerate(split_info.shards)
+        for record_index in range(shard.num_records)
+    ]
+    chosen = sorted(random.Random(seed).sample(population, min(count, len(population))))
+    wanted: dict[tuple[str, int], set[int]] = {}
+    for split, shard_index, record_index in chosen:
+        wanted.setdefault((split, shard_index), set()).add(record_index)
+    picked = []
+    for (split, shard_index), indices in wanted.items():
+        path = info.shard_paths(records, split)[shard_index]
+        for index, data in enumerate(tfrecord_file.iter_records(path, verify=False)):
+            if index in indices:
+                picked.append(schemas.decode_example(data))
+            if index >= max(indices):
+                break
+    random.Random(seed).shuffle(picked)
+    return picked
+
+
+def summary_lines(report: Report) -> list[str]:
+    info = report.info
+    spec = info.image
+    lines = [
+        f"dataset        {info.dataset} (schema v{info.schema_version}, written by rotnet {info.package_version})",
+        f"images         {spec.height}x{spec.width}x{spec.channels} {spec.format}, compression {info.compression}",
+        f"angles         {_angles_text(info.angles_degrees)}",
+        f"images read    {info.num_images_read:,}  errors {info.num_errors:,}"
+        + (f"  ({', '.join(info.error_files)})" if info.error_files else ""),
+        "",
+        f"{'split':<12}{'images':>10}{'records':>14}{'shards':>8}{'MB':>10}{'bytes/rec':>11}",
+    ]
+    for name, split in info.splits.items():
+        per_record = split.num_bytes / split.num_records if split.num_records else 0
+        lines.append(
+            f"{name:<12}{split.num_images:>10,}{split.num_records:>14,}{len(split.shards):>8}"
+            f"{split.num_bytes / 1e6:>10.1f}{per_record:>11.0f}"
+        )
+    if report.scanned:
+        counts = [report.records_by_angle[angle] for angle in info.angles_degrees]
+        lines += [
+            "",
+            f"read back      {sum(report.records_by_split.values()):,} records; per dataset "
+            + ", ".join(f"{k}: {v:,}" for k, v in sorted(report.records_by_dataset.items())),
+            f"per angle      min {min(counts):,}  max {max(counts):,} records over {len(counts)} angles",
+        ]
+    return lines
+
+
+def _angles_text(angles: list[int]) -> str:
+    if angles == list(range(angles[0], angles[-1] + 1)):
+        return f"{angles[0]}..{angles[-1]} ({len(angles)} angles)"
+    return ",".join(map(str, angles)) if len(angles) <= 12 else f"{len(angles)} angles"
+
+
+def write_sheet(records: list[schemas.Record], path: Path, title: str) -> Path:
+    from pipeline.codec import decode_record_image
+    from tools import figures
+
+    images = [decode_record_image(record) for record in records]
+    captions = [f"{r.image_id} {r.angle_degrees}°" for r in records]
+    tiles = figures.correction_tiles(images, [r.angle_degrees for r in records], captions)
+    return figures.save(figures.render_tiles(tiles, columns=8, title=title), path)
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.argument("records", metavar="RECORDS")
+@click.option(
+    "--verify", is_flag=True, help="Read every record: check CRCs, schema, counts per split and angle."
+)
+@click.option(
+    "--sheet",
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="Write a contact-sheet PNG of random records, each followed by its corrected version.",
+)
+@click.option(
+    "--num-samples", default=16, show_default=True, type=click.IntRange(1, 256), help="Records on the sheet."
+)
+@click.option("--seed", default=0, show_default=True, help="Random seed for choosing the sheet's records.")
+@click.option(
+    "--json", "as_json", is_flag=True, help="Print the summary and problems as JSON instead of text."
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+def main(
+    records: str,
+    verify: bool,
+    sheet: Path | None,
+    num_samples: int,
+    seed: int,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
+    """Check the records directory RECORDS (local path or gs://) against its dataset_info.json and
+    summarize it: images, records, shards and bytes per split; with --verify, every record is read."""
+    if not paths.is_remote(records) and not os.path.isdir(paths.local_path(records)):
+        raise click.BadParameter(f"{records} is not a directory", param_hint="RECORDS")
+    try:
+        info = schemas.load_manifest(records)
+    except schemas.ManifestError as error:
+        raise click.ClickException(str(error)) from None
+    report = Report(info=info)
+    report.problems += check_files(records, info)
+    report.problems += decode_images_check(records, info)
+    if verify:
+        scan(records, report, progress=not no_progress)
+    if sheet:
+        chosen = sample_records(records, info, num_samples, seed)
+        write_sheet(chosen, sheet, f"{info.dataset}: {len(chosen)} random records and their corrections")
+    if as_json:
+        click.echo(
+            json.dumps(
+                {
+                    "manifest": json.loads(info.to_json()),
+                    "problems": report.problems,
+                    "verified": report.scanned,
+                    "records_by_angle": dict(sorted(report.records_by_angle.items())),
+                    "corrupt_shards": report.corrupt_shards,
+                },
+                indent=2,
+            )
+        )
+    else:
+        click.echo("\n".join(summary_lines(report)))
+        if sheet:
+            click.echo(f"\ncontact sheet  {sheet}")
+        click.echo("")
+        for problem in report.problems:
+            click.echo(f"PROBLEM  {problem}")
+        click.echo(
+            f"{len(report.problems)} problem(s) found"
+            if report.problems
+            else "OK: the files match the manifest"
+            + (" and every record was read back" if verify else " (use --verify to read every record)")
+        )
+    sys.exit(1 if report.problems else 0)

@@ -1,0 +1,85 @@
+"""rotnet-inspect: a sound directory passes; every kind of mismatch is named, with exit status 1."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+from PIL import Image
+
+from tests.factories import write_records_dir
+from tools.inspect import main
+
+
+@pytest.fixture
+def records(tmp_path: Path) -> Path:
+    directory = tmp_path / "records"
+    write_records_dir(directory, angles=(0, 90, 180, 270), images_per_split={"train": 5, "validation": 2})
+    return directory
+
+
+def run(*args: str):
+    return CliRunner().invoke(main, [*args, "--no-progress"])
+
+
+def test_sound_directory_passes_and_is_summarized(records: Path) -> None:
+    result = run(str(records), "--verify")
+    assert result.exit_code == 0, result.output
+    assert "train                5            20       2" in result.output
+    assert "validation           2             8       2" in result.output
+    assert "per angle      min 7  max 7 records over 4 angles" in result.output
+    assert "OK: the files match the manifest and every record was read back" in result.output
+
+
+def test_json_output_counts_every_angle(records: Path) -> None:
+    result = run(str(records), "--verify", "--json")
+    assert result.exit_code == 0
+    data = json.loads(result.output)
+    assert data["records_by_angle"] == {"0": 7, "90": 7, "180": 7, "270": 7}
+    assert data["problems"] == [] and data["verified"] is True
+
+
+def test_contact_sheet_has_a_cell_pair_per_record(records: Path, tmp_path: Path) -> None:
+    sheet = tmp_path / "sheet.png"
+    result = run(str(records), "--sheet", str(sheet), "--num-samples", "6")
+    assert result.exit_code == 0, result.output
+    with Image.open(sheet) as image:
+        assert image.width == 8 * 132 + 4  # 8 columns: 4 records, each with its correction
+        assert image.height > 2 * 128  # two rows
+
+
+def test_flipped_bit_is_found_only_with_verify(records: Path) -> None:
+    shard = records / "train-00001-of-00002.tfrecord"
+    data = bytearray(shard.read_bytes())
+    data[len(data) // 2] ^= 0x40
+    shard.write_bytes(bytes(data))
+    assert run(str(records)).exit_code == 0
+    result = run(str(records), "--verify")
+    assert result.exit_code == 1
+    assert "corrupt shard" in result.output and "train-00001-of-00002.tfrecord" in result.output
+    assert "CRC mismatch" in result.output
+
+
+def test_truncated_missing_and_stray_shards_are_named(records: Path) -> None:
+    truncated = records / "train-00000-of-00002.tfrecord"
+    truncated.write_bytes(truncated.read_bytes()[:-7])
+    (records / "validation-00001-of-00002.tfrecord").unlink()
+    (records / "train-00000-of-00005.tfrecord").write_bytes(b"")
+    (records / "beam-temp-train-123").mkdir()
+    result = run(str(records), "--verify")
+    assert result.exit_code == 1
+    assert "train-00000-of-00002.tfrecord: " in result.output and "manifest says" in result.output
+    assert "validation-00001-of-00002.tfrecord: listed in the manifest but missing" in result.output
+    assert "train-00000-of-00005.tfrecord: a shard not listed in the manifest" in result.output
+    assert "beam-temp-train-123: temporary files of an interrupted pipeline run" in result.output
+    assert "truncated record" in result.output
+
+
+def test_unfinished_directory_and_bad_arguments(tmp_path: Path) -> None:
+    result = run(str(tmp_path))
+    assert result.exit_code == 1
+    assert "did not finish" in result.output and "Traceback" not in result.output
+    result = run(str(tmp_path / "nope"))
+    assert result.exit_code == 2 and "is not a directory" in result.output
