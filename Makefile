@@ -3,8 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Extras for the local environment; the Dockerfile installs the same through scripts/install.sh.
-EXTRAS ?= pipeline,trainer,test
+# Extras for the local environment; the Dockerfile runs the same script with pipeline,trainer,gcp.
+EXTRAS ?= pipeline,trainer,gcp,test
 PYTEST_ARGS ?= -n 2
 
 .PHONY: install test lint format demo bench clean
@@ -20,6 +20,7 @@ install: $(STAMP)
 lint: $(STAMP)
 	$(BIN)/ruff check .
 	$(BIN)/ruff format --check .
+	$(BIN)/hadolint Dockerfile
 
 format: $(STAMP)
 	$(BIN)/ruff format .

@@ -43,3 +43,16 @@ def test_schema_and_inspect_import_without_tensorflow_or_beam(tmp_path) -> None:
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip().endswith("ok")
     assert "OK: the files match the manifest and every record was read back" in result.stdout
+
+
+def test_dockerfile_installs_with_the_same_script_and_pins_as_make() -> None:
+    # Docker cannot build on CI; this keeps the image's install recipe the one CI exercises.
+    dockerfile = (REPO_ROOT / "Dockerfile").read_text()
+    makefile = (REPO_ROOT / "Makefile").read_text()
+    assert "sh scripts/install.sh" in dockerfile and "sh scripts/install.sh" in makefile
+    assert "COPY setup.cfg pyproject.toml constraints.txt" in dockerfile
+    image_extras = dockerfile.split("EXTRAS=", 1)[1].split()[0].split(",")
+    make_extras = makefile.split("EXTRAS ?= ", 1)[1].split()[0].split(",")
+    assert set(image_extras) == set(make_extras) - {"test"}
+    for package in ("schemas", "pipeline", "trainer", "tools", "benchmarks"):
+        assert f"COPY {package}/ {package}/" in dockerfile

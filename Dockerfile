@@ -1,0 +1,48 @@
+# rotnet: the pipeline, trainer and tools in one image.
+#
+#   docker build -t rotnet .
+#   docker run --rm -v "$PWD/data:/data" rotnet rotnet-pipeline --dataset mnist --output-dir /data/records/mnist
+#   docker run --rm -v "$PWD/data:/data" rotnet rotnet-train --records /data/records/mnist --output /data/runs/mnist
+#
+# GPU: build with --build-arg BASE_IMAGE=nvidia/cuda:12.8.1-cudnn-runtime-ubuntu24.04-style images that
+# carry Python 3.11, or keep this base and install `tensorflow[and-cuda]` (pulls CUDA/cuDNN wheels);
+# run with `docker run --gpus all`. The trainer picks mixed_float16 automatically on a GPU.
+#
+# Dataflow custom container (`--sdk_container_image`): build the `dataflow` target, which adds Beam's
+# SDK worker boot binary as the entrypoint, push it, and pass it to the pipeline:
+#   docker build --target dataflow -t REGION-docker.pkg.dev/PROJECT/rotnet/worker:0.1.0 .
+#   docker push REGION-docker.pkg.dev/PROJECT/rotnet/worker:0.1.0
+#   rotnet-pipeline ... --runner DataflowRunner --sdk_container_image REGION-docker.pkg.dev/PROJECT/rotnet/worker:0.1.0
+# (the Beam version in the image must equal the launcher's: both come from constraints.txt).
+
+ARG PYTHON_IMAGE=python:3.11-slim-bookworm
+ARG BEAM_SDK_IMAGE=apache/beam_python3.11_sdk:2.77.0
+
+FROM ${BEAM_SDK_IMAGE} AS beam-sdk
+
+FROM ${PYTHON_IMAGE} AS runtime
+ENV PYTHONDONTWRITEBYTECODE=1 \
+    PYTHONUNBUFFERED=1 \
+    PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    TF_CPP_MIN_LOG_LEVEL=2
+WORKDIR /opt/rotnet
+# Same recipe and pins as `make` (scripts/install.sh + constraints.txt); only the extras differ
+# (no test tools in the image).
+COPY setup.cfg pyproject.toml constraints.txt README.md ./
+COPY scripts/install.sh scripts/install.sh
+COPY schemas/ schemas/
+COPY pipeline/ pipeline/
+COPY trainer/ trainer/
+COPY tools/ tools/
+COPY benchmarks/ benchmarks/
+RUN EXTRAS=pipeline,trainer,gcp PIP="python -m pip" sh scripts/install.sh \
+    && useradd --create-home --uid 10001 rotnet \
+    && mkdir /data && chown rotnet /data
+USER 10001
+WORKDIR /data
+CMD ["rotnet-pipeline", "--help"]
+
+FROM runtime AS dataflow
+# COPY writes as root whatever USER says; the worker keeps running as the unprivileged user.
+COPY --from=beam-sdk /opt/apache/beam /opt/apache/beam
+ENTRYPOINT ["/opt/apache/beam/boot"]
