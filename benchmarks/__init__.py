@@ -9,6 +9,19 @@ from collections.abc import Callable
 # name -> (module, one-line description); the order is the order of sections in docs/benchmarks.md.
 BENCHMARKS: dict[str, tuple[str, str]] = {
     "geometry": ("benchmarks.geometry", "Fast vs reference rotation chain, 224 px JPEG q95, Street View"),
+    "pipeline": (
+        "benchmarks.pipeline",
+        "Beam pipeline: Street View chain vs naive reference, MNIST 5k x 360 through DirectRunner",
+    ),
+    "input_pipeline": (
+        "benchmarks.input_pipeline",
+        "tf.data input pipeline vs RotNet's Python generator, images/s into the model",
+    ),
+    "mnist_quality": (
+        "benchmarks.mnist_quality",
+        "MNIST CNN on the 5k subset, all 360 rotations: validation mean angle error",
+    ),
+    "gpu_training": ("benchmarks.gpu_training", "ResNet50 mixed-precision training throughput on a GPU"),
 }
 
 
