@@ -133,6 +133,13 @@ def write_report(outcomes: Sequence[Outcome], directory: Path) -> tuple[Path, Pa
     return csv_path, json_path
 
 
+def load_predictor(model: str):
+    """The trained model behind MODEL (imports TensorFlow, so only once the arguments are sound)."""
+    from trainer.predict import Predictor
+
+    return Predictor.load(model)
+
+
 # --- Command ----------------------------------------------------------------------------------
 
 
@@ -182,10 +189,8 @@ def main(
     if not os.path.exists(model):
         raise click.BadParameter(f"{model} does not exist", param_hint="MODEL")
     files = collect_inputs(inputs)
-    from trainer.predict import Predictor  # TensorFlow loads only once the arguments are sound
-
     try:
-        predictor = Predictor.load(model)
+        predictor = load_predictor(model)
     except (OSError, ValueError) as error:
         raise click.ClickException(f"cannot load model {model}: {error}") from None
     outcomes: list[Outcome] = []
