@@ -1,0 +1,199 @@
+"""MNIST as published: four IDX files (gzip), their official MD5 checksums, mirrors and a pure reader.
+
+No Beam or TensorFlow here: the pipeline downloads the files (`download_file`, or `find_offline_files` for
+an offline copy), parses them with `load_split` and keys each image by (split, `image_id(index)`).
+
+* Splits are MNIST's own: train (60,000 images) and test (10,000). The pipeline carves a validation
+  split out of train by a stable hash of the image id, never by position (an offline subset may be
+  sorted by label, as ../shared/data/mnist-5k is).
+* Images are (N, 28, 28) uint8, 0 = background (black), 255 = ink; labels are (N,) uint8 digits 0-9.
+
+Run the tests: `.venv/bin/python -m pytest tests/test_mnist_source.py -q`.
+"""
+
+from __future__ import annotations
+
+import gzip
+import logging
+import os
+import struct
+import zlib
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+
+logger = logging.getLogger(__name__)
+
+# The official file names and MD5 checksums (as in torchvision.datasets.MNIST.resources). The files
+# themselves are identical on every mirror; SHA-256 is not published, so MD5 is what is verified.
+MNIST_FILES: dict[str, str] = {
+    "train-images-idx3-ubyte.gz": "f68b3c2dcbeaaa9fbdd348bbdeb94873",
+    "train-labels-idx1-ubyte.gz": "d53e105ee54ea40749a09fcbcd1e9432",
+    "t10k-images-idx3-ubyte.gz": "9fb629c4189551a2d022fa330f9573f3",
+    "t10k-labels-idx1-ubyte.gz": "ec29112dd5afa0611ce80d1b7f02629c",
+}
+
+# MNIST's own splits: (images file, labels file).
+SPLIT_FILES: dict[str, tuple[str, str]] = {
+    "train": ("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+    "test": ("t10k-images-idx3-ubyte.gz", "t10k-labels-idx1-ubyte.gz"),
+}
+
+# Image counts of the full release, for progress bars and sanity messages (an offline subset has fewer).
+SPLIT_SIZES: dict[str, int] = {"train": 60_000, "test": 10_000}
+
+# Tried in order. PyTorch's S3 copy (torchvision's mirror since yann.lecun.com began refusing
+# automated downloads), the CVDF copy on GCS (TensorFlow Datasets' source), then the original site.
+MNIST_MIRRORS: tuple[str, ...] = (
+    "https://ossci-datasets.s3.amazonaws.com/mnist/",
+    "https://storage.googleapis.com/cvdf-datasets/mnist/",
+    "http://yann.lecun.com/exdb/mnist/",
+)
+
+IMAGE_SIZE = 28
+NUM_CLASSES = 10
+
+# IDX magic numbers: two zero bytes, a type byte (0x08 = unsigned byte) and the number of dimensions.
+IMAGES_MAGIC = 0x00000803
+LABELS_MAGIC = 0x00000801
+_UNSIGNED_BYTE = 0x08
+_GZIP_SIGNATURE = b"\x1f\x8b"
+
+
+def read_idx(data: bytes) -> np.ndarray:
+    """Parse an IDX file's bytes (gzip-compressed or raw) into a uint8 array.
+
+    Accepts the two layouts MNIST uses: images (magic 0x00000803, shape (N, rows, cols)) and labels
+    (magic 0x00000801, shape (N,)). Raises ValueError saying what is wrong: bad gzip stream, unknown
+    magic, a type other than unsigned byte, or a payload whose length does not match the header.
+    """
+    if data[:2] == _GZIP_SIGNATURE:
+        try:
+            data = gzip.decompress(data)
+        except (OSError, EOFError, zlib.error) as error:
+            raise ValueError(f"corrupt or truncated gzip stream ({error})") from None
+    if len(data) < 4:
+        raise ValueError(f"not an IDX file: {len(data)} bytes, shorter than the 4-byte magic number")
+    (magic,) = struct.unpack(">I", data[:4])
+    if magic >> 16 != 0:
+        raise ValueError(f"not an IDX file: magic number 0x{magic:08x} does not start with two zero bytes")
+    type_code, num_dims = (magic >> 8) & 0xFF, magic & 0xFF
+    if type_code != _UNSIGNED_BYTE:
+        raise ValueError(f"IDX data type 0x{type_code:02x} is not unsigned byte (0x08), as MNIST uses")
+    if magic not in (IMAGES_MAGIC, LABELS_MAGIC):
+        raise ValueError(
+            f"IDX file has {num_dims} dimensions (magic 0x{magic:08x}); expected images "
+            f"(0x{IMAGES_MAGIC:08x}, 3 dims) or labels (0x{LABELS_MAGIC:08x}, 1 dim)"
+        )
+    header_bytes = 4 + 4 * num_dims
+    if len(data) < header_bytes:
+        raise ValueError(f"truncated IDX header: {len(data)} bytes, the header needs {header_bytes}")
+    shape = struct.unpack(f">{num_dims}I", data[4:header_bytes])
+    expected = int(np.prod(shape, dtype=np.int64))
+    payload = len(data) - header_bytes
+    if payload != expected:
+        problem = "truncated" if payload < expected else "has trailing bytes"
+        raise ValueError(
+            f"IDX payload {problem}: header says {'x'.join(map(str, shape))} = {expected:,} bytes, "
+            f"file holds {payload:,}"
+        )
+    # A copy makes the array writable and independent of the (possibly large) decompressed buffer.
+    return np.frombuffer(data, dtype=np.uint8, offset=header_bytes).reshape(shape).copy()
+
+
+def load_split(images_bytes: bytes, labels_bytes: bytes) -> tuple[np.ndarray, np.ndarray]:
+    """(images (N, 28, 28) uint8, labels (N,) uint8) from one split's two IDX files' bytes.
+
+    Raises ValueError when a file is of the wrong kind, images are not 28x28, the counts differ or a
+    label is not a digit.
+    """
+    images = read_idx(images_bytes)
+    labels = read_idx(labels_bytes)
+    if images.ndim != 3:
+        raise ValueError(f"the images file holds a {images.ndim}-dimensional array; expected (N, 28, 28)")
+    if labels.ndim != 1:
+        raise ValueError(f"the labels file holds a {labels.ndim}-dimensional array; expected (N,)")
+    if images.shape[1:] != (IMAGE_SIZE, IMAGE_SIZE):
+        raise ValueError(f"MNIST images are 28x28, these are {images.shape[1]}x{images.shape[2]}")
+    if len(images) != len(labels):
+        raise ValueError(
+            f"{len(images):,} images but {len(labels):,} labels; the files are from different sets"
+        )
+    if labels.size and labels.max() >= NUM_CLASSES:
+        raise ValueError(f"label {int(labels.max())} is not a digit 0-9")
+    return images, labels
+
+
+def image_id(index: int) -> str:
+    """Stable id of the image at `index` within its split file: zero-padded to 5 digits ("00042")."""
+    if index < 0:
+        raise ValueError(f"image index {index} is negative")
+    return f"{index:05d}"
+
+
+def mnist_urls(file_name: str, mirrors: Sequence[str] = MNIST_MIRRORS) -> list[str]:
+    """The url of `file_name` on each mirror, in order (mirrors are base urls ending with or without '/')."""
+    if file_name not in MNIST_FILES:
+        raise ValueError(f"{file_name!r} is not an MNIST file; expected one of {sorted(MNIST_FILES)}")
+    return [mirror.rstrip("/") + "/" + file_name for mirror in mirrors]
+
+
+def download_file(
+    file_name: str,
+    directory: str | os.PathLike,
+    mirrors: Sequence[str] = MNIST_MIRRORS,
+    md5: str | None = None,
+    **fetch_options,
+) -> Path:
+    """Fetch one MNIST file into `directory` (cached, resumable, MD5-verified) and return its path.
+
+    `md5` overrides the official checksum, for a mirror serving other files under the same names (the
+    tests serve the 5k subset this way). `fetch_options` go to pipeline.download.fetch.
+    """
+    from pipeline.download import fetch
+
+    urls = mnist_urls(file_name, mirrors)
+    return fetch(urls, Path(directory) / file_name, md5=md5 or MNIST_FILES[file_name], **fetch_options)
+
+
+def find_offline_files(directory: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
+    """{split: (images path, labels path)} for each split whose two files are both in `directory`.
+
+    Accepts the official `.gz` names and the same names un-gzipped (gzip preferred when both exist). A
+    directory holding only some files yields only those splits, and a split with one of its two files
+    is logged as skipped. Raises FileNotFoundError, listing what was found and what is expected, when
+    no split is complete.
+    """
+    root = Path(directory)
+    if not root.is_dir():
+        raise FileNotFoundError(f"MNIST directory {root} does not exist or is not a directory")
+
+    def present(gz_name: str) -> Path | None:
+        for name in (gz_name, gz_name.removesuffix(".gz")):
+            if (root / name).is_file():
+                return root / name
+        return None
+
+    found: dict[str, tuple[Path, Path]] = {}
+    for split, (images_name, labels_name) in SPLIT_FILES.items():
+        images_path, labels_path = present(images_name), present(labels_name)
+        if images_path and labels_path:
+            found[split] = (images_path, labels_path)
+        elif images_path or labels_path:
+            missing = labels_name if images_path else images_name
+            logger.warning("MNIST %s split skipped: %s has no %s", split, root, missing)
+    if not found:
+        listing = sorted(path.name for path in root.iterdir())
+        expected = "; ".join(f"{split}: {' + '.join(names)}" for split, names in SPLIT_FILES.items())
+        raise FileNotFoundError(
+            f"no complete MNIST split in {root} (found: {', '.join(listing) or 'nothing'}); "
+            f"expected both files of a split, gzipped or not - {expected}"
+        )
+    return found
+
+
+def read_offline_split(paths: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray]:
+    """load_split over the two files `find_offline_files` returned for a split."""
+    images_path, labels_path = paths
+    return load_split(images_path.read_bytes(), labels_path.read_bytes())
