@@ -159,10 +159,11 @@ def load_predictor(model: str):
 @click.option("--keep-size", is_flag=True, help="Give every corrected image the input's width x height.")
 @click.option(
     "--tta",
-    type=click.Choice(["1", "4"]),
+    type=click.Choice(["1", "2", "4"]),
     default="1",
     show_default=True,
-    help="Test-time augmentation: 4 predicts on the image turned by 0/90/180/270 degrees and averages.",
+    help="Test-time augmentation: 2 also predicts on the image turned by 180 degrees, 4 by 90/180/270; "
+    "the predictions are averaged on the circle.",
 )
 @click.option(
     "--batch-size",
