@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import csv
 import glob
+import io
 import json
 import os
 from collections.abc import Iterator, Sequence
@@ -44,6 +45,7 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", "
 # Pillow's save() needs the format for each extension; JPEG keeps the pipeline's q95.
 SAVE_OPTIONS = {".jpg": {"quality": 95}, ".jpeg": {"quality": 95}, ".webp": {"quality": 95}}
 REPORT_NAME = "predictions"
+GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
 @dataclass
@@ -105,6 +107,14 @@ def collect_inputs(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
         taken.add(candidate)
         unique.append((file, candidate))
     return unique
+
+
+def _is_grey(data: bytes) -> bool:
+    """True for a grey-scale file (read from the header only), so it is written back grey."""
+    try:
+        return Image.open(io.BytesIO(data)).mode in GREY_MODES
+    except Exception:  # decode_source_image gives the reason for an unreadable file
+        return False
 
 
 def _save(image: np.ndarray, path: Path) -> None:
@@ -202,7 +212,8 @@ def main(
                 outcome = Outcome(path=str(file))
                 outcomes.append(outcome)
                 try:
-                    image = decode_source_image(file.read_bytes())
+                    data = file.read_bytes()
+                    image = decode_source_image(data, channels=1 if _is_grey(data) else 3)
                 except (BadImageError, OSError) as error:
                     outcome.error = str(error)
                     continue
