@@ -1,10 +1,299 @@
-"""`rotnet-pipeline`: not yet available (issue #5 builds it)."""
+"""`rotnet-pipeline`: write every rotation of every source image into sharded TFRecords + a manifest.
+
+    rotnet-pipeline --dataset mnist --output-dir data/records/mnist                  # downloads MNIST
+    rotnet-pipeline --dataset mnist --mnist-dir ../shared/data/mnist-5k --output-dir data/records/mnist5k
+    rotnet-pipeline --dataset street_view --output-dir gs://BUCKET/records/street_view \\
+        --runner DataflowRunner --project PROJECT --region us-central1 --temp_location gs://BUCKET/tmp
+    rotnet-pipeline --dataset images --input 'photos/**/*.jpg' --output-dir data/records/mine --angles 0-359:5
+
+Options this command does not know are Beam pipeline options and go to Beam unchanged. Exit status: 0 on
+success (the summary table is printed), 1 when the job failed or too many inputs were bad (the manifest
+is then not written), 2 for usage errors. See docs/pipeline.md.
+"""
+
+from __future__ import annotations
+
+import difflib
+import json
+import logging
+import os
+import re
+from pathlib import Path
 
 import click
 
+from pipeline.codec import DEFAULT_MAX_PIXELS
+from pipeline.config import CROP_POSITIONS, DEFAULT_MIN_IMAGE_SIDE, ConfigError, PipelineConfig, parse_angles
+from schemas.record import DATASETS, IMAGE_FORMATS
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def main(args: tuple[str, ...]) -> None:
-    """Not yet available: issue #5 builds this command."""
-    raise click.ClickException("rotnet-pipeline is not yet available in this version (issue #5 builds it)")
+_HEX_DIGEST = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")
+
+EPILOG = """\b
+Any other option is a Beam pipeline option, passed on unchanged, e.g.
+  --runner DataflowRunner --project P --region us-central1 --temp_location gs://B/tmp
+  --runner FlinkRunner --flink_master host:8081
+  --direct_num_workers 4 --direct_running_mode multi_threading
+Locally the pipeline runs on Beam's FnApiRunner with one worker process per core.
+Remote runners get --setup_file pyproject.toml (so workers install rotnet) unless
+--setup_file, --extra_package or --sdk_container_image is given.
+"""
+
+
+def _angles(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
+    try:
+        return parse_angles(value)
+    except ConfigError as error:
+        raise click.BadParameter(str(error)) from None
+
+
+def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -> dict[str, str]:
+    if value is None:
+        return {}
+    from pipeline.mnist import MNIST_FILES
+
+    try:
+        data = json.loads(value.read_text())
+    except (OSError, ValueError) as error:
+        raise click.BadParameter(f"{value}: not a readable JSON file ({error})") from None
+    if not isinstance(data, dict):
+        raise click.BadParameter(f'{value}: expected {{"file name": "md5 or sha256 hex"}}')
+    for name, digest in data.items():
+        if name not in MNIST_FILES:
+            raise click.BadParameter(f"{value}: {name!r} is not an MNIST file ({', '.join(MNIST_FILES)})")
+        if not isinstance(digest, str) or not _HEX_DIGEST.match(digest.lower()):
+            raise click.BadParameter(
+                f"{value}: the digest of {name} must be 32 (md5) or 64 (sha256) hex digits"
+            )
+    return {name: digest.lower() for name, digest in data.items()}
+
+
+@click.command(
+    context_settings={
+        "help_option_names": ["-h", "--help"],
+        "ignore_unknown_options": True,
+        "allow_extra_args": True,
+        "max_content_width": 110,
+    },
+    epilog=EPILOG,
+)
+@click.option("--dataset", required=True, type=click.Choice(DATASETS), help="Which source to read.")
+@click.option(
+    "--output-dir",
+    required=True,
+    metavar="DIR",
+    help="Records directory to write, local path or gs://bucket/prefix (created if missing).",
+)
+@click.option(
+    "--input",
+    "input_pattern",
+    metavar="DIR_OR_GLOB",
+    help="--dataset images: a directory (read recursively), a file or a glob of jpg/png/webp/bmp/tiff/gif "
+    "files, local or gs://. Image ids are the paths below the directory.",
+)
+@click.option(
+    "--mnist-dir",
+    envvar="ROTNET_MNIST_DIR",
+    metavar="DIR",
+    help="Local directory with MNIST's IDX files (.gz or not); only the splits whose two files are there "
+    "are written. Default: download them inside the job. Env: ROTNET_MNIST_DIR.",
+)
+@click.option(
+    "--mnist-mirror",
+    "mnist_mirrors",
+    multiple=True,
+    metavar="URL",
+    help="Base URL holding the four MNIST .gz files, tried in order (repeatable); replaces the built-in list.",
+)
+@click.option(
+    "--mnist-checksums",
+    type=click.Path(exists=True, dir_okay=False, path_type=Path),
+    callback=_checksums,
+    help='JSON {"train-images-idx3-ubyte.gz": "<md5 or sha256>", ...} replacing the official digests '
+    "(for a mirror serving other files under the same names).",
+)
+@click.option(
+    "--street-view-dir",
+    metavar="DIR",
+    help="Offline copy of Street View: a directory (local or gs://) with the zip parts and/or loose "
+    "<placemark>_<view>.jpg files. Default: download the 10 parts inside the job, one per worker.",
+)
+@click.option(
+    "--street-view-mirror",
+    "street_view_mirrors",
+    multiple=True,
+    metavar="URL",
+    help="Base URL holding part1.zip .. part10.zip (repeatable); replaces the UCF site.",
+)
+@click.option(
+    "--download-dir",
+    default="data/downloads",
+    show_default=True,
+    metavar="DIR",
+    help="Cache for downloads on each worker (a rerun downloads nothing).",
+)
+@click.option(
+    "--subset-fraction",
+    default=1.0,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, min_open=True),
+    help="Keep this stable fraction of the source images, chosen by a hash of the image id (nested: the "
+    "0.1 subset is inside the 0.5 subset).",
+)
+@click.option(
+    "--image-size",
+    type=click.IntRange(1, 4096),
+    help="Output side in pixels (square). Default: 28 for MNIST, 224 for photos.",
+)
+@click.option(
+    "--angles",
+    default="all",
+    show_default=True,
+    callback=_angles,
+    help="Counter-clockwise angles to write: 'all' (0-359), a list '0,90,180,270', a range with a step "
+    "'0-359:15', or a mix.",
+)
+@click.option(
+    "--center-crop/--no-center-crop",
+    default=True,
+    show_default=True,
+    help="Crop the source to a square before rotating (--no-center-crop rotates the whole image; ablation).",
+)
+@click.option(
+    "--crop",
+    "crop_position",
+    type=click.Choice(CROP_POSITIONS),
+    default="center",
+    show_default=True,
+    help="Where the square sits: 'right' drops Street View's overlay icon in the top-left corner.",
+)
+@click.option(
+    "--crop-largest-rect/--no-crop-largest-rect",
+    default=None,
+    help="After rotating, crop the largest rectangle without fill pixels, then resize. Default: on for "
+    "photos, off for MNIST (its black background hides the corners; the crop would zoom 45-degree digits).",
+)
+@click.option(
+    "--image-format",
+    type=click.Choice(IMAGE_FORMATS),
+    help="Record image encoding. Default: png (lossless grey) for MNIST, jpeg for photos.",
+)
+@click.option(
+    "--jpeg-quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality."
+)
+@click.option(
+    "--validation-fraction",
+    default=0.1,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0, max_open=True),
+    help="Fraction of the train images that go to the validation split, by a stable hash of the image id.",
+)
+@click.option(
+    "--num-shards",
+    default=0,
+    show_default=True,
+    type=click.IntRange(0),
+    help="Shards per split; 0 chooses about 192 MB per shard.",
+)
+@click.option(
+    "--compression",
+    type=click.Choice(["none", "gzip"]),
+    default="none",
+    show_default=True,
+    help="Shard compression (gzip shards end in .tfrecord.gz).",
+)
+@click.option(
+    "--max-error-fraction",
+    default=0.01,
+    show_default=True,
+    type=click.FloatRange(0.0, 1.0),
+    help="Fail (exit 1, no manifest) when more than this fraction of source images are bad; each bad "
+    "image is listed with its reason in errors-*.jsonl either way.",
+)
+@click.option(
+    "--min-image-side",
+    default=DEFAULT_MIN_IMAGE_SIDE,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Source images with a shorter side are errors (too small to rotate meaningfully).",
+)
+@click.option(
+    "--max-pixels",
+    default=DEFAULT_MAX_PIXELS,
+    show_default=True,
+    type=click.IntRange(1),
+    help="Source images with more pixels are refused before decoding (decompression-bomb guard).",
+)
+@click.option("--overwrite", is_flag=True, help="Replace a finished dataset already in --output-dir.")
+@click.option("--no-progress", is_flag=True, help="Hide the live progress bar.")
+@click.option("-v", "--verbose", is_flag=True, help="Show Beam's own log messages.")
+@click.pass_context
+def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object) -> None:
+    """Write all rotations (default: 360) of every source image of a dataset into sharded TFRecords.
+
+    Each image is center-cropped, rotated, cropped to the largest rectangle without fill, resized and
+    encoded; the records carry the dataset, split, image id, angle and label (schemas/record.py). MNIST
+    train is split into train/validation by a hash of the image id, t10k becomes test; Street View
+    (views 1-4) and your own images are split train/validation by a hash of the file name. The manifest
+    dataset_info.json is written last, only when every image is accounted for.
+    """
+    from pipeline import job
+
+    beam_args = list(ctx.args)
+    unknown = job.unknown_beam_args(beam_args)
+    if unknown:
+        raise click.UsageError(_unknown_message(ctx, unknown))
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(message)s"
+    )
+    if not verbose:
+        # Beam's workers log setup chatter ("No semi_persistent_directory found", ...) and every failure
+        # with its whole traceback; a failure's cause is reported once, below, without the traceback.
+        logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
+    options["mnist_mirrors"] = tuple(options["mnist_mirrors"])
+    options["street_view_mirrors"] = tuple(options["street_view_mirrors"])
+    options["angles_degrees"] = options.pop("angles")
+    if options["dataset"] != "mnist":
+        options["mnist_dir"] = None  # ROTNET_MNIST_DIR may be set for every run
+    try:
+        config = PipelineConfig(**options).resolved()
+    except ConfigError as error:
+        raise click.UsageError(str(error)) from None
+    _check_local_paths(config)
+    try:
+        summary = job.run(
+            config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
+        )
+    except job.JobError as error:
+        raise click.ClickException(str(error)) from None
+    click.echo(summary.table())
+
+
+def _check_local_paths(config: PipelineConfig) -> None:
+    """Missing local inputs are usage errors (exit 2), found before Beam starts."""
+    from schemas.paths import is_remote
+
+    if config.mnist_dir and not os.path.isdir(config.mnist_dir):
+        raise click.BadParameter(f"{config.mnist_dir} is not a directory", param_hint="--mnist-dir")
+    street_view_dir = config.street_view_dir
+    if street_view_dir and not is_remote(street_view_dir) and not os.path.isdir(street_view_dir):
+        raise click.BadParameter(f"{street_view_dir} is not a directory", param_hint="--street-view-dir")
+    pattern = config.input_pattern
+    if (
+        pattern
+        and not is_remote(pattern)
+        and not re.search(r"[*?\[]", pattern)
+        and not os.path.exists(pattern)
+    ):
+        raise click.BadParameter(f"{pattern} does not exist", param_hint="--input")
+
+
+def _unknown_message(ctx: click.Context, unknown: list[str]) -> str:
+    known = [name for param in ctx.command.params for name in getattr(param, "opts", [])]
+    hints = []
+    for argument in (argument for argument in unknown if argument.startswith("-")):
+        close = difflib.get_close_matches(argument.split("=", 1)[0], known, n=1)
+        hints.append(f"{argument} (did you mean {close[0]}?)" if close else argument)
+    return (
+        f"no such option: {', '.join(hints) or ' '.join(unknown)}. Options not listed in --help must be Beam pipeline options "
+        "(e.g. --runner, --project, --temp_location)."
+    )

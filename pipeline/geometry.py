@@ -280,15 +280,21 @@ def fast_matrix(source: Source, angle_degrees: float, image_size: Size) -> np.nd
     return np.hstack([linear, offset[:, np.newaxis]])
 
 
-def fast_rotation(source: Source, angle_degrees: float, image_size: Size) -> np.ndarray:
-    """One rotated, cropped, resized image from a prepared source: a single warpAffine."""
+def fast_rotation(
+    source: Source, angle_degrees: float, image_size: Size, matrix: np.ndarray | None = None
+) -> np.ndarray:
+    """One rotated, cropped, resized image from a prepared source: a single warpAffine.
+
+    `matrix` may pass `fast_matrix(source, angle_degrees, image_size)` computed earlier: it depends only
+    on the sizes, so the pipeline reuses it for every image of the same size (it costs more than the warp).
+    """
     out_height, out_width = as_size(image_size)
     # With the crop, every sample lies inside the image (up to rounding), so replicating the edge only
     # absorbs sub-pixel overshoot; without it, the corners show the black fill like RotNet's MNIST.
     border = cv2.BORDER_REPLICATE if source.crop_largest_rect else cv2.BORDER_CONSTANT
     rotated = cv2.warpAffine(
         source.pixels,
-        fast_matrix(source, angle_degrees, image_size),
+        fast_matrix(source, angle_degrees, image_size) if matrix is None else matrix,
         (out_width, out_height),
         flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
         borderMode=border,

@@ -28,9 +28,16 @@ def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
     if not is_remote(path):
         return open(local_path(path), mode)
     try:
+        from apache_beam.io.filesystem import CompressionTypes
         from apache_beam.io.filesystems import FileSystems
 
-        return FileSystems.open(path) if "r" in mode else FileSystems.create(path)
+        # Raw bytes: Beam would otherwise gunzip/gzip *.gz paths itself, under tfrecord_file's own gzip.
+        raw = CompressionTypes.UNCOMPRESSED
+        return (
+            FileSystems.open(path, compression_type=raw)
+            if "r" in mode
+            else FileSystems.create(path, compression_type=raw)
+        )
     except ImportError:
         pass
     try:

@@ -23,6 +23,7 @@ Images are HWC uint8, channels RGB (never BGR) when there are three.
 from __future__ import annotations
 
 import dataclasses
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -132,41 +133,62 @@ def encode_example(record: Record) -> bytes:
     return wire.encode_example(features)
 
 
+FEATURES_BY_FIELD = {feature.field: feature for feature in FEATURES}
+
+
+@functools.cache
+def _angle_entries() -> tuple[bytes, ...]:
+    """The wire bytes of the angle_degrees map entry for each angle (same for every record)."""
+    key = wire._field(1, FEATURES_BY_FIELD["angle_degrees"].key.encode("utf-8"))
+    return tuple(
+        wire._field(1, key + wire._field(2, wire._encode_list(wire.INT64_LIST, [angle])))
+        for angle in range(NUM_ANGLES)
+    )
+
+
 def example_encoder(template: Record) -> Callable[[bytes, int], bytes]:
     """A fast `encode_example` for records that differ from `template` only in image bytes and angle.
 
     `encode(image_encoded, angle_degrees)` returns exactly the bytes of `encode_example` for the template
     with those two fields replaced, but the other features' wire bytes are computed once (the pipeline
-    serializes the rotations of one image this way: ~12 us instead of ~50 us per record).
+    serializes the rotations of one image this way: ~5 us instead of ~50 us per record).
     """
-    # Map entries in key order: wire bytes of a fixed entry, or (key bytes, kind, field) of a variable one.
-    variable = {"image_encoded": wire.BYTES_LIST, "angle_degrees": wire.INT64_LIST}
-    pieces: list[bytes | tuple[bytes, int, str]] = []
+
+    def map_entry(feature: FeatureDef, value: Any) -> bytes:
+        kind = wire.INT64_LIST if feature.kind == INT64 else wire.BYTES_LIST
+        value = value.encode("utf-8") if feature.kind == STRING else value
+        entry = wire._field(1, feature.key.encode("utf-8")) + wire._field(2, wire._encode_list(kind, [value]))
+        return wire._field(1, entry)
+
+    # The map entries in key order, split around the two variable ones into runs of fixed bytes.
+    runs: list[bytes] = [b""]
+    order: list[str] = []
     for feature in sorted(FEATURES, key=lambda feature: feature.key):
-        if feature.field in variable:
-            pieces.append(
-                (wire._field(1, feature.key.encode("utf-8")), variable[feature.field], feature.field)
-            )
+        if feature.field in ("image_encoded", "angle_degrees"):
+            order.append(feature.field)
+            runs.append(b"")
         else:
-            kind = wire.INT64_LIST if feature.kind == INT64 else wire.BYTES_LIST
-            value = getattr(template, feature.field)
-            value = value.encode("utf-8") if feature.kind == STRING else value
-            entry = wire._field(1, feature.key.encode("utf-8")) + wire._field(
-                2, wire._encode_list(kind, [value])
-            )
-            pieces.append(wire._field(1, entry))
+            runs[-1] += map_entry(feature, getattr(template, feature.field))
+    angle_entries = _angle_entries()
+    image_key = wire._field(1, FEATURES_BY_FIELD["image_encoded"].key.encode("utf-8"))
+
+    def delimited(tag: bytes, payload: bytes) -> bytes:
+        # wire._field for the common short lengths, without the generic varint loop.
+        size = len(payload)
+        return tag + (bytes((size,)) if size < 0x80 else wire._varint(size)) + payload
+
+    field_1, field_2 = b"\x0a", b"\x12"  # field numbers 1 and 2, length-delimited
 
     def encode(image_encoded: bytes, angle_degrees: int) -> bytes:
         if not 0 <= angle_degrees < NUM_ANGLES:
             raise SchemaError(f"angle_degrees {angle_degrees} must be in 0..359")
-        values = {"image_encoded": image_encoded, "angle_degrees": int(angle_degrees)}
-        body = b"".join(
-            piece
-            if isinstance(piece, bytes)
-            else wire._field(1, piece[0] + wire._field(2, wire._encode_list(piece[1], [values[piece[2]]])))
-            for piece in pieces
-        )
-        return wire._field(1, body)
+        feature = delimited(field_1, delimited(field_1, image_encoded))  # Feature{bytes_list{value}}
+        values = {
+            "angle_degrees": angle_entries[angle_degrees],
+            "image_encoded": delimited(field_1, image_key + delimited(field_2, feature)),
+        }
+        first, second = order
+        return delimited(field_1, runs[0] + values[first] + runs[1] + values[second] + runs[2])
 
     return encode
 

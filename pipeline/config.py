@@ -1,0 +1,195 @@
+"""What one `rotnet-pipeline` run does: a flat, typed dataclass with the defaults of each dataset.
+
+Pure Python (no Beam): the CLI fills a `PipelineConfig` from its options, `resolved()` puts in the
+per-dataset defaults (MNIST: 28 px grey PNG without the largest-rect crop; photos: 224 px RGB JPEG q95
+with it), and the manifest records `to_dict()` so that every records directory says how it was made.
+
+    >>> config = PipelineConfig(dataset="mnist", output_dir="data/records/mnist").resolved()
+    >>> config.image_size, config.image_format, config.crop_largest_rect, len(config.angles_degrees)
+    (28, 'png', False, 360)
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import re
+from dataclasses import dataclass, field
+from typing import Any
+
+from pipeline.codec import DEFAULT_MAX_PIXELS
+from schemas.record import DATASETS, IMAGE_FORMATS, NUM_ANGLES
+from schemas.sharding import COMPRESSION_SUFFIXES
+
+CROP_POSITIONS = ("center", "right")
+
+# Per-dataset defaults. MNIST keeps RotNet's setup: the black background hides the rotated corners, and
+# a largest-rect crop resized back to 28 px would zoom a 45-degree digit by sqrt(2), a scale cue the
+# network could learn instead of the digit's shape. Photos get the crop so that no fill colour shows.
+DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
+    "mnist": {"image_size": 28, "image_format": "png", "channels": 1, "crop_largest_rect": False},
+    "street_view": {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True},
+    "images": {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True},
+}
+
+# Shards of ~128-256 MB stream well from GCS and shuffle well across files; aim for the middle.
+TARGET_SHARD_BYTES = 192 * 2**20
+# Below this a split is not worth spreading over more workers.
+MIN_SHARD_BYTES = 16 * 2**20
+# Bytes per record, measured on the real samples (tests data): the encoded image as a fraction of its
+# raw pixel bytes (PNG level 1 of a 28 px digit ~0.6, JPEG q95 of a 224 px street photo ~0.18) plus the
+# record's keys and TFRecord framing. Only used to choose the number of shards.
+ENCODED_FRACTION = {"png": 0.6, "jpeg": 0.18, "raw": 1.0}
+RECORD_OVERHEAD_BYTES = 220
+
+# An image whose short side is below this cannot give a meaningful rotation (a 1x1 image is an error).
+DEFAULT_MIN_IMAGE_SIDE = 16
+
+
+class ConfigError(ValueError):
+    """A configuration that cannot run; the message says which option to change."""
+
+
+@dataclass(frozen=True)
+class PipelineConfig:
+    """Every setting of a pipeline run. None means "the dataset's default" (see DATASET_DEFAULTS)."""
+
+    # --- what to read ------------------------------------------------------------------------
+    dataset: str  # mnist | street_view | images
+    output_dir: str  # records directory, local path or gs://
+    input_pattern: str | None = None  # images: a directory or glob, local or gs://
+    mnist_dir: str | None = None  # offline MNIST IDX files; None downloads them inside the job
+    mnist_mirrors: tuple[str, ...] = ()  # base urls tried in order; () = pipeline.mnist.MNIST_MIRRORS
+    mnist_checksums: dict[str, str] = field(default_factory=dict)  # file name -> md5/sha256 override
+    street_view_dir: str | None = None  # offline zip parts or loose <placemark>_<view>.jpg files
+    street_view_mirrors: tuple[str, ...] = ()  # base urls of part1..10.zip; () = the UCF site
+    download_dir: str = "data/downloads"  # download cache (a rerun downloads nothing)
+    subset_fraction: float = 1.0  # keep this stable fraction of source images (by hash of the id)
+
+    # --- geometry ----------------------------------------------------------------------------
+    image_size: int | None = None  # output side in pixels (square)
+    angles_degrees: tuple[int, ...] = tuple(range(NUM_ANGLES))  # counter-clockwise rotations to write
+    center_crop: bool = True  # crop the source to a square before rotating
+    crop_position: str = "center"  # where the square sits: center | right (Street View icon is top-left)
+    crop_largest_rect: bool | None = None  # crop the largest fill-free rectangle after rotating
+    min_image_side: int = DEFAULT_MIN_IMAGE_SIDE  # smaller sources are errors, not records
+    max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard for source images
+
+    # --- encoding and output ---------------------------------------------------------------
+    image_format: str | None = None  # png | jpeg | raw
+    jpeg_quality: int = 95
+    validation_fraction: float = 0.1  # of the train images, by a stable hash of the image id
+    num_shards: int = 0  # per split; 0 = about TARGET_SHARD_BYTES per shard
+    compression: str = "none"  # none | gzip
+    max_error_fraction: float = 0.01  # fail the run when more source images than this are bad
+    overwrite: bool = False  # replace a finished dataset already in output_dir
+
+    # --- derived -----------------------------------------------------------------------------
+
+    @property
+    def channels(self) -> int:
+        return DATASET_DEFAULTS[self.dataset]["channels"]
+
+    def resolved(self) -> PipelineConfig:
+        """A copy with the dataset defaults filled in, validated (raises ConfigError)."""
+        if self.dataset not in DATASETS:
+            raise ConfigError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
+        defaults = DATASET_DEFAULTS[self.dataset]
+        config = dataclasses.replace(
+            self,
+            image_size=self.image_size or defaults["image_size"],
+            image_format=self.image_format or defaults["image_format"],
+            crop_largest_rect=(
+                defaults["crop_largest_rect"] if self.crop_largest_rect is None else self.crop_largest_rect
+            ),
+            angles_degrees=tuple(sorted({int(angle) for angle in self.angles_degrees})),
+        )
+        config.validate()
+        return config
+
+    def validate(self) -> None:
+        problems = []
+        if not self.output_dir:
+            problems.append("an output directory is required (--output-dir)")
+        if self.dataset == "images" and not self.input_pattern:
+            problems.append("--dataset images needs --input DIR_OR_GLOB")
+        if self.dataset != "images" and self.input_pattern:
+            problems.append("--input is only for --dataset images")
+        if self.image_size is not None and not 1 <= self.image_size <= 4096:
+            problems.append(f"image size {self.image_size} must be in 1..4096")
+        if not self.angles_degrees or any(not 0 <= a < NUM_ANGLES for a in self.angles_degrees):
+            problems.append("angles must be a non-empty set of integers in 0..359")
+        if self.crop_position not in CROP_POSITIONS:
+            problems.append(f"crop position {self.crop_position!r} is not one of {CROP_POSITIONS}")
+        if self.image_format is not None and self.image_format not in IMAGE_FORMATS:
+            problems.append(f"image format {self.image_format!r} is not one of {IMAGE_FORMATS}")
+        if not 1 <= self.jpeg_quality <= 100:
+            problems.append(f"JPEG quality {self.jpeg_quality} must be in 1..100")
+        if not 0.0 <= self.validation_fraction < 1.0:
+            problems.append(f"validation fraction {self.validation_fraction} must be in [0, 1)")
+        if not 0.0 < self.subset_fraction <= 1.0:
+            problems.append(f"subset fraction {self.subset_fraction} must be in (0, 1]")
+        if self.num_shards < 0:
+            problems.append(f"number of shards {self.num_shards} must be >= 0 (0 = automatic)")
+        if self.compression not in COMPRESSION_SUFFIXES:
+            problems.append(f"compression {self.compression!r} is not one of {sorted(COMPRESSION_SUFFIXES)}")
+        if not 0.0 <= self.max_error_fraction <= 1.0:
+            problems.append(f"max error fraction {self.max_error_fraction} must be in [0, 1]")
+        if self.min_image_side < 1 or self.max_pixels < 1:
+            problems.append("the minimum image side and the pixel limit must be positive")
+        if problems:
+            raise ConfigError("; ".join(problems))
+
+    def to_dict(self) -> dict[str, Any]:
+        """JSON-ready settings for the manifest (tuples become lists)."""
+        return json.loads(json.dumps(dataclasses.asdict(self)))
+
+    def estimated_record_bytes(self) -> int:
+        """Expected size of one record on disk, for choosing the number of shards."""
+        size = self.image_size or DATASET_DEFAULTS[self.dataset]["image_size"]
+        image_format = self.image_format or DATASET_DEFAULTS[self.dataset]["image_format"]
+        raw = size * size * self.channels
+        return math.ceil(raw * ENCODED_FRACTION[image_format]) + RECORD_OVERHEAD_BYTES
+
+    def shards_for(self, num_images: float, parallelism: int = 1) -> int:
+        """Shards for a split of about `num_images` source images: --num-shards, or ~192 MB each.
+
+        One worker writes (and rotates) each shard, so when the split is big enough a run on
+        `parallelism` workers gets at least one shard per worker.
+        """
+        if self.num_shards:
+            return self.num_shards
+        total = num_images * len(self.angles_degrees) * self.estimated_record_bytes()
+        by_size = math.ceil(total / TARGET_SHARD_BYTES)
+        by_workers = min(parallelism, math.ceil(total / MIN_SHARD_BYTES))
+        return max(1, by_size, by_workers)
+
+
+_RANGE = re.compile(r"^(\d+)-(\d+)(?::(\d+))?$")
+
+
+def parse_angles(text: str) -> tuple[int, ...]:
+    """Angles from "all", "0,90,180,270", "0-359:15" (inclusive range with a step) or a mix of them.
+
+    Raises ConfigError naming the part it cannot read.
+    """
+    text = text.strip().lower()
+    if text in ("", "all"):
+        return tuple(range(NUM_ANGLES))
+    angles: set[int] = set()
+    for part in text.split(","):
+        part = part.strip()
+        match = _RANGE.match(part)
+        if match:
+            start, stop, step = int(match[1]), int(match[2]), int(match[3] or 1)
+            if step < 1 or start > stop:
+                raise ConfigError(f"angle range {part!r} needs start <= stop and a step >= 1")
+            angles.update(range(start, stop + 1, step))
+        elif part.isdigit():
+            angles.add(int(part))
+        else:
+            raise ConfigError(f"cannot read angles {part!r}: use e.g. 'all', '0,90,180,270' or '0-359:15'")
+    if any(angle >= NUM_ANGLES for angle in angles):
+        raise ConfigError(f"angles must be in 0..359, got {max(angles)}")
+    return tuple(sorted(angles))
