@@ -213,5 +213,9 @@ def write_manifest(records: str, info: DatasetInfo) -> str:
     directory = os.path.dirname(paths.local_path(path)) or "."
     with tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", suffix=".json", delete=False) as handle:
         handle.write(text)
+    # NamedTemporaryFile creates 0600; the manifest must be as readable as the shards beside it.
+    umask = os.umask(0)
+    os.umask(umask)
+    os.chmod(handle.name, 0o666 & ~umask)
     os.replace(handle.name, paths.local_path(path))
     return path

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -46,6 +47,12 @@ def test_round_trip_through_a_directory(tmp_path: Path) -> None:
     path = schemas.write_manifest(str(tmp_path), info)
     assert Path(path).name == schemas.MANIFEST_NAME
     assert not list(tmp_path.glob(".tmp-*")), "temporary file left behind"
+    umask = os.umask(0o022)
+    try:
+        schemas.write_manifest(str(tmp_path), info)
+    finally:
+        os.umask(umask)
+    assert Path(path).stat().st_mode & 0o777 == 0o644, "readable by others, like the shards"
     loaded = schemas.load_manifest(str(tmp_path))
     assert loaded == info
     assert loaded.num_records == 16
