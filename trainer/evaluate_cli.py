@@ -1,10 +1,107 @@
-"""`rotnet-evaluate`: not yet available (issue #3 builds it)."""
+"""`rotnet-evaluate`: angle error statistics of a trained model on a split of a records directory.
+
+    rotnet-evaluate --model runs/mnist --records data/mnist-records --split validation --tta 4
+
+Expected result: a table (mean / median / p95 error, share within 2, 5, 10 degrees, 180-degree flips)
+on stdout, and evaluation.json, per_angle_error.png and error_histogram.png in --output (default:
+<model dir>/evaluation-<split>[-tta4]).
+"""
+
+from __future__ import annotations
+
+import os
 
 import click
 
+from schemas import ManifestError, paths
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "ignore_unknown_options": True})
-@click.argument("args", nargs=-1, type=click.UNPROCESSED)
-def main(args: tuple[str, ...]) -> None:
-    """Not yet available: issue #3 builds this command."""
-    raise click.ClickException("rotnet-evaluate is not yet available in this version (issue #3 builds it)")
+
+def default_output(model: str, split: str, tta: int) -> str:
+    run_dir = os.path.dirname(os.path.abspath(model)) if model.endswith(".keras") else model.rstrip("/")
+    if os.path.basename(run_dir) == "saved_model":
+        run_dir = os.path.dirname(run_dir)
+    return os.path.join(run_dir, f"evaluation-{split}" + (f"-tta{tta}" if tta > 1 else ""))
+
+
+@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.option(
+    "--model",
+    required=True,
+    type=click.Path(exists=True),
+    help="A rotnet-train --output directory, its model.keras, or its saved_model/ directory.",
+)
+@click.option(
+    "--records",
+    required=True,
+    help="Records directory (local or gs://) with dataset_info.json, of the same image size as the model.",
+)
+@click.option("--split", default="validation", show_default=True, help="Which split of the records to score.")
+@click.option(
+    "--tta",
+    type=click.Choice(["1", "2", "4"]),
+    default="1",
+    show_default=True,
+    help="Test-time augmentation: also predict on the image turned by 180 (2) or by 90/180/270 (4) "
+    "degrees, undo the turns and average on the circle.",
+)
+@click.option(
+    "--output",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Directory for evaluation.json and the PNGs. Default: <model dir>/evaluation-<split>[-tta<N>].",
+)
+@click.option(
+    "--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per batch."
+)
+@click.option(
+    "--max-records",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Score only the first N records in shard order (a quick look; default: every record).",
+)
+def main(
+    model: str,
+    records: str,
+    split: str,
+    tta: str,
+    output: str | None,
+    batch_size: int,
+    max_records: int | None,
+) -> None:
+    """Score a trained model on every record of a split: how many degrees off are its predictions?"""
+    if not paths.is_remote(records) and not paths.exists(records):
+        raise click.BadParameter(f"{records} does not exist", param_hint="--records")
+    from tqdm import tqdm
+
+    from trainer.evaluate import EvaluationError, evaluate, write_outputs
+
+    try:
+        with tqdm(desc="evaluating", unit="record", leave=False) as bar:
+
+            def set_total(total: int) -> None:
+                bar.total = total
+                bar.refresh()
+
+            result, errors = evaluate(
+                model,
+                records,
+                split,
+                int(tta),
+                batch_size,
+                max_records,
+                progress=bar.update,
+                on_total=set_total,
+            )
+    except ManifestError as error:
+        raise click.BadParameter(str(error), param_hint="--records") from None
+    except FileNotFoundError as error:
+        raise click.BadParameter(str(error), param_hint="--model") from None
+    except EvaluationError as error:
+        raise click.ClickException(str(error)) from None
+    written = write_outputs(result, errors, output or default_output(model, split, int(tta)))
+    click.echo(result.table())
+    click.echo("wrote " + ", ".join(written))
+
+
+if __name__ == "__main__":
+    main()

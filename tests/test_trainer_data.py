@@ -1,0 +1,168 @@
+"""The tf.data chain on tiny records directories (tests.factories): shapes, labels, angle subsets,
+--max-images, gzip, validation determinism, preprocessing identical to the NumPy core, shard checks."""
+
+from __future__ import annotations
+
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import schemas
+from pipeline import geometry
+from schemas import splits
+from tests.factories import synthetic_image, write_records_dir
+from trainer import data
+from trainer.config import TrainConfig
+from trainer.heads import Head
+from trainer.train import TrainingError, resolve
+
+ANGLES = (0, 45, 90, 180, 270, 315)
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("records")
+    write_records_dir(directory, images_per_split={"train": 10, "validation": 3}, angles=ANGLES, num_shards=3)
+    return directory
+
+
+def _resolved(records: Path, **overrides) -> tuple[TrainConfig, schemas.DatasetInfo, Head]:
+    config = TrainConfig(records=str(records), output="unused", batch_size=8, shuffle_buffer=64, **overrides)
+    info = schemas.load_manifest(str(records))
+    resolve(config, info)
+    return config, info, Head(config.head, tuple(config.bin_angles), config.sigma_degrees)
+
+
+def test_resolve_fills_in_the_manifest_and_default_steps(records: Path) -> None:
+    config, _, _ = _resolved(records)
+    assert config.image_size == [28, 28] and config.channels == 1 and config.image_format == "png"
+    assert config.bin_angles == list(ANGLES) and config.preprocessing == "binarize"
+    assert config.steps_per_epoch == 2  # ceil(10 source images / batch 8): one pass over the images
+    assert config.validation_steps == 3  # 3 images x 6 angles = 18 records (< 2,048) / 8
+    with pytest.raises(TrainingError, match=r"--angles \[7\] are not in these records"):
+        _resolved(records, angles=[0, 7])
+
+
+def test_training_batches_have_model_shapes_and_valid_labels(records: Path) -> None:
+    config, info, head = _resolved(records)
+    dataset = data.training_dataset(info.shard_paths(str(records), "train"), config, head)
+    labels = []
+    for images, targets in dataset.take(8):
+        assert images.shape == (8, 28, 28, 1) and images.dtype.name == "uint8"  # the model preprocesses
+        labels.extend(targets.numpy().tolist())
+    counts = Counter(labels)
+    assert set(counts) == set(range(len(ANGLES)))  # the shuffle buffer mixes every angle in
+
+
+def test_angle_subset_filters_and_remaps_labels(records: Path) -> None:
+    config, info, head = _resolved(records, angles=[270, 90])
+    assert config.bin_angles == [90, 270] and head.num_bins == 2
+    images_seen = 0
+    for images, targets in data.training_dataset(info.shard_paths(str(records), "train"), config, head).take(
+        5
+    ):
+        assert images.shape[0] == 8  # re-batched to full batches after the filter
+        assert set(targets.numpy().tolist()) <= {0, 1}
+        images_seen += images.shape[0]
+    assert images_seen == 40
+    # evaluation keeps the true angles, only those in the bins
+    batches = list(data.evaluation_dataset(info.shard_paths(str(records), "validation"), config, 4))
+    angles = np.concatenate([angles.numpy() for _, angles, _ in batches])
+    assert sorted(angles.tolist()) == sorted([90, 270] * 3)
+
+
+def test_max_images_keeps_the_stable_hash_subset(records: Path) -> None:
+    config, info, _ = _resolved(records, max_images=0.5)
+    kept_ids = {f"{index:05d}" for index in range(10) if splits.in_subset(f"{index:05d}", 0.5)}
+    assert 0 < len(kept_ids) < 10
+    assert config.num_train_images == 5 and config.train_fraction == 0.5
+    batches = data._batched_records(
+        info.shard_paths(str(records), "train"),
+        config,
+        8,
+        shuffle=False,
+        subset=config.train_fraction,
+        fields=("image_id", "angle_degrees"),
+    )
+    seen = {image_id.decode() for batch in batches for image_id in batch["image_id"].numpy()}
+    assert seen == kept_ids
+
+
+def test_validation_reads_the_same_records_every_epoch(records: Path) -> None:
+    config, info, head = _resolved(records)
+    dataset = data.validation_dataset(info.shard_paths(str(records), "validation"), config, head, steps=2)
+    assert int(dataset.cardinality()) == 2
+    first = [targets.numpy().tolist() for _, targets in dataset]
+    second = [targets.numpy().tolist() for _, targets in dataset]
+    assert first == second and len(first) == 2
+
+
+def test_gzip_raw_and_rgb_jpeg_records(tmp_path: Path) -> None:
+    for name, kwargs in {
+        "gzip": {"compression": "gzip"},
+        "raw": {"image_format": "raw"},
+        "jpeg": {"image_format": "jpeg", "channels": 3, "dataset": "street_view", "image_size": 32},
+    }.items():
+        directory = tmp_path / name
+        write_records_dir(directory, images_per_split={"train": 2, "validation": 1}, angles=(0, 90), **kwargs)
+        config, info, _ = _resolved(directory)
+        batches = list(data.evaluation_dataset(info.shard_paths(str(directory), "train"), config, 4))
+        images = np.concatenate([images.numpy() for images, _, _ in batches])
+        assert images.shape == (4, *config.image_size, config.channels), name
+        assert images.dtype == np.uint8 and images.max() > 0, name
+
+
+def test_decoded_pixels_equal_the_records(records: Path) -> None:
+    """tf.data decoding gives the very pixels the factory wrote (PNG is lossless), with their angles."""
+    from pipeline.codec import decode_record_image
+    from schemas import tfrecord_file
+
+    config, info, _ = _resolved(records)
+    paths = info.shard_paths(str(records), "validation")
+    decoded = sorted(
+        (int(angle), int(label), image.tobytes())
+        for images, angles, labels in data.evaluation_dataset(paths, config, 5)
+        for image, angle, label in zip(images.numpy(), angles.numpy(), labels.numpy(), strict=True)
+    )
+    written = [schemas.decode_example(raw) for path in paths for raw in tfrecord_file.iter_records(path)]
+    expected = sorted((r.angle_degrees, r.label, decode_record_image(r).tobytes()) for r in written)
+    assert len(decoded) == 18 and decoded == expected
+
+
+def test_preprocessing_matches_numpy_and_keras() -> None:
+    import keras
+
+    image = synthetic_image(3, size=28, channels=1)
+    image[0, :4, 0] = [0, 25, 26, 255]  # around the 0.1 threshold: 25.5
+    np.testing.assert_array_equal(
+        data.preprocess_numpy(image[np.newaxis], "binarize")[0], geometry.binarize(image)
+    )
+    np.testing.assert_allclose(data.preprocess_numpy(image[np.newaxis], "scale")[0], image / 255.0, rtol=1e-6)
+    rgb = synthetic_image(4, size=32, channels=3)[np.newaxis]
+    expected = keras.applications.resnet50.preprocess_input(rgb.astype(np.float32))
+    np.testing.assert_allclose(data.preprocess_numpy(rgb, "caffe"), expected, rtol=1e-5, atol=1e-4)
+    with pytest.raises(ValueError):
+        data.preprocess_numpy(rgb, "unknown")
+
+
+def test_label_table() -> None:
+    table = data.label_table([10, 0, 350])
+    assert table[10] == 0 and table[0] == 1 and table[350] == 2
+    assert (table >= 0).sum() == 3 and table[5] == -1
+
+
+def test_shard_checks_find_truncation_and_bit_flips(tmp_path: Path) -> None:
+    info = write_records_dir(tmp_path, images_per_split={"train": 2, "validation": 1}, angles=(0, 90))
+    assert data.shard_size_problems(info, str(tmp_path), "train") == []
+    truncated, flipped = info.shard_paths(str(tmp_path), "train")
+    content = Path(truncated).read_bytes()
+    Path(truncated).write_bytes(content[:-7])
+    problems = data.shard_size_problems(info, str(tmp_path), "train")
+    assert [problem.path for problem in problems] == [truncated] and "truncated" in problems[0].reason
+    content = bytearray(Path(flipped).read_bytes())
+    content[40] ^= 0xFF
+    Path(flipped).write_bytes(bytes(content))
+    damaged = data.find_damaged_shards([flipped])
+    assert len(damaged) == 1 and damaged[0].path == flipped and "CRC" in damaged[0].reason

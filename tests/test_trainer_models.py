@@ -1,0 +1,296 @@
+"""Heads, metrics and models: the angle math as NumPy property tests, the TensorFlow side against it,
+the strategy/precision decisions, and the architectures (RotNet's MNIST CNN layer by layer)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+from trainer import heads
+from trainer.config import TrainConfig, check, choose_preprocessing, subset_fraction
+from trainer.heads import Head
+
+angles_st = st.integers(min_value=0, max_value=359)
+ALL_BINS = tuple(range(360))
+
+
+# --- Pure NumPy angle math ----------------------------------------------------------------------
+
+
+@given(angles_st, angles_st)
+def test_circular_difference_is_symmetric_bounded_and_shift_invariant(a: int, b: int) -> None:
+    difference = float(heads.circular_difference_degrees(a, b))
+    assert 0 <= difference <= 180
+    assert difference == float(heads.circular_difference_degrees(b, a))
+    assert difference == float(heads.circular_difference_degrees(a + 360, b - 720))
+    assert difference == min(abs(a - b), 360 - abs(a - b))
+
+
+def test_angle_error_examples() -> None:
+    assert heads.angle_error_degrees(np.array([0, 10, 350]), np.array([359, 20, 10])) == pytest.approx(31 / 3)
+    assert heads.angle_error_degrees(np.array([0]), np.array([180])) == 180.0
+
+
+@settings(max_examples=30)
+@given(st.lists(angles_st, min_size=1, max_size=8), st.floats(min_value=0.5, max_value=20))
+def test_soft_labels_peak_at_the_true_angle_and_sum_to_one(true_angles: list[int], sigma: float) -> None:
+    labels = heads.soft_labels(ALL_BINS, np.array(true_angles), sigma)
+    assert labels.shape == (len(true_angles), 360)
+    np.testing.assert_allclose(labels.sum(axis=1), 1.0, rtol=1e-5)
+    assert list(labels.argmax(axis=1)) == true_angles
+    # symmetric on the circle: one degree either side weighs the same, also across 0/359
+    rows = np.arange(len(true_angles))
+    np.testing.assert_allclose(
+        labels[rows, (np.array(true_angles) + 1) % 360], labels[rows, (np.array(true_angles) - 1) % 360]
+    )
+
+
+@settings(max_examples=30)
+@given(angles_st, st.floats(min_value=0.05, max_value=1.0))
+def test_regression_probabilities_point_at_the_vector(angle: int, length: float) -> None:
+    radians = np.radians(angle)
+    vector = length * np.array([[np.cos(radians), np.sin(radians)]])
+    probabilities = heads.probabilities_from_vectors(vector, ALL_BINS)
+    np.testing.assert_allclose(probabilities.sum(), 1.0, rtol=1e-5)
+    assert int(np.argmax(probabilities)) == angle
+
+
+def test_regression_confidence_grows_with_vector_length() -> None:
+    head = Head("regression", ALL_BINS)
+    vectors = np.array([[0.2, 0.0], [0.6, 0.0], [0.95, 0.0]])
+    _, confidence = head.decode(head.probabilities(vectors))
+    assert confidence[0] < confidence[1] < confidence[2]
+
+
+@settings(max_examples=40)
+@given(angles_st, st.sampled_from([90, 180, 270]))
+def test_combine_rotations_undoes_the_turn_exactly(angle: int, rotation: int) -> None:
+    """The model sees angle + rotation on the turned image; undoing gives the original angle."""
+    seen = np.zeros((1, 360), np.float32)
+    seen[0, (angle + rotation) % 360] = 1.0
+    original = np.zeros((1, 360), np.float32)
+    original[0, angle] = 1.0
+    combined = heads.combine_rotations([original, seen], [0, rotation], ALL_BINS)
+    assert int(np.argmax(combined)) == angle
+    np.testing.assert_allclose(combined[0, angle], 1.0)
+
+
+def test_combine_rotations_on_a_four_bin_subset() -> None:
+    bins = (0, 90, 180, 270)
+    # true angle 90 (bin 1); turned by 90 the model sees 180 (bin 2), by 180 it sees 270 (bin 3), ...
+    by_rotation = [np.eye(4, dtype=np.float32)[[index]] for index in (1, 2, 3, 0)]
+    combined = heads.combine_rotations(by_rotation, [0, 90, 180, 270], bins)
+    np.testing.assert_allclose(combined, [[0.0, 1.0, 0.0, 0.0]])
+
+
+def test_combine_rotations_averages_disagreement() -> None:
+    first = np.zeros((1, 360), np.float32)
+    first[0, 10] = 1.0
+    second = np.zeros((1, 360), np.float32)
+    second[0, 190] = 1.0  # turned by 180: also says 10
+    third = np.zeros((1, 360), np.float32)
+    third[0, 0] = 1.0  # turned by 180: says 180 (a flip)
+    combined = heads.combine_rotations([first, second, third], [0, 180, 180], ALL_BINS)
+    np.testing.assert_allclose(combined[0, [10, 180]], [2 / 3, 1 / 3], rtol=1e-6)
+
+
+def test_decode_confidence_window() -> None:
+    probabilities = np.zeros((1, 360), np.float32)
+    probabilities[0, [358, 359, 0, 1, 2]] = [0.1, 0.2, 0.4, 0.2, 0.1]
+    angles, confidence = heads.decode_probabilities(probabilities, ALL_BINS, 0.0)
+    assert angles.tolist() == [0] and confidence[0] == pytest.approx(0.4)
+    _, confidence = heads.decode_probabilities(probabilities, ALL_BINS, 1.0)
+    assert confidence[0] == pytest.approx(0.8)
+
+
+def test_rotate_images_90_and_tta_rotations() -> None:
+    images = np.arange(2 * 3 * 3, dtype=np.uint8).reshape(2, 3, 3, 1)
+    turned = heads.rotate_images_90(images, 90)
+    np.testing.assert_array_equal(turned[1, :, :, 0], np.rot90(images[1, :, :, 0]))
+    np.testing.assert_array_equal(heads.rotate_images_90(turned, 270), images)
+    assert heads.tta_rotations(4) == [0, 90, 180, 270] and heads.tta_rotations(1) == [0]
+    with pytest.raises(ValueError):
+        heads.tta_rotations(3)
+
+
+# --- The TensorFlow side agrees with NumPy ------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["classification", "circular-gaussian", "regression"])
+@pytest.mark.parametrize("bins", [ALL_BINS, (0, 90, 180, 270)])
+def test_head_targets_and_metrics_tf_match_numpy(name: str, bins: tuple[int, ...]) -> None:
+    import tensorflow as tf
+
+    head = Head(name, bins, sigma_degrees=4.0)
+    rng = np.random.default_rng(1)
+    true_bins = rng.integers(0, len(bins), 16)
+    targets_tf = head.targets_tf(tf.constant(true_bins)).numpy()
+    np.testing.assert_allclose(targets_tf, head.targets(true_bins), atol=1e-5)
+    np.testing.assert_array_equal(head.true_bins_tf(tf.constant(targets_tf)).numpy(), true_bins)
+
+    outputs = rng.normal(size=(16, head.num_outputs)).astype(np.float32)
+    if name != "regression":
+        outputs = np.exp(outputs) / np.exp(outputs).sum(axis=1, keepdims=True)
+    probabilities_tf = head.probabilities_tf(tf.constant(outputs)).numpy()
+    np.testing.assert_allclose(probabilities_tf, head.probabilities(outputs), atol=1e-5)
+    predicted, _ = head.decode(head.probabilities(outputs))
+
+    angle_error, accuracy = head.metrics()
+    angle_error.update_state(tf.constant(targets_tf), tf.constant(outputs))
+    accuracy.update_state(tf.constant(targets_tf), tf.constant(outputs))
+    true_angles = np.asarray(bins)[true_bins]
+    assert float(angle_error.result()) == pytest.approx(
+        heads.angle_error_degrees(true_angles, predicted), abs=1e-3
+    )
+    assert float(accuracy.result()) == pytest.approx(np.mean(true_angles == predicted))
+
+
+# --- Config, strategy and precision decisions ---------------------------------------------------
+
+
+def test_precision_auto_is_mixed_float16_on_gpu_and_float32_on_cpu() -> None:
+    from trainer.train import resolve_precision
+
+    assert resolve_precision("auto", num_gpus=0) == "float32"
+    assert resolve_precision("auto", num_gpus=1) == "mixed_float16"
+    assert resolve_precision("auto", num_gpus=8) == "mixed_float16"
+    assert resolve_precision("mixed_bfloat16", num_gpus=0) == "mixed_bfloat16"
+    assert resolve_precision("float32", num_gpus=4) == "float32"
+
+
+def test_strategy_kind() -> None:
+    from trainer.train import TrainingError, choose_strategy_kind, is_chief
+
+    assert choose_strategy_kind(0, None) == "default"
+    assert choose_strategy_kind(1, None) == "default"
+    assert choose_strategy_kind(2, None) == "mirrored"
+    cluster = '{"cluster": {"worker": ["a:1", "b:1"]}, "task": {"type": "worker", "index": 1}}'
+    assert choose_strategy_kind(1, cluster) == "multi_worker"
+    assert choose_strategy_kind(4, '{"cluster": {}}') == "mirrored"
+    assert not is_chief(cluster) and is_chief(cluster.replace('"index": 1', '"index": 0')) and is_chief(None)
+    with pytest.raises(TrainingError):
+        choose_strategy_kind(0, "not json")
+
+
+def test_config_checks_and_defaults() -> None:
+    assert check(TrainConfig()) == []
+    problems = check(TrainConfig(model="vgg", head="x", angles=[0, 0, 400], weights="imagenet", epochs=0))
+    text = " ".join(problems)
+    for expected in ("model 'vgg'", "head 'x'", "repeat", "0..359", "--weights", "epochs"):
+        assert expected in text
+    assert choose_preprocessing("mnist-cnn", "mnist", None) == "binarize"
+    assert choose_preprocessing("mnist-cnn", "mnist", False) == "scale"
+    assert choose_preprocessing("mnist-cnn", "street_view", None) == "scale"
+    assert choose_preprocessing("resnet50", "mnist", True) == "caffe"
+    assert subset_fraction(None, 100) == 1.0 and subset_fraction(0.25, 100) == 0.25
+    assert subset_fraction(50, 200) == 0.25 and subset_fraction(500, 200) == 1.0
+
+
+# --- Architectures -------------------------------------------------------------------------------
+
+
+def _config(**overrides) -> TrainConfig:
+    values = {
+        "image_size": [28, 28],
+        "channels": 1,
+        "bin_angles": list(ALL_BINS),
+        "resolved_precision": "float32",
+        "preprocessing": "scale",
+    }
+    values.update(overrides)
+    return TrainConfig(**values)
+
+
+def test_mnist_cnn_is_rotnets_architecture() -> None:
+    import keras
+
+    from trainer.models import build_model
+
+    model = build_model(_config(preprocessing="binarize"), Head("classification", ALL_BINS))
+    assert type(model.layers[1]).__name__ == "Preprocess" and model.layers[1].mode == "binarize"
+    layers = [(type(layer).__name__, layer) for layer in model.layers[2:]]
+    assert [name for name, _ in layers] == [
+        "Conv2D",
+        "Conv2D",
+        "MaxPooling2D",
+        "Dropout",
+        "Flatten",
+        "Dense",
+        "Dropout",
+        "Dense",
+        "Activation",
+    ]
+    conv1, conv2 = layers[0][1], layers[1][1]
+    assert (conv1.filters, conv1.kernel_size, conv1.padding) == (64, (3, 3), "valid")
+    assert (conv2.filters, conv2.kernel_size) == (64, (3, 3))
+    assert layers[2][1].pool_size == (2, 2)
+    assert layers[3][1].rate == 0.25 and layers[6][1].rate == 0.25
+    assert layers[5][1].units == 128 and layers[5][1].activation is keras.activations.relu
+    assert layers[7][1].units == 360
+    assert model.output_shape == (None, 360)
+    # RotNet's parameter count for 28x28x1 -> 360: 640 + 36,928 + 1,179,776 + 46,440
+    assert model.count_params() == 640 + 36_928 + 12 * 12 * 64 * 128 + 128 + 129 * 360
+
+
+def test_output_layer_is_float32_under_mixed_precision_and_policy_restored() -> None:
+    import keras
+    import tensorflow as tf
+
+    from trainer.models import build_model
+
+    before = keras.config.dtype_policy().name
+    model = build_model(
+        _config(resolved_precision="mixed_float16"), Head("classification", (0, 90, 180, 270))
+    )
+    assert keras.config.dtype_policy().name == before
+    assert model.get_layer("conv1").dtype_policy.name == "mixed_float16"
+    assert model.get_layer("conv1").compute_dtype == "float16"
+    assert model.get_layer("angle_output").compute_dtype == "float32"
+    assert model.get_layer("preprocess").compute_dtype == "float32"
+    assert model(tf.zeros((2, 28, 28, 1), tf.uint8)).dtype == tf.float32
+    model.compile(optimizer=keras.optimizers.Adam(), loss="sparse_categorical_crossentropy")
+    assert isinstance(model.optimizer, keras.optimizers.LossScaleOptimizer)
+
+
+def test_backbones_take_grey_small_inputs() -> None:
+    import tensorflow as tf
+
+    from trainer.models import build_model
+
+    for name in ("resnet50", "mobilenet-v3-small"):
+        model = build_model(
+            _config(model=name, weights="none", preprocessing="caffe"), Head("regression", ALL_BINS)
+        )
+        assert model.output_shape == (None, 2)
+        assert model(tf.zeros((1, 28, 28, 1), tf.uint8)).shape == (1, 2)
+
+
+def test_mnist_cnn_bn_shapes() -> None:
+    from trainer.models import build_model
+
+    model = build_model(_config(model="mnist-cnn-bn"), Head("circular-gaussian", ALL_BINS))
+    assert model.output_shape == (None, 360)
+    assert any(type(layer).__name__ == "BatchNormalization" for layer in model.layers)
+
+
+def test_preprocess_layer_matches_the_numpy_core_and_survives_saving(tmp_path) -> None:
+    import keras
+
+    from pipeline import geometry
+    from tests.factories import synthetic_image
+    from trainer.models import Preprocess, build_model
+
+    image = synthetic_image(2)
+    image[0, :3, 0] = [25, 26, 255]  # either side of RotNet's 0.1 x 255 = 25.5 threshold
+    model = build_model(_config(preprocessing="binarize"), Head("classification", ALL_BINS))
+    binarized = model.get_layer("preprocess")(image[np.newaxis]).numpy()[0]
+    np.testing.assert_array_equal(binarized, geometry.binarize(image))
+    path = tmp_path / "model.keras"
+    model.save(path)
+    reloaded = keras.saving.load_model(path, compile=False)
+    assert isinstance(reloaded.get_layer("preprocess"), Preprocess)
+    np.testing.assert_allclose(
+        reloaded(image[np.newaxis]).numpy(), model(image[np.newaxis]).numpy(), atol=1e-6
+    )

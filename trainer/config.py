@@ -1,0 +1,173 @@
+"""The training configuration: one flat, typed dataclass with commented defaults.
+
+`rotnet-train` fills a `TrainConfig` from its options; `resolve` completes it with what the records'
+manifest says (image size, channels, angles) and what the machine has (GPUs, precision), and the
+resolved config is written to `train_config.json` beside the model, so a run can always be traced and
+a model reloaded with exactly its training preprocessing.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any
+
+MODELS = ("mnist-cnn", "mnist-cnn-bn", "resnet50", "mobilenet-v3-small")
+HEADS = ("classification", "circular-gaussian", "regression")
+PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
+LR_SCHEDULES = ("plateau", "cosine")
+# Models built on keras.applications backbones: they accept --weights imagenet|none|<path>.
+PRETRAINED_BACKBONES = ("resnet50", "mobilenet-v3-small")
+# Preprocessing applied to uint8 pixels, the same in tf.data, in Predictor and in the SavedModel:
+#   binarize  RotNet's MNIST binarization (pixel / 255 >= 0.1 -> 1.0 else 0.0)
+#   scale     pixel / 255
+#   caffe     keras.applications.resnet50.preprocess_input: RGB->BGR, minus the ImageNet channel means
+#   raw       float pixels 0..255 (MobileNetV3 rescales inside the model)
+PREPROCESSINGS = ("binarize", "scale", "caffe", "raw")
+
+# Output names inside --output (trainer.train writes them, trainer.predict reads them).
+CONFIG_FILE = "train_config.json"
+MODEL_FILE = "model.keras"
+SAVED_MODEL_DIR = "saved_model"
+
+
+@dataclass
+class TrainConfig:
+    # --- where ---
+    records: str = ""  # records directory (local or gs://) holding dataset_info.json and the shards
+    output: str = ""  # directory for model.keras, saved_model/, train_config.json, metrics.json, logs
+
+    # --- what to learn ---
+    model: str = "mnist-cnn"  # one of MODELS; mnist-cnn is RotNet's MNIST architecture unchanged
+    weights: str | None = None  # imagenet | none | <path> for backbones; None = imagenet for backbones
+    head: str = "classification"  # one of HEADS
+    sigma_degrees: float = 3.0  # circular-gaussian head: standard deviation of the soft label
+    angles: list[int] | None = None  # train on these angles only (labels remapped); None = all in shards
+    max_images: float | None = None  # <= 1: fraction of training images; > 1: about that many (stable hash)
+    binarize: bool | None = None  # None = RotNet's binarization for the MNIST CNNs on MNIST records
+
+    # --- how long and how fast ---
+    epochs: int = 50
+    steps_per_epoch: int | None = None  # None = one pass over the source images (not all rotations)
+    validation_steps: int | None = None  # None = about one record per validation image, >= 2,048 records
+    batch_size: int = 128  # per replica; the global batch is batch_size * number of replicas
+    learning_rate: float = 1e-3  # Adam
+    lr_schedule: str = "plateau"  # plateau: ReduceLROnPlateau; cosine: cosine decay over all steps
+    reduce_lr_patience: int = 3  # epochs without a better validation angle error before LR x 0.5
+    early_stopping_patience: int = 10  # epochs without a better validation angle error before stopping
+    precision: str = "auto"  # auto = mixed_float16 on GPU, float32 on CPU
+
+    # --- input pipeline ---
+    shuffle_buffer: int = 10_000  # records; mixes angles and images across the interleaved shards
+    cycle_length: int = 16  # shards read at once (capped by the number of shards)
+    seed: int = 0  # file order and shuffle seed (each epoch still reshuffles)
+    skip_corrupt_shards: bool = False  # check every shard's CRCs first and leave out damaged ones
+
+    # --- fault tolerance and logs ---
+    backup_every_steps: int | None = None  # None = back up at each epoch end; N = every N steps too
+    tensorboard: bool = True
+
+    # --- filled in by `resolve` from the manifest and the machine ---
+    dataset: str = ""
+    image_size: list[int] = field(default_factory=list)  # [height, width]
+    channels: int = 0
+    image_format: str = ""
+    compression: str = "none"
+    record_angles: list[int] = field(default_factory=list)  # the angles the records hold (manifest)
+    bin_angles: list[int] = field(default_factory=list)  # the angle of each output bin, ascending
+    preprocessing: str = ""  # one of PREPROCESSINGS
+    resolved_precision: str = ""
+    strategy: str = ""  # default | mirrored | multi_worker
+    num_replicas: int = 1
+    train_fraction: float = 1.0  # --max-images as the fraction of image ids kept (schemas.splits.in_subset)
+    num_train_images: int = 0  # source images used for training (about, after --max-images)
+    num_validation_images: int = 0
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.bin_angles)
+
+    @property
+    def global_batch_size(self) -> int:
+        return self.batch_size * max(1, self.num_replicas)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2, sort_keys=True) + "\n"
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> TrainConfig:
+        known = {f.name for f in dataclasses.fields(cls)}
+        return cls(**{key: value for key, value in data.items() if key in known})
+
+    @classmethod
+    def from_json(cls, text: str) -> TrainConfig:
+        return cls.from_dict(json.loads(text))
+
+
+def check(config: TrainConfig) -> list[str]:
+    """Problems with the user's choices, as sentences (empty when fine)."""
+    problems = []
+    if config.model not in MODELS:
+        problems.append(f"model {config.model!r} is not one of {', '.join(MODELS)}")
+    if config.head not in HEADS:
+        problems.append(f"head {config.head!r} is not one of {', '.join(HEADS)}")
+    if config.precision not in PRECISIONS:
+        problems.append(f"precision {config.precision!r} is not one of {', '.join(PRECISIONS)}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        problems.append(f"lr schedule {config.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    if config.weights not in (None, "none") and config.model not in PRETRAINED_BACKBONES:
+        problems.append(f"--weights applies to {', '.join(PRETRAINED_BACKBONES)}, not {config.model}")
+    if config.sigma_degrees <= 0:
+        problems.append("sigma must be positive (degrees)")
+    if config.angles is not None:
+        if not config.angles:
+            problems.append("angles must not be empty")
+        if any(not 0 <= angle < 360 for angle in config.angles):
+            problems.append("angles must be in 0..359")
+        if len(set(config.angles)) != len(config.angles):
+            problems.append("angles must not repeat")
+    if config.max_images is not None and config.max_images <= 0:
+        problems.append("max-images must be positive (a count, or a fraction <= 1)")
+    for name in ("epochs", "batch_size", "shuffle_buffer", "cycle_length"):
+        if getattr(config, name) < 1:
+            problems.append(f"{name.replace('_', '-')} must be at least 1")
+    for name in ("steps_per_epoch", "validation_steps", "backup_every_steps"):
+        value = getattr(config, name)
+        if value is not None and value < 1:
+            problems.append(f"{name.replace('_', '-')} must be at least 1")
+    if config.learning_rate <= 0:
+        problems.append("lr must be positive")
+    return problems
+
+
+def choose_preprocessing(model: str, dataset: str, binarize: bool | None) -> str:
+    """The preprocessing a model is trained with (see PREPROCESSINGS)."""
+    if model == "resnet50":
+        return "caffe"
+    if model == "mobilenet-v3-small":
+        return "raw"
+    if binarize is None:
+        binarize = dataset == "mnist"  # RotNet binarizes MNIST; binarized photos would be meaningless
+    return "binarize" if binarize else "scale"
+
+
+def subset_fraction(max_images: float | None, num_train_images: int) -> float:
+    """--max-images as the fraction of image ids kept by `schemas.splits.in_subset` (1.0 = all)."""
+    if max_images is None:
+        return 1.0
+    if max_images <= 1.0:
+        return float(max_images)
+    return min(1.0, max_images / max(1, num_train_images))
+
+
+def default_steps_per_epoch(num_train_images: int, global_batch_size: int) -> int:
+    """One epoch = about one pass over the source images (a pass over all 360 rotations is 360x)."""
+    return max(1, math.ceil(num_train_images / global_batch_size))
+
+
+def default_validation_steps(num_validation_images: int, num_validation_records: int, batch_size: int) -> int:
+    """About one record per validation image, at least 2,048 records (a steadier mean), at most the split."""
+    wanted = min(num_validation_records, max(num_validation_images, 2048))
+    return max(1, math.ceil(wanted / batch_size))

@@ -1,0 +1,282 @@
+"""The tf.data input pipeline: shards of rotated records -> (uint8 images, head targets) batches.
+
+The training chain, top to bottom (`training_dataset`):
+
+    shard paths (manifest), shuffled       file order reshuffled every pass (list_files without a glob)
+    .repeat()                              an endless stream; Keras counts steps_per_epoch
+    .interleave(TFRecordDataset, cycle_length, AUTOTUNE, deterministic=False)
+                                           several shards at once: mixes images (the pipeline already
+                                           spreads one image's rotations across shards)
+    .shuffle(shuffle_buffer)               thousands of records: mixes angles and images further
+    .batch(batch_size, drop_remainder)     then everything below works on whole batches
+    .map(parse_batch)                      vectorized tf.io.parse_example, keys from schemas.record
+    [.map(keep) .unbatch() .batch()]       only with --angles / --max-images: drop other records
+    .map(decode, targets)                  PNG/JPEG per image inside the batch map, raw vectorized;
+                                           angle -> bin index -> the head's targets
+    .prefetch(AUTOTUNE)
+
+Preprocessing (binarize / scale / caffe, `preprocess_images`) is the model's first layer
+(trainer.models.Preprocess), not a step here: batches travel as uint8, a quarter of the bytes of
+float32 (converting 224 px batches to float32 on the CPU cut the 2-core input rate from ~2,000 to
+~1,300 images/s; the flip to BGR alone to ~800), the accelerator does the arithmetic, and every saved
+model carries its own preprocessing, so training, Predictor and the SavedModel cannot disagree.
+
+Validation (`validation_dataset`) reads the shards in order, without shuffling, and takes the same
+first records every epoch. `evaluation_dataset` yields uint8 images, true angles and labels for
+rotnet-evaluate.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import tensorflow as tf
+
+import schemas
+from pipeline.geometry import BINARIZE_THRESHOLD
+from schemas import splits, tfrecord_file
+from trainer.config import TrainConfig
+from trainer.heads import Head
+
+AUTOTUNE = tf.data.AUTOTUNE
+# keras.applications.resnet50.preprocess_input ("caffe"): BGR order minus these channel means.
+IMAGENET_MEANS_BGR = (103.939, 116.779, 123.68)
+# libjpeg's fast integer IDCT: ~10% faster than the default on 224 px q95 records, pixels within a
+# level or two of it (far below the JPEG error itself).
+JPEG_DCT_METHOD = "INTEGER_FAST"
+
+
+# --- Shards: which to read, and which are damaged -------------------------------------------------
+
+
+@dataclass(frozen=True)
+class ShardProblem:
+    """A shard that cannot be read as the manifest describes it."""
+
+    path: str
+    reason: str
+
+    def __str__(self) -> str:
+        return f"{self.path}: {self.reason}"
+
+
+def shard_size_problems(info: schemas.DatasetInfo, records: str, split: str) -> list[ShardProblem]:
+    """Missing shards and shards whose size differs from the manifest (truncated or appended): cheap,
+    one stat per shard, so training checks every shard before it starts."""
+    problems = []
+    for shard, path in zip(info.splits[split].shards, info.shard_paths(records, split), strict=True):
+        if not tf.io.gfile.exists(path):
+            problems.append(ShardProblem(path, "missing"))
+            continue
+        size = tf.io.gfile.stat(path).length
+        if size != shard.num_bytes:
+            problems.append(
+                ShardProblem(path, f"{size:,} bytes but the manifest says {shard.num_bytes:,} (truncated?)")
+            )
+    return problems
+
+
+def shard_crc_problem(path: str) -> ShardProblem | None:
+    """Read a whole shard, checking every record's CRCs; the first damage found, or None."""
+    try:
+        for _ in tfrecord_file.iter_records(path, verify=True):
+            pass
+    except tfrecord_file.CorruptShardError as error:
+        return ShardProblem(path, f"{error.reason} at byte offset {error.offset}")
+    return None
+
+
+def find_damaged_shards(
+    paths: Sequence[str], stop_at_first: bool = False, progress: Callable[[str], None] | None = None
+) -> list[ShardProblem]:
+    """CRC-check shards (each read in full). Used with --skip-corrupt-shards, and after TensorFlow
+    reported damage without saying which file it was reading."""
+    problems = []
+    for path in paths:
+        if progress:
+            progress(path)
+        problem = shard_crc_problem(path)
+        if problem:
+            problems.append(problem)
+            if stop_at_first:
+                break
+    return problems
+
+
+# --- Labels and filters ---------------------------------------------------------------------------
+
+
+def label_table(bin_angles: Sequence[int]) -> np.ndarray:
+    """(360,) int32: the bin index of each angle, -1 for angles outside the bins."""
+    table = np.full(schemas.NUM_ANGLES, -1, np.int32)
+    table[np.asarray(bin_angles, np.int64)] = np.arange(len(bin_angles), dtype=np.int32)
+    return table
+
+
+def subset_mask_function(fraction: float) -> Callable[[np.ndarray], np.ndarray]:
+    """NumPy function for tf.numpy_function: which image ids are in the stable --max-images subset.
+
+    schemas.splits.in_subset hashes with SHA-256, which TensorFlow has no op for; each image id is
+    hashed once and remembered (an image has up to 360 records).
+    """
+    cache: dict[bytes, bool] = {}
+
+    def mask(image_ids: np.ndarray) -> np.ndarray:
+        keep = np.empty(len(image_ids), bool)
+        for index, image_id in enumerate(image_ids):
+            if image_id not in cache:
+                cache[image_id] = splits.in_subset(image_id.decode("utf-8"), fraction)
+            keep[index] = cache[image_id]
+        return keep
+
+    return mask
+
+
+# --- Decoding and preprocessing --------------------------------------------------------------------
+
+
+def decode_images(encoded, image_format: str, height: int, width: int, channels: int):
+    """A batch of encoded images (B,) string -> (B, height, width, channels) uint8."""
+    if image_format == "raw":
+        pixels = tf.io.decode_raw(encoded, tf.uint8)  # vectorized: every record has the same length
+        return tf.reshape(pixels, [-1, height, width, channels])
+
+    def decode_one(data):
+        if image_format == "png":
+            image = tf.io.decode_png(data, channels=channels)
+        else:
+            image = tf.io.decode_jpeg(data, channels=channels, dct_method=JPEG_DCT_METHOD)
+        return tf.ensure_shape(image, [height, width, channels])
+
+    # PNG/JPEG decoders take one image; map_fn runs them inside the batch's map (parallel across batches).
+    return tf.map_fn(
+        decode_one, encoded, fn_output_signature=tf.TensorSpec([height, width, channels], tf.uint8)
+    )
+
+
+def preprocess_images(images, preprocessing: str):
+    """uint8 pixels (B, H, W, C) -> float32, as named in trainer.config.PREPROCESSINGS (the computation
+    of the models' Preprocess layer)."""
+    if preprocessing == "caffe" and images.shape[-1] == 3:
+        images = tf.reverse(images, axis=[-1])  # RGB -> BGR on bytes: cheaper than on floats
+    pixels = tf.cast(images, tf.float32)
+    if preprocessing == "binarize":
+        # The same float32 arithmetic as pipeline.geometry.binarize (value / 255 >= threshold).
+        return tf.cast(pixels / 255.0 >= BINARIZE_THRESHOLD, tf.float32)
+    if preprocessing == "scale":
+        return pixels / 255.0
+    if preprocessing == "caffe":
+        if pixels.shape[-1] == 3:
+            return pixels - tf.constant(IMAGENET_MEANS_BGR, tf.float32)
+        return pixels - float(np.mean(IMAGENET_MEANS_BGR))  # grey: the mean of the channel means
+    if preprocessing == "raw":
+        return pixels
+    raise ValueError(f"unknown preprocessing {preprocessing!r}")
+
+
+def preprocess_numpy(images: np.ndarray, preprocessing: str) -> np.ndarray:
+    """`preprocess_images` for a NumPy batch (runs the same TensorFlow ops eagerly)."""
+    return preprocess_images(tf.convert_to_tensor(images, tf.uint8), preprocessing).numpy()
+
+
+# --- The datasets ---------------------------------------------------------------------------------
+
+
+def _read_records(paths: Sequence[str], config: TrainConfig, shuffle: bool) -> tf.data.Dataset:
+    compression = "GZIP" if config.compression == "gzip" else ""
+    # The manifest lists the shards: list_files(shuffle=True) without its glob (one stat per shard on
+    # GCS, and a directory named like "runs[1]" would be read as a pattern).
+    files = tf.data.Dataset.from_tensor_slices(list(paths))
+    if shuffle:
+        files = files.shuffle(len(paths), seed=config.seed, reshuffle_each_iteration=True).repeat()
+    return files.interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
+        cycle_length=max(1, min(config.cycle_length, len(paths))),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=not shuffle,
+    )
+
+
+def _batched_records(
+    paths: Sequence[str],
+    config: TrainConfig,
+    batch_size: int,
+    shuffle: bool,
+    subset: float = 1.0,
+    fields: tuple[str, ...] = ("image_encoded", "angle_degrees"),
+) -> tf.data.Dataset:
+    """Batches of the record `fields` (schemas.record names) for records whose angle is in the bins
+    (and whose image is in the --max-images subset)."""
+    records = _read_records(paths, config, shuffle)
+    if shuffle:
+        records = records.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+    kept_fields = fields
+    if subset < 1.0 and "image_id" not in fields:
+        fields = (*fields, "image_id")
+    batches = records.batch(batch_size, drop_remainder=shuffle).map(
+        lambda serialized: schemas.parse_batch(serialized, fields), num_parallel_calls=AUTOTUNE
+    )
+    table = tf.constant(label_table(config.bin_angles))
+    # Evaluating a 4-way model on 360-angle records, say, needs the filter; the usual run does not.
+    every_angle = set(config.bin_angles) >= set(config.record_angles or range(schemas.NUM_ANGLES))
+    if every_angle and subset >= 1.0:
+        return batches
+
+    subset_mask = subset_mask_function(subset)
+
+    def keep(batch):
+        mask = tf.gather(table, batch["angle_degrees"]) >= 0
+        if subset < 1.0:
+            in_subset = tf.numpy_function(subset_mask, [batch["image_id"]], tf.bool, stateful=False)
+            mask = tf.logical_and(mask, tf.ensure_shape(in_subset, [None]))
+        return {name: tf.boolean_mask(batch[name], mask) for name in kept_fields}
+
+    # Filtering leaves ragged batches; re-batching restores the batch size (cheap: encoded bytes only).
+    return batches.map(keep, num_parallel_calls=AUTOTUNE).unbatch().batch(batch_size, drop_remainder=shuffle)
+
+
+def _to_model_inputs(config: TrainConfig, head: Head):
+    table = tf.constant(label_table(config.bin_angles))
+    height, width = config.image_size
+
+    def convert(batch):
+        images = decode_images(batch["image_encoded"], config.image_format, height, width, config.channels)
+        return images, head.targets_tf(tf.gather(table, batch["angle_degrees"]))
+
+    return convert
+
+
+def training_dataset(paths: Sequence[str], config: TrainConfig, head: Head) -> tf.data.Dataset:
+    """Endless shuffled (uint8 images, targets) batches of config.global_batch_size."""
+    batches = _batched_records(
+        paths, config, config.global_batch_size, shuffle=True, subset=config.train_fraction
+    )
+    return batches.map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+
+
+def validation_dataset(paths: Sequence[str], config: TrainConfig, head: Head, steps: int) -> tf.data.Dataset:
+    """The same first `steps` batches every epoch: shards in order, no shuffling (wrapping around if the
+    split holds fewer), with a known length so Keras restarts it at each validation."""
+    batches = _batched_records(paths, config, config.global_batch_size, shuffle=False).repeat().take(steps)
+    return (
+        batches.apply(tf.data.experimental.assert_cardinality(steps))
+        .map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
+    )
+
+
+def evaluation_dataset(paths: Sequence[str], config: TrainConfig, batch_size: int) -> tf.data.Dataset:
+    """Every record of the shards whose angle is in the model's bins, in shard order:
+    (uint8 images, angles int32, source labels int32 (the digit for MNIST, else -1))."""
+    height, width = config.image_size
+
+    def convert(batch):
+        images = decode_images(batch["image_encoded"], config.image_format, height, width, config.channels)
+        return images, tf.cast(batch["angle_degrees"], tf.int32), tf.cast(batch["label"], tf.int32)
+
+    batches = _batched_records(
+        paths, config, batch_size, shuffle=False, fields=("image_encoded", "angle_degrees", "label")
+    )
+    return batches.map(convert, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)

@@ -1,0 +1,269 @@
+"""Output heads: how an angle becomes a training target, and how model outputs become angles.
+
+Angles are degrees, counter-clockwise, integers 0..359. A model predicts over `bin_angles` (all 360
+angles, or a subset such as 0/90/180/270 with labels remapped to bin indices 0..3):
+
+* classification      softmax over the bins, one-hot targets (RotNet);
+* circular-gaussian   softmax over the bins, soft targets exp(-d^2 / 2 sigma^2) with d the circular
+                      distance in degrees from the true angle (normalized);
+* regression          two linear outputs (cos, sin) of the angle, mean squared error.
+
+Every head turns its outputs into a probability vector over the bins (regression: a von Mises
+density around the predicted direction whose concentration follows the vector's length), so
+prediction, test-time augmentation and evaluation are the same for all heads.
+
+The NumPy functions here are the reference; the TensorFlow functions below them do the same on tensors
+inside the model, the tf.data chain and the exported SavedModel.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+# Regression: the output vector is shrunk by ambiguity; turn its length into a von Mises concentration
+# with Banerjee et al.'s (2005) approximation of the inverse of I1(k)/I0(k), capped to stay finite.
+MAX_RESULTANT_LENGTH = 0.999
+# Regression's confidence is the probability within this many degrees of the predicted angle.
+REGRESSION_CONFIDENCE_WINDOW_DEGREES = 10.0
+
+
+# --- Pure NumPy -----------------------------------------------------------------------------------
+
+
+def circular_difference_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """|a - b| on the circle, in [0, 180] degrees (element-wise, broadcasting)."""
+    difference = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) % 360.0
+    return np.minimum(difference, 360.0 - difference)
+
+
+def angle_error_degrees(true_angles: np.ndarray, predicted_angles: np.ndarray) -> float:
+    """RotNet's angle_error: mean absolute circular difference, degrees."""
+    return float(np.mean(circular_difference_degrees(true_angles, predicted_angles)))
+
+
+def soft_labels(bin_angles: Sequence[int], true_angles: np.ndarray, sigma_degrees: float) -> np.ndarray:
+    """Circular-gaussian targets (N, bins): exp(-d^2 / 2 sigma^2) over the bins, rows summing to 1."""
+    distances = circular_difference_degrees(
+        np.asarray(bin_angles)[np.newaxis, :], np.asarray(true_angles)[:, np.newaxis]
+    )
+    weights = np.exp(-0.5 * (distances / sigma_degrees) ** 2)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def concentration_from_length(length: np.ndarray) -> np.ndarray:
+    """von Mises concentration kappa whose mean resultant length is `length` (0 -> 0, 1 -> large)."""
+    r = np.clip(np.asarray(length, np.float64), 0.0, MAX_RESULTANT_LENGTH)
+    return r * (2.0 - r * r) / (1.0 - r * r)
+
+
+def probabilities_from_vectors(vectors: np.ndarray, bin_angles: Sequence[int]) -> np.ndarray:
+    """Regression outputs (N, 2) = (cos, sin) -> von Mises probabilities over the bins (N, bins)."""
+    vectors = np.asarray(vectors, np.float64)
+    direction = np.arctan2(vectors[:, 1], vectors[:, 0])
+    kappa = concentration_from_length(np.hypot(vectors[:, 0], vectors[:, 1]))
+    bins = np.radians(np.asarray(bin_angles, np.float64))
+    logits = kappa[:, np.newaxis] * np.cos(bins[np.newaxis, :] - direction[:, np.newaxis])
+    logits -= logits.max(axis=1, keepdims=True)
+    weights = np.exp(logits)
+    return (weights / weights.sum(axis=1, keepdims=True)).astype(np.float32)
+
+
+def undo_rotation_permutation(bin_angles: Sequence[int], rotation_degrees: int) -> np.ndarray:
+    """Index map for test-time augmentation: bin i (angle a) of an image turned a further `rotation`
+    counter-clockwise holds the evidence for angle a - rotation of the original, i.e. bin result[i].
+
+    Exact when the bins are closed under the rotation (all 360 angles, or 0/90/180/270); otherwise the
+    nearest bin on the circle.
+    """
+    bins = np.asarray(bin_angles, np.float64)
+    targets = (bins - rotation_degrees) % 360.0
+    return np.argmin(circular_difference_degrees(targets[:, np.newaxis], bins[np.newaxis, :]), axis=1)
+
+
+def combine_rotations(
+    probabilities_by_rotation: Sequence[np.ndarray],
+    rotations_degrees: Sequence[int],
+    bin_angles: Sequence[int],
+) -> np.ndarray:
+    """Average on the circle the probabilities predicted for an image turned by each rotation.
+
+    `probabilities_by_rotation[k]` (N, bins) was predicted on the images turned a further
+    `rotations_degrees[k]` counter-clockwise (np.rot90, exact); each is shifted back by its rotation
+    and the shifted vectors are averaged. Used by Predictor (tta) and rotnet-evaluate alike.
+    """
+    combined = np.zeros_like(np.asarray(probabilities_by_rotation[0], np.float64))
+    for probabilities, rotation in zip(probabilities_by_rotation, rotations_degrees, strict=True):
+        permutation = undo_rotation_permutation(bin_angles, rotation)
+        shifted = np.zeros_like(combined)
+        np.add.at(shifted, (slice(None), permutation), np.asarray(probabilities, np.float64))
+        combined += shifted
+    return (combined / len(rotations_degrees)).astype(np.float32)
+
+
+def decode_probabilities(
+    probabilities: np.ndarray, bin_angles: Sequence[int], confidence_window_degrees: float = 0.0
+) -> tuple[np.ndarray, np.ndarray]:
+    """(angles (N,) int, confidence (N,) in 0..1): the most probable bin's angle, and the probability
+    mass within `confidence_window_degrees` of it (0 = that bin alone)."""
+    probabilities = np.asarray(probabilities, np.float64)
+    bins = np.asarray(bin_angles)
+    best = np.argmax(probabilities, axis=1)
+    angles = bins[best].astype(np.int64)
+    near = circular_difference_degrees(bins[np.newaxis, :], angles[:, np.newaxis]) <= (
+        confidence_window_degrees + 1e-9
+    )
+    confidence = np.clip(np.sum(probabilities * near, axis=1), 0.0, 1.0)
+    return angles, confidence.astype(np.float32)
+
+
+def rotate_images_90(images: np.ndarray, rotation_degrees: int) -> np.ndarray:
+    """Turn a batch (N, H, W, C) counter-clockwise by a multiple of 90 degrees, exactly."""
+    if rotation_degrees % 90:
+        raise ValueError(f"test-time rotations must be multiples of 90 degrees, got {rotation_degrees}")
+    return np.ascontiguousarray(np.rot90(images, k=rotation_degrees // 90 % 4, axes=(1, 2)))
+
+
+def tta_rotations(tta: int) -> list[int]:
+    """The test-time rotations for --tta 1 (none), 2 (0/180) or 4 (0/90/180/270)."""
+    if tta not in (1, 2, 4):
+        raise ValueError(f"tta must be 1, 2 or 4, got {tta}")
+    return list(range(0, 360, 360 // tta))
+
+
+# --- The head object: targets, losses, metrics (TensorFlow side) ---------------------------------
+
+
+@dataclass(frozen=True)
+class Head:
+    """A head over `bin_angles`; `name` is one of trainer.config.HEADS."""
+
+    name: str
+    bin_angles: tuple[int, ...]
+    sigma_degrees: float = 3.0
+
+    @property
+    def num_bins(self) -> int:
+        return len(self.bin_angles)
+
+    @property
+    def num_outputs(self) -> int:
+        return 2 if self.name == "regression" else self.num_bins
+
+    @property
+    def activation(self) -> str:
+        return "linear" if self.name == "regression" else "softmax"
+
+    @property
+    def confidence_window_degrees(self) -> float:
+        if self.name == "circular-gaussian":
+            return 2.0 * self.sigma_degrees
+        if self.name == "regression":
+            return REGRESSION_CONFIDENCE_WINDOW_DEGREES
+        return 0.0
+
+    # --- NumPy ---
+
+    def targets(self, bin_indices: np.ndarray) -> np.ndarray:
+        """Training targets for label bin indices, as the tf.data chain makes them."""
+        angles = np.asarray(self.bin_angles)[np.asarray(bin_indices)]
+        if self.name == "classification":
+            return np.asarray(bin_indices, np.int32)
+        if self.name == "circular-gaussian":
+            return soft_labels(self.bin_angles, angles, self.sigma_degrees)
+        radians = np.radians(angles.astype(np.float64))
+        return np.stack([np.cos(radians), np.sin(radians)], axis=1).astype(np.float32)
+
+    def probabilities(self, outputs: np.ndarray) -> np.ndarray:
+        """Model outputs -> probabilities over the bins (N, bins)."""
+        if self.name == "regression":
+            return probabilities_from_vectors(outputs, self.bin_angles)
+        return np.asarray(outputs, np.float32)
+
+    def decode(self, probabilities: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        return decode_probabilities(probabilities, self.bin_angles, self.confidence_window_degrees)
+
+    # --- TensorFlow ---
+
+    def targets_tf(self, bin_indices):
+        """The same as `targets`, on a batch tensor of int bin indices."""
+        import tensorflow as tf
+
+        if self.name == "classification":
+            return tf.cast(bin_indices, tf.int32)
+        angles = tf.gather(tf.constant(self.bin_angles, tf.float32), bin_indices)
+        if self.name == "circular-gaussian":
+            bins = tf.constant(self.bin_angles, tf.float32)
+            distances = circular_difference_tf(bins[tf.newaxis, :], angles[:, tf.newaxis])
+            weights = tf.exp(-0.5 * tf.square(distances / self.sigma_degrees))
+            return weights / tf.reduce_sum(weights, axis=1, keepdims=True)
+        radians = angles * (np.pi / 180.0)
+        return tf.stack([tf.cos(radians), tf.sin(radians)], axis=1)
+
+    def probabilities_tf(self, outputs):
+        """Model outputs -> probabilities over the bins, in TensorFlow (for the SavedModel)."""
+        import tensorflow as tf
+
+        outputs = tf.cast(outputs, tf.float32)
+        if self.name != "regression":
+            return outputs
+        direction = tf.atan2(outputs[:, 1], outputs[:, 0])
+        length = tf.clip_by_value(tf.norm(outputs, axis=1), 0.0, MAX_RESULTANT_LENGTH)
+        kappa = length * (2.0 - length * length) / (1.0 - length * length)
+        bins = tf.constant(np.radians(self.bin_angles), tf.float32)
+        return tf.nn.softmax(kappa[:, tf.newaxis] * tf.cos(bins[tf.newaxis, :] - direction[:, tf.newaxis]))
+
+    def predicted_bins_tf(self, outputs):
+        """Index of the predicted bin for each row of model outputs."""
+        import tensorflow as tf
+
+        return tf.argmax(self.probabilities_tf(outputs), axis=1, output_type=tf.int32)
+
+    def true_bins_tf(self, targets):
+        """Index of the true bin from the targets `targets_tf` made (exact for every head)."""
+        import tensorflow as tf
+
+        if self.name == "classification":
+            return tf.reshape(tf.cast(targets, tf.int32), [-1])
+        if self.name == "circular-gaussian":
+            return tf.argmax(targets, axis=1, output_type=tf.int32)
+        return self.predicted_bins_tf(targets)  # the unit vector of the true angle points at its bin
+
+    def loss(self):
+        import keras
+
+        if self.name == "classification":
+            return keras.losses.SparseCategoricalCrossentropy()
+        if self.name == "circular-gaussian":
+            return keras.losses.CategoricalCrossentropy()
+        return keras.losses.MeanSquaredError()
+
+    def metrics(self) -> list:
+        """angle_error (mean absolute circular difference, degrees, RotNet's metric) and accuracy."""
+        import keras
+        import tensorflow as tf
+
+        bins = tf.constant(self.bin_angles, tf.float32)
+
+        def angle_error(y_true, y_pred):
+            true_angles = tf.gather(bins, self.true_bins_tf(y_true))
+            predicted_angles = tf.gather(bins, self.predicted_bins_tf(y_pred))
+            return circular_difference_tf(true_angles, predicted_angles)
+
+        def accuracy(y_true, y_pred):
+            return tf.cast(tf.equal(self.true_bins_tf(y_true), self.predicted_bins_tf(y_pred)), tf.float32)
+
+        return [
+            keras.metrics.MeanMetricWrapper(angle_error, name="angle_error"),
+            keras.metrics.MeanMetricWrapper(accuracy, name="accuracy"),
+        ]
+
+
+def circular_difference_tf(a, b):
+    """|a - b| on the circle in [0, 180] degrees, for float tensors."""
+    import tensorflow as tf
+
+    difference = tf.math.floormod(tf.abs(a - b), 360.0)
+    return tf.minimum(difference, 360.0 - difference)

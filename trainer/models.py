@@ -1,0 +1,142 @@
+"""The models: RotNet's MNIST CNN, an improved variant, ResNet50 and MobileNetV3-Small backbones.
+
+Every model takes uint8 images (B, H, W, C) as they come out of the records, starts with a
+`Preprocess` layer (binarize / scale / caffe, trainer.data.preprocess_images, computed in float32) and
+ends in the head's output layer, also computed in float32 under mixed precision (a float16 softmax
+loses the small probabilities the loss needs). A model.keras file therefore holds its preprocessing;
+`import trainer.models` registers the Preprocess layer before `keras.saving.load_model`.
+
+* mnist-cnn           exactly RotNet's MNIST network: conv64 3x3 relu, conv64 3x3 relu, maxpool 2,
+                      dropout 0.25, flatten, dense 128 relu, dropout 0.25, dense num_bins softmax.
+* mnist-cnn-bn        the same size class with batch normalization and a third conv stage: trains
+                      faster and further on the 4,500-digit subset (see docs/trainer.md).
+* resnet50            keras.applications.ResNet50 (no top, global average pooling) + the head;
+                      grey inputs are repeated to 3 channels, inputs under 32 px resized to 32.
+* mobilenet-v3-small  keras.applications.MobileNetV3Small, the CPU/mobile-friendly backbone.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Iterator
+
+import keras
+
+from trainer.config import TrainConfig
+from trainer.heads import Head
+
+# keras.applications backbones refuse inputs smaller than this.
+MIN_BACKBONE_SIZE = 32
+
+
+@keras.saving.register_keras_serializable(package="rotnet")
+class Preprocess(keras.layers.Layer):
+    """uint8 pixels -> float32 model input; `mode` is one of trainer.config.PREPROCESSINGS."""
+
+    def __init__(self, mode: str, **kwargs):
+        kwargs["dtype"] = "float32"  # exact thresholds and means, also under mixed precision
+        super().__init__(**kwargs)
+        self.mode = mode
+
+    def call(self, images):
+        from trainer.data import preprocess_images
+
+        return preprocess_images(images, self.mode)
+
+    def compute_output_shape(self, input_shape):
+        return input_shape
+
+    def get_config(self) -> dict:
+        return {**super().get_config(), "mode": self.mode}
+
+
+@contextlib.contextmanager
+def precision_policy(name: str) -> Iterator[None]:
+    """Build layers under a Keras dtype policy (float32, mixed_float16, mixed_bfloat16), then restore
+    the previous global policy; the layers keep theirs, and compile() adds loss scaling for float16."""
+    previous = keras.config.dtype_policy()
+    keras.config.set_dtype_policy(name)
+    try:
+        yield
+    finally:
+        keras.config.set_dtype_policy(previous)
+
+
+def build_model(config: TrainConfig, head: Head) -> keras.Model:
+    """The model for a resolved config (image_size, channels, precision filled in)."""
+    height, width = config.image_size
+    with precision_policy(config.resolved_precision or "float32"):
+        inputs = keras.Input(shape=(height, width, config.channels), dtype="uint8", name="image")
+        pixels = Preprocess(config.preprocessing, name="preprocess")(inputs)
+        if config.model == "mnist-cnn":
+            features = _rotnet_mnist_features(pixels)
+        elif config.model == "mnist-cnn-bn":
+            features = _mnist_bn_features(pixels)
+        elif config.model in ("resnet50", "mobilenet-v3-small"):
+            features = _backbone_features(pixels, config.model, config.weights or "imagenet")
+        else:
+            raise ValueError(f"unknown model {config.model!r}")
+        logits = keras.layers.Dense(head.num_outputs, name="logits")(features)
+        outputs = keras.layers.Activation(head.activation, dtype="float32", name="angle_output")(logits)
+        return keras.Model(inputs, outputs, name=config.model.replace("-", "_"))
+
+
+def _rotnet_mnist_features(inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """RotNet's train_mnist.py, layer for layer (64 filters, 3x3 kernels, 2x2 pooling, valid padding)."""
+    x = keras.layers.Conv2D(64, 3, activation="relu", name="conv1")(inputs)
+    x = keras.layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
+    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = keras.layers.Dropout(0.25, name="dropout1")(x)
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dense(128, activation="relu", name="dense")(x)
+    return keras.layers.Dropout(0.25, name="dropout2")(x)
+
+
+def _conv_bn(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
+    x = keras.layers.Conv2D(filters, 3, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = keras.layers.BatchNormalization(name=f"{name}_bn")(x)
+    return keras.layers.Activation("relu", name=f"{name}_relu")(x)
+
+
+def _mnist_bn_features(inputs: keras.KerasTensor) -> keras.KerasTensor:
+    """32-32 / pool / 64-64 / pool / 128, batch-normalized, then dense 256: about RotNet's compute
+    (~23 M multiply-adds per 28 px image), more depth, and the spatial layout kept to the dense layer
+    (an angle is a spatial property; global pooling would throw it away)."""
+    x = _conv_bn(inputs, 32, "block1a")
+    x = _conv_bn(x, 32, "block1b")
+    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = _conv_bn(x, 64, "block2a")
+    x = _conv_bn(x, 64, "block2b")
+    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = _conv_bn(x, 128, "block3")
+    x = keras.layers.Flatten(name="flatten")(x)
+    x = keras.layers.Dropout(0.15, name="dropout1")(x)
+    x = keras.layers.Dense(256, use_bias=False, name="dense")(x)
+    x = keras.layers.BatchNormalization(name="dense_bn")(x)
+    x = keras.layers.Activation("relu", name="dense_relu")(x)
+    return keras.layers.Dropout(0.15, name="dropout2")(x)
+
+
+def _backbone_features(inputs: keras.KerasTensor, model: str, weights: str) -> keras.KerasTensor:
+    x = inputs
+    if x.shape[-1] == 1:  # ImageNet backbones want 3 channels
+        x = keras.layers.Concatenate(name="grey_to_rgb")([x, x, x])
+    height, width = x.shape[1], x.shape[2]
+    if height < MIN_BACKBONE_SIZE or width < MIN_BACKBONE_SIZE:
+        height, width = max(height, MIN_BACKBONE_SIZE), max(width, MIN_BACKBONE_SIZE)
+        x = keras.layers.Resizing(height, width, interpolation="bilinear", name="upsize")(x)
+    weights_argument = None if weights == "none" else weights  # "imagenet" or a weights file path
+    if model == "resnet50":
+        backbone = keras.applications.ResNet50(
+            include_top=False, weights=weights_argument, input_shape=(height, width, 3), pooling="avg"
+        )
+    else:
+        # include_preprocessing: the model rescales 0..255 inputs itself ("raw" preprocessing).
+        backbone = keras.applications.MobileNetV3Small(
+            include_top=False,
+            weights=weights_argument,
+            input_shape=(height, width, 3),
+            pooling="avg",
+            include_preprocessing=True,
+        )
+    return backbone(x)

@@ -1,0 +1,543 @@
+"""Training: resolve the config, pick strategy and precision, stream the shards, fit, write outputs.
+
+    rotnet-train --records data/mnist-records --output runs/mnist            # (trainer/cli.py)
+
+Outputs in --output (see docs/trainer.md):
+
+    model.keras            the best model by validation angle error (ModelCheckpoint)
+    saved_model/           SavedModel, `serve`: uint8 images -> angle_degrees, confidence, probabilities
+    train_config.json      the resolved TrainConfig (Predictor reads it)
+    metrics.json           best and final metrics, per-epoch history, throughput, skipped shards
+    training_curves.png    loss and angle error per epoch, training and validation
+    history.csv            CSVLogger; tensorboard/ TensorBoard logs
+    backup/                BackupAndRestore state while a run is unfinished: rerun the same command
+                           after a crash, a SIGKILL or a SIGTERM and it resumes from there
+"""
+
+from __future__ import annotations
+
+import csv
+import importlib.util
+import json
+import math
+import os
+import signal
+import threading
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import keras
+
+import schemas
+from trainer.config import (
+    CONFIG_FILE,
+    MODEL_FILE,
+    SAVED_MODEL_DIR,
+    TrainConfig,
+    choose_preprocessing,
+    default_steps_per_epoch,
+    default_validation_steps,
+    subset_fraction,
+)
+
+HISTORY_FILE = "history.csv"
+METRICS_FILE = "metrics.json"
+CURVES_FILE = "training_curves.png"
+BACKUP_DIR = "backup"
+BACKUP_METADATA = "training_metadata.json"
+# Fields that must match for a rerun to resume an interrupted run from its backup.
+RESUME_FIELDS = (
+    "records",
+    "model",
+    "head",
+    "sigma_degrees",
+    "bin_angles",
+    "image_size",
+    "channels",
+    "preprocessing",
+    "batch_size",
+    "resolved_precision",
+    "num_replicas",
+)
+
+
+class TrainingError(Exception):
+    """A problem the user can fix (bad records, damaged shards, mismatching resume); one line."""
+
+
+class TrainingInterruptedError(Exception):
+    """SIGTERM arrived: a backup was written; rerunning the same command resumes."""
+
+
+# --- Pure decisions (unit-tested without GPUs) ----------------------------------------------------
+
+
+def resolve_precision(requested: str, num_gpus: int) -> str:
+    """auto -> mixed_float16 on a GPU (tensor cores), float32 on CPU (float16 is slow there)."""
+    if requested == "auto":
+        return "mixed_float16" if num_gpus > 0 else "float32"
+    return requested
+
+
+def choose_strategy_kind(num_gpus: int, tf_config: str | None) -> str:
+    """multi_worker when TF_CONFIG describes a cluster, mirrored for several local GPUs, else default."""
+    if tf_config:
+        try:
+            cluster = json.loads(tf_config).get("cluster", {})
+        except (json.JSONDecodeError, AttributeError):
+            raise TrainingError("TF_CONFIG is not valid JSON; unset it or fix it") from None
+        if any(cluster.get(role) for role in ("worker", "chief")):
+            return "multi_worker"
+    return "mirrored" if num_gpus > 1 else "default"
+
+
+def is_chief(tf_config: str | None) -> bool:
+    """Only the chief (or worker 0 without a chief) writes the outputs in multi-worker training."""
+    if not tf_config:
+        return True
+    data = json.loads(tf_config)
+    task = data.get("task", {})
+    if task.get("type") == "chief":
+        return True
+    has_chief = bool(data.get("cluster", {}).get("chief"))
+    return not has_chief and task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
+
+
+def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 1) -> TrainConfig:
+    """Fill in what the manifest decides: image size, angles/bins, preprocessing, counts, steps."""
+    config.dataset = info.dataset
+    config.image_size = [info.image.height, info.image.width]
+    config.channels = info.image.channels
+    config.image_format = info.image.format
+    config.compression = info.compression
+    config.num_replicas = max(1, num_replicas)
+    available = sorted(info.angles_degrees)
+    config.record_angles = available
+    if config.angles is not None:
+        missing = sorted(set(config.angles) - set(available))
+        if missing:
+            raise TrainingError(
+                f"--angles {missing} are not in these records (they hold {_describe_angles(available)})"
+            )
+        config.bin_angles = sorted(config.angles)
+    else:
+        config.bin_angles = available
+    config.preprocessing = choose_preprocessing(config.model, info.dataset, config.binarize)
+    if "train" not in info.splits or info.splits["train"].num_images == 0:
+        raise TrainingError(f"{config.records} has no training images (splits: {sorted(info.splits)})")
+    train_images = info.splits["train"].num_images
+    config.train_fraction = subset_fraction(config.max_images, train_images)
+    config.num_train_images = max(1, round(train_images * config.train_fraction))
+    validation = info.splits.get("validation")
+    config.num_validation_images = validation.num_images if validation else 0
+    if config.steps_per_epoch is None:
+        config.steps_per_epoch = default_steps_per_epoch(config.num_train_images, config.global_batch_size)
+    if config.validation_steps is None and config.num_validation_images:
+        records = config.num_validation_images * len(set(config.bin_angles) & set(available))
+        config.validation_steps = default_validation_steps(
+            config.num_validation_images, records, config.global_batch_size
+        )
+    return config
+
+
+def _describe_angles(angles: Sequence[int]) -> str:
+    if list(angles) == list(range(360)):
+        return "all angles 0..359"
+    return f"angles {list(angles)[:12]}{'...' if len(angles) > 12 else ''}"
+
+
+# --- Shards -----------------------------------------------------------------------------------------
+
+
+def usable_shards(
+    config: TrainConfig, info: schemas.DatasetInfo, echo: Callable[[str], None]
+) -> tuple[dict[str, list[str]], list[str]]:
+    """Shard paths per split (train, validation), and the damaged shards left out (as sentences).
+
+    Every shard's size is checked against the manifest (one stat each); a damaged shard stops the run
+    with its name, unless --skip-corrupt-shards, which also CRC-checks every record of every shard.
+    """
+    from tqdm import tqdm
+
+    from trainer import data
+
+    shards, skipped = {}, []
+    for split in ("train", "validation"):
+        if split not in info.splits or not info.splits[split].shards:
+            continue
+        paths = info.shard_paths(config.records, split)
+        problems = data.shard_size_problems(info, config.records, split)
+        if problems and not config.skip_corrupt_shards:
+            raise TrainingError(
+                f"damaged shard {problems[0]} ({len(problems)} damaged in {split}); re-run the pipeline, "
+                "or pass --skip-corrupt-shards to train without them"
+            )
+        bad = {problem.path for problem in problems}
+        if config.skip_corrupt_shards:
+            to_scan = [path for path in paths if path not in bad]
+            with tqdm(total=len(to_scan), desc=f"checking {split} shards", unit="shard", leave=False) as bar:
+                problems += data.find_damaged_shards(to_scan, progress=lambda _path: bar.update(1))
+            bad = {problem.path for problem in problems}
+        for problem in problems:
+            echo(f"skipping damaged shard {problem}")
+            skipped.append(str(problem))
+        shards[split] = [path for path in paths if path not in bad]
+    if not shards.get("train"):
+        raise TrainingError("no usable training shards left")
+    return shards, skipped
+
+
+def _name_damaged_shard(shards: dict[str, list[str]], error: Exception) -> TrainingError:
+    """TensorFlow reports a corrupt record without its file: find the shard by reading CRCs."""
+    from trainer import data
+
+    paths = [path for split_paths in shards.values() for path in split_paths]
+    found = data.find_damaged_shards(paths, stop_at_first=True)
+    where = f"damaged shard {found[0]}" if found else f"damaged record ({str(error).splitlines()[0]})"
+    return TrainingError(f"{where}; re-run the pipeline, or pass --skip-corrupt-shards to train without it")
+
+
+# --- Resume bookkeeping ---------------------------------------------------------------------------
+
+
+def _read_history(path: str) -> list[dict[str, Any]]:
+    if not os.path.exists(path):
+        return []
+    with open(path, newline="") as handle:
+        return [{key: _number(value) for key, value in row.items()} for row in csv.DictReader(handle)]
+
+
+def _number(value: str) -> float | int | str:
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return value
+    return int(number) if number.is_integer() and "." not in value and "e" not in value else number
+
+
+def _prepare_resume(config: TrainConfig) -> int:
+    """The epoch an interrupted run in --output resumes at (0 for a fresh run); refuses a backup
+    made with another config, and trims the CSV log to the backed-up epochs."""
+    backup_metadata = os.path.join(config.output, BACKUP_DIR, BACKUP_METADATA)
+    saved_config = os.path.join(config.output, CONFIG_FILE)
+    if not os.path.exists(backup_metadata):
+        return 0
+    if os.path.exists(saved_config):
+        with open(saved_config) as handle:
+            previous = json.load(handle)
+        current = json.loads(config.to_json())
+        changed = [field for field in RESUME_FIELDS if previous.get(field) != current.get(field)]
+        if changed:
+            raise TrainingError(
+                f"{config.output} holds an interrupted run with a different {', '.join(changed)}; "
+                f"rerun it with the same options, use another --output, or delete {BACKUP_DIR}/ to restart"
+            )
+    with open(backup_metadata) as handle:
+        epoch = int(json.load(handle).get("epoch", 0))
+    history_path = os.path.join(config.output, HISTORY_FILE)
+    rows = [row for row in _read_history(history_path) if int(row.get("epoch", 0)) < epoch]
+    if os.path.exists(history_path):
+        with open(history_path, newline="") as handle:
+            fieldnames = next(csv.reader(handle), [])
+        with open(history_path, "w", newline="") as handle:
+            writer = csv.DictWriter(handle, fieldnames=fieldnames)
+            writer.writeheader()
+            writer.writerows(rows)
+    return epoch
+
+
+# --- Callbacks of our own -------------------------------------------------------------------------
+
+
+class Throughput(keras.callbacks.Callback):
+    """Training images per second, validation excluded, first epoch (tracing) excluded if possible."""
+
+    def __init__(self, global_batch_size: int):
+        super().__init__()
+        self.global_batch_size = global_batch_size
+        self.epochs: list[tuple[int, float]] = []  # (steps, seconds)
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self._start, self._steps, self._end = time.perf_counter(), 0, None
+
+    def on_train_batch_end(self, batch, logs=None):
+        self._steps += 1
+        self._end = time.perf_counter()
+
+    def on_epoch_end(self, epoch, logs=None):
+        if self._end is not None:
+            self.epochs.append((self._steps, self._end - self._start))
+
+    def images_per_second(self) -> float | None:
+        timed = self.epochs[1:] or self.epochs
+        seconds = sum(duration for _, duration in timed)
+        return sum(steps for steps, _ in timed) * self.global_batch_size / seconds if seconds else None
+
+
+class Backup(keras.callbacks.BackupAndRestore):
+    """BackupAndRestore that, when saving every N steps, also saves at each epoch end."""
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        if self.save_freq != "epoch":
+            self._save_model()
+
+
+class BackupOnSignal(keras.callbacks.Callback):
+    """SIGTERM (preemption, `kill`): back up at the next batch end, then stop with TrainingInterruptedError."""
+
+    def __init__(self, backup: keras.callbacks.BackupAndRestore):
+        super().__init__()
+        self.backup = backup
+        self.signalled = threading.Event()
+
+    def on_train_batch_end(self, batch, logs=None):
+        if self.signalled.is_set():
+            self.backup._save_model()  # the callback's own save; fit's on_train_end would delete it
+            raise TrainingInterruptedError(
+                f"interrupted by SIGTERM; backup written to {self.backup.backup_dir}: "
+                "rerun the same command to resume"
+            )
+
+
+# --- The run ---------------------------------------------------------------------------------------
+
+
+@dataclass
+class TrainResult:
+    config: TrainConfig
+    metrics: dict[str, Any]
+
+
+def _make_strategy(kind: str):
+    import tensorflow as tf
+
+    if kind == "multi_worker":
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "mirrored":
+        return tf.distribute.MirroredStrategy()
+    return tf.distribute.get_strategy()
+
+
+def run(
+    config: TrainConfig, callbacks: Sequence[Any] = (), echo: Callable[[str], None] = print
+) -> TrainResult:
+    """Train as configured; raises TrainingError for user-fixable problems."""
+    started = time.perf_counter()
+    info = schemas.load_manifest(config.records)  # ManifestError says what is wrong
+
+    import tensorflow as tf
+
+    tf_config = os.environ.get("TF_CONFIG")
+    num_gpus = len(tf.config.list_physical_devices("GPU"))
+    config.strategy = choose_strategy_kind(num_gpus, tf_config)
+    strategy = _make_strategy(config.strategy)  # before other TensorFlow work (multi-worker needs that)
+    config.resolved_precision = resolve_precision(config.precision, num_gpus)
+    resolve(config, info, strategy.num_replicas_in_sync)
+    if not is_chief(tf_config):  # workers train too but write their files aside
+        config.output = os.path.join(config.output, f"worker-{json.loads(tf_config)['task']['index']}")
+    os.makedirs(config.output, exist_ok=True)
+    initial_epoch = _prepare_resume(config)
+    if not initial_epoch:  # a fresh run: a best model left by an earlier run must not be mistaken for ours
+        for stale in (MODEL_FILE, METRICS_FILE):
+            if os.path.exists(os.path.join(config.output, stale)):
+                os.remove(os.path.join(config.output, stale))
+    shards, skipped = usable_shards(config, info, echo)
+    with open(os.path.join(config.output, CONFIG_FILE), "w") as handle:
+        handle.write(config.to_json())
+    echo(
+        f"training {config.model} ({config.head}, {config.num_bins} bins, {config.resolved_precision}, "
+        f"{config.strategy} x{config.num_replicas}) on {config.num_train_images:,} images from "
+        f"{config.records}: {config.epochs} epochs x {config.steps_per_epoch} steps x "
+        f"{config.global_batch_size} images"
+        + (f"; resuming at epoch {initial_epoch + 1}" if initial_epoch else "")
+    )
+    result = _fit(config, strategy, shards, skipped, initial_epoch, callbacks, echo)
+    result.metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
+    _write_json(os.path.join(config.output, METRICS_FILE), result.metrics)
+    return result
+
+
+def _fit(
+    config: TrainConfig,
+    strategy: Any,
+    shards: dict[str, list[str]],
+    skipped: list[str],
+    initial_epoch: int,
+    extra_callbacks: Sequence[Any],
+    echo: Callable[[str], None],
+) -> TrainResult:
+    import tensorflow as tf
+
+    from trainer import data
+    from trainer.heads import Head
+    from trainer.models import build_model
+    from trainer.predict import export_saved_model
+
+    head = Head(config.head, tuple(config.bin_angles), config.sigma_degrees)
+    with strategy.scope():
+        model = build_model(config, head)
+        if config.lr_schedule == "cosine":
+            learning_rate = keras.optimizers.schedules.CosineDecay(
+                config.learning_rate, decay_steps=config.epochs * config.steps_per_epoch, alpha=0.01
+            )
+        else:
+            learning_rate = config.learning_rate
+        model.compile(
+            optimizer=keras.optimizers.Adam(learning_rate), loss=head.loss(), metrics=head.metrics()
+        )
+
+    train_data = data.training_dataset(shards["train"], config, head)
+    has_validation = bool(shards.get("validation")) and bool(config.validation_steps)
+    validation_data = (
+        data.validation_dataset(shards["validation"], config, head, config.validation_steps)
+        if has_validation
+        else None
+    )
+    monitor = "val_angle_error" if has_validation else "angle_error"
+    history_path = os.path.join(config.output, HISTORY_FILE)
+    best_so_far = [row[monitor] for row in _read_history(history_path) if _is_number(row.get(monitor))]
+    model_path = os.path.join(config.output, MODEL_FILE)
+
+    backup = Backup(os.path.join(config.output, BACKUP_DIR), save_freq=config.backup_every_steps or "epoch")
+    throughput = Throughput(config.global_batch_size)
+    on_signal = BackupOnSignal(backup)
+    callbacks = [
+        backup,
+        keras.callbacks.ModelCheckpoint(
+            model_path,
+            monitor=monitor,
+            mode="min",
+            save_best_only=True,
+            initial_value_threshold=min(best_so_far) if best_so_far and initial_epoch else None,
+        ),
+        keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=config.early_stopping_patience),
+        keras.callbacks.CSVLogger(history_path, append=initial_epoch > 0),
+        throughput,
+        on_signal,
+    ]
+    if config.lr_schedule == "plateau":
+        callbacks.append(
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor, mode="min", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-6
+            )
+        )
+    if config.tensorboard and importlib.util.find_spec("tensorboard") is not None:
+        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.output, "tensorboard")))
+    elif (
+        config.tensorboard
+    ):  # tf.summary needs the tensorboard package, which TensorFlow 2.21 does not pull in
+        echo("no TensorBoard logs: the tensorboard package is not installed (pip install tensorboard)")
+    callbacks.extend(extra_callbacks)
+
+    previous_handler = None
+    if threading.current_thread() is threading.main_thread():
+        previous_handler = signal.signal(signal.SIGTERM, lambda *_: on_signal.signalled.set())
+    try:
+        model.fit(
+            train_data,
+            epochs=config.epochs,
+            steps_per_epoch=config.steps_per_epoch,
+            validation_data=validation_data,
+            shuffle=False,  # the dataset shuffles itself
+            callbacks=callbacks,
+            verbose=1 if os.isatty(1) else 2,
+        )
+    except tf.errors.DataLossError as error:
+        raise _name_damaged_shard(shards, error) from None
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGTERM, previous_handler)
+
+    if os.path.exists(model_path):  # the best epoch's model, written by ModelCheckpoint
+        model = keras.saving.load_model(model_path, compile=False)
+    else:
+        model.save(model_path)
+    config_dict = json.loads(config.to_json())
+    export_saved_model(model, config_dict, os.path.join(config.output, SAVED_MODEL_DIR))
+    history = _read_history(history_path)
+    metrics = _summarize(history, monitor, initial_epoch, throughput.images_per_second(), skipped)
+    _plot_curves(
+        history, os.path.join(config.output, CURVES_FILE), title=f"{config.model} on {config.dataset}"
+    )
+    echo(
+        f"best {monitor} {metrics['best'].get(monitor, float('nan')):.2f} degrees at epoch "
+        f"{metrics['best_epoch']}; outputs in {config.output}"
+    )
+    return TrainResult(config=config, metrics=metrics)
+
+
+def _summarize(
+    history: list[dict[str, Any]],
+    monitor: str,
+    initial_epoch: int,
+    images_per_second: float | None,
+    skipped: list[str],
+) -> dict[str, Any]:
+    scored = [row for row in history if _is_number(row.get(monitor))]
+    best = min(scored, key=lambda row: row[monitor]) if scored else {}
+    return {
+        "monitor": monitor,
+        "best_epoch": int(best["epoch"]) + 1 if best else None,  # 1-based, as Keras prints epochs
+        "best": best,
+        "final": history[-1] if history else {},
+        "epochs_run": len(history),
+        "resumed_from_epoch": initial_epoch,
+        "train_images_per_second": round(images_per_second, 1) if images_per_second else None,
+        "skipped_shards": skipped,
+        "num_skipped_shards": len(skipped),
+        "history": history,
+    }
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, float | int) and math.isfinite(value)
+
+
+def _write_json(path: str, value: dict[str, Any]) -> None:
+    with open(path, "w") as handle:
+        json.dump(_finite(value), handle, indent=2, sort_keys=True, allow_nan=False)
+        handle.write("\n")
+
+
+def _finite(value: Any) -> Any:
+    """NaN/inf -> null, so metrics.json is strict JSON."""
+    if isinstance(value, dict):
+        return {key: _finite(item) for key, item in value.items()}
+    if isinstance(value, list | tuple):
+        return [_finite(item) for item in value]
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    return value
+
+
+def _plot_curves(history: list[dict[str, Any]], path: str, title: str) -> None:
+    """Loss and angle error per epoch (training and validation), as a PNG (matplotlib, Agg)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = [int(row["epoch"]) + 1 for row in history]
+    figure, axes = plt.subplots(1, 2, figsize=(10, 4))
+    for axis, metric, label in ((axes[0], "loss", "loss"), (axes[1], "angle_error", "angle error (degrees)")):
+        for prefix, style in (("", "-"), ("val_", "--")):
+            values = [row.get(prefix + metric) for row in history]
+            if any(_is_number(value) for value in values):
+                axis.plot(
+                    epochs,
+                    values,
+                    style,
+                    marker="o",
+                    label=("validation " if prefix else "training ") + metric,
+                )
+        axis.set_xlabel("epoch")
+        axis.set_ylabel(label)
+        axis.grid(alpha=0.3)
+        axis.legend()
+    figure.suptitle(title)
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
