@@ -45,9 +45,11 @@ TRAIN_ARGS = [
     "--lr",
     "0.002",
     "--epochs",
-    "100",
+    "150",
     "--early-stopping-patience",
-    "100",
+    "150",
+    "--stream-sweeps",
+    "4",
 ]
 QUICK_ARGS = ["--epochs", "2", "--steps-per-epoch", "5", "--validation-steps", "2"]
 EVALUATION_TTA = (1, 4)

@@ -90,6 +90,33 @@ def test_max_images_keeps_the_stable_hash_subset(records: Path) -> None:
     assert seen == kept_ids
 
 
+def test_stream_sampling_keeps_the_asked_share() -> None:
+    import tensorflow as tf
+
+    strings = tf.data.Dataset.from_tensor_slices([f"record-{index}".encode() for index in range(20_000)])
+    kept = [
+        int(data._sample(strings, 0.25, random=True, seed=1).reduce(0, lambda n, _: n + 1)) for _ in range(2)
+    ]
+    assert all(4_500 < count < 5_500 for count in kept)
+    hashed = [list(data._sample(strings, 0.1, random=False, seed=0).as_numpy_iterator()) for _ in range(2)]
+    assert hashed[0] == hashed[1] and 1_700 < len(hashed[0]) < 2_300  # the same records every time
+    reordered = strings.skip(10_000).concatenate(strings.take(10_000))
+    same = sorted(data._sample(reordered, 0.1, random=False, seed=0).as_numpy_iterator())
+    assert sorted(hashed[0]) == same  # whatever the read order
+    assert data._sample(strings, 1.0, random=True, seed=0) is strings
+
+
+def test_resolve_sets_the_stream_and_validation_shares(records: Path) -> None:
+    config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3)
+    assert config.stream_fraction == pytest.approx(2 * 3 * 8 / (10 * 6))  # consumed / training records
+    config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3, stream_sweeps=4)
+    assert config.stream_fraction == pytest.approx(2 * 3 * 8 / (10 * 6 * 4))
+    config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3, stream_sweeps=0)
+    assert config.stream_fraction == 1.0  # every record, in order
+    config, _, _ = _resolved(records, epochs=50)
+    assert config.stream_fraction == 1.0 and config.validation_fraction == 1.0
+
+
 def test_validation_reads_the_same_records_every_epoch(records: Path) -> None:
     config, info, head = _resolved(records)
     dataset = data.validation_dataset(info.shard_paths(str(records), "validation"), config, head, steps=2)

@@ -159,6 +159,16 @@ def parse_angles(value: str | None) -> list[int] | None:
 )
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the file order and shuffling.")
 @click.option(
+    "--stream-sweeps",
+    type=click.IntRange(min=0),
+    default=1,
+    show_default=True,
+    help="Read every shard end to end about this many times over the run, keeping a random share of the "
+    "records (a run trains on part of all the rotations, and a shard may keep an image's rotations "
+    "together: in order, it would see only some images). Costs reading sweeps / consumed share times the "
+    "records trained on; 0 reads every record in order.",
+)
+@click.option(
     "--skip-corrupt-shards",
     is_flag=True,
     help="CRC-check every shard first and train without damaged ones (counted in metrics.json) instead "
@@ -175,7 +185,7 @@ def parse_angles(value: str | None) -> list[int] | None:
     "--tensorboard/--no-tensorboard", default=True, show_default=True, help="Write TensorBoard logs."
 )
 def main(**options: object) -> None:
-    """Train a model to predict the rotation (0-359 degrees) of the images in RECORDS.
+    """Train a model to predict the rotation (0-359 degrees) of the images in --records.
 
     Streams the shards with tf.data (shuffled, interleaved, all rotations), keeps the model with the
     best validation angle error, and exports model.keras and a SavedModel to --output.

@@ -20,7 +20,7 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("plateau", "cosine")
 # Models built on keras.applications backbones: they accept --weights imagenet|none|<path>.
 PRETRAINED_BACKBONES = ("resnet50", "mobilenet-v3-small")
-# Preprocessing applied to uint8 pixels, the same in tf.data, in Predictor and in the SavedModel:
+# Preprocessing of uint8 pixels, done by the models' first layer (trainer.models.Preprocess):
 #   binarize  RotNet's MNIST binarization (pixel / 255 >= 0.1 -> 1.0 else 0.0)
 #   scale     pixel / 255
 #   caffe     keras.applications.resnet50.preprocess_input: RGB->BGR, minus the ImageNet channel means
@@ -63,6 +63,11 @@ class TrainConfig:
     shuffle_buffer: int = 10_000  # records; mixes angles and images across the interleaved shards
     cycle_length: int = 16  # shards read at once (capped by the number of shards)
     seed: int = 0  # file order and shuffle seed (each epoch still reshuffles)
+    # A run consumes only part of all the rotations, and a shard may hold an image's rotations together,
+    # so reading the shards in order would show the model only the images near their beginnings. The
+    # stream keeps a random share of the records so that the run reads every shard end to end this many
+    # times (reading sweeps / consumed-share times the records it trains on); 0 = every record in order.
+    stream_sweeps: int = 1
     skip_corrupt_shards: bool = False  # check every shard's CRCs first and leave out damaged ones
 
     # --- fault tolerance and logs ---
@@ -84,6 +89,8 @@ class TrainConfig:
     train_fraction: float = 1.0  # --max-images as the fraction of image ids kept (schemas.splits.in_subset)
     num_train_images: int = 0  # source images used for training (about, after --max-images)
     num_validation_images: int = 0
+    stream_fraction: float = 1.0  # share of training records kept, from stream_sweeps
+    validation_fraction: float = 1.0  # share of validation records sampled (by a hash of the record)
 
     @property
     def num_bins(self) -> int:
@@ -128,6 +135,8 @@ def check(config: TrainConfig) -> list[str]:
             problems.append("angles must be in 0..359")
         if len(set(config.angles)) != len(config.angles):
             problems.append("angles must not repeat")
+    if config.stream_sweeps < 0:
+        problems.append("stream-sweeps must be 0 (read in order) or more")
     if config.max_images is not None and config.max_images <= 0:
         problems.append("max-images must be positive (a count, or a fraction <= 1)")
     for name in ("epochs", "batch_size", "shuffle_buffer", "cycle_length"):
@@ -171,3 +180,8 @@ def default_validation_steps(num_validation_images: int, num_validation_records:
     """About one record per validation image, at least 2,048 records (a steadier mean), at most the split."""
     wanted = min(num_validation_records, max(num_validation_images, 2048))
     return max(1, math.ceil(wanted / batch_size))
+
+
+def sampling_fraction(records_wanted: float, records_available: float) -> float:
+    """The share of records to keep so that about `records_wanted` come out of `records_available`."""
+    return 1.0 if records_available <= 0 else min(1.0, records_wanted / records_available)

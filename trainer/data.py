@@ -5,8 +5,9 @@ The training chain, top to bottom (`training_dataset`):
     shard paths (manifest), shuffled       file order reshuffled every pass (list_files without a glob)
     .repeat()                              an endless stream; Keras counts steps_per_epoch
     .interleave(TFRecordDataset, cycle_length, AUTOTUNE, deterministic=False)
-                                           several shards at once: mixes images (the pipeline already
-                                           spreads one image's rotations across shards)
+                                           several shards at once: mixes images
+    [random sample, --stream-sweeps]       a run that consumes part of the records still reads
+                                           every shard end to end, so it sees every image
     .shuffle(shuffle_buffer)               thousands of records: mixes angles and images further
     .batch(batch_size, drop_remainder)     then everything below works on whole batches
     .map(parse_batch)                      vectorized tf.io.parse_example, keys from schemas.record
@@ -22,7 +23,7 @@ float32 (converting 224 px batches to float32 on the CPU cut the 2-core input ra
 model carries its own preprocessing, so training, Predictor and the SavedModel cannot disagree.
 
 Validation (`validation_dataset`) reads the shards in order, without shuffling, and takes the same
-first records every epoch. `evaluation_dataset` yields uint8 images, true angles and labels for
+hash-sampled records (spread over every image) every epoch. `evaluation_dataset` yields uint8 images, true angles and labels for
 rotnet-evaluate.
 """
 
@@ -46,6 +47,8 @@ IMAGENET_MEANS_BGR = (103.939, 116.779, 123.68)
 # libjpeg's fast integer IDCT: ~10% faster than the default on 224 px q95 records, pixels within a
 # level or two of it (far below the JPEG error itself).
 JPEG_DCT_METHOD = "INTEGER_FAST"
+SAMPLE_BLOCK = 1024  # records per block when sampling the stream (see _sample)
+HASH_BUCKETS = 1 << 24
 
 
 # --- Shards: which to read, and which are damaged -------------------------------------------------
@@ -184,6 +187,26 @@ def preprocess_numpy(images: np.ndarray, preprocessing: str) -> np.ndarray:
 # --- The datasets ---------------------------------------------------------------------------------
 
 
+def _sample(records: tf.data.Dataset, fraction: float, random: bool, seed: int) -> tf.data.Dataset:
+    """Keep about `fraction` of the records: at random (training: other records each pass), or by a
+    hash of the record's bytes (validation: the same records whatever the read order)."""
+    if fraction >= 1.0:
+        return records
+
+    def keep(serialized):
+        if random:
+            draws = tf.random.uniform(tf.shape(serialized), seed=seed)
+        else:
+            buckets = tf.strings.to_hash_bucket_fast(serialized, HASH_BUCKETS)
+            draws = tf.cast(buckets, tf.float32) / HASH_BUCKETS
+        return tf.boolean_mask(serialized, draws < fraction)
+
+    # A filter per record costs ~20 us; a mask over a block of records ~1 us per record.
+    return (
+        records.batch(SAMPLE_BLOCK).map(keep, num_parallel_calls=AUTOTUNE, deterministic=not random).unbatch()
+    )
+
+
 def _read_records(paths: Sequence[str], config: TrainConfig, shuffle: bool) -> tf.data.Dataset:
     compression = "GZIP" if config.compression == "gzip" else ""
     # The manifest lists the shards: list_files(shuffle=True) without its glob (one stat per shard on
@@ -206,10 +229,11 @@ def _batched_records(
     shuffle: bool,
     subset: float = 1.0,
     fields: tuple[str, ...] = ("image_encoded", "angle_degrees"),
+    fraction: float = 1.0,
 ) -> tf.data.Dataset:
     """Batches of the record `fields` (schemas.record names) for records whose angle is in the bins
-    (and whose image is in the --max-images subset)."""
-    records = _read_records(paths, config, shuffle)
+    (and whose image is in the --max-images subset), from a `fraction` sample of the stream."""
+    records = _sample(_read_records(paths, config, shuffle), fraction, random=shuffle, seed=config.seed)
     if shuffle:
         records = records.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     kept_fields = fields
@@ -251,17 +275,28 @@ def _to_model_inputs(config: TrainConfig, head: Head):
 def training_dataset(paths: Sequence[str], config: TrainConfig, head: Head) -> tf.data.Dataset:
     """Endless shuffled (uint8 images, targets) batches of config.global_batch_size."""
     batches = _batched_records(
-        paths, config, config.global_batch_size, shuffle=True, subset=config.train_fraction
+        paths,
+        config,
+        config.global_batch_size,
+        shuffle=True,
+        subset=config.train_fraction,
+        fraction=config.stream_fraction,
     )
     return batches.map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
 
 
 def validation_dataset(paths: Sequence[str], config: TrainConfig, head: Head, steps: int) -> tf.data.Dataset:
-    """The same first `steps` batches every epoch: shards in order, no shuffling (wrapping around if the
-    split holds fewer), with a known length so Keras restarts it at each validation."""
-    batches = _batched_records(paths, config, config.global_batch_size, shuffle=False).repeat().take(steps)
+    """The same `steps` batches every epoch: a hash sample spread over the whole split (shards in order,
+    no shuffling; wrapping around if it falls short), kept in memory after the first epoch, with a known
+    length so Keras restarts it at each validation."""
+    batches = _batched_records(
+        paths, config, config.global_batch_size, shuffle=False, fraction=config.validation_fraction
+    )
     return (
-        batches.apply(tf.data.experimental.assert_cardinality(steps))
+        batches.repeat()
+        .take(steps)
+        .cache()
+        .apply(tf.data.experimental.assert_cardinality(steps))
         .map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE)
         .prefetch(AUTOTUNE)
     )

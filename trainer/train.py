@@ -39,6 +39,7 @@ from trainer.config import (
     choose_preprocessing,
     default_steps_per_epoch,
     default_validation_steps,
+    sampling_fraction,
     subset_fraction,
 )
 
@@ -134,11 +135,19 @@ def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 
     config.num_validation_images = validation.num_images if validation else 0
     if config.steps_per_epoch is None:
         config.steps_per_epoch = default_steps_per_epoch(config.num_train_images, config.global_batch_size)
-    if config.validation_steps is None and config.num_validation_images:
-        records = config.num_validation_images * len(set(config.bin_angles) & set(available))
-        config.validation_steps = default_validation_steps(
-            config.num_validation_images, records, config.global_batch_size
-        )
+    in_bins = len(set(config.bin_angles) & set(available))
+    planned = config.epochs * config.steps_per_epoch * config.global_batch_size
+    usable = config.num_train_images * in_bins * config.stream_sweeps
+    config.stream_fraction = sampling_fraction(planned, usable) if config.stream_sweeps else 1.0
+    if config.num_validation_images:
+        records = config.num_validation_images * in_bins
+        if config.validation_steps is None:
+            config.validation_steps = default_validation_steps(
+                config.num_validation_images, records, config.global_batch_size
+            )
+        # A quarter more than needed, so that the hash sample rarely falls short (it then wraps around).
+        wanted = 1.25 * config.validation_steps * config.global_batch_size
+        config.validation_fraction = sampling_fraction(wanted, records)
     return config
 
 
