@@ -18,7 +18,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline.codec import DEFAULT_MAX_PIXELS
+from pipeline.codec import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
 from schemas.record import DATASETS, IMAGE_FORMATS, NUM_ANGLES
 from schemas.sharding import COMPRESSION_SUFFIXES
 
@@ -78,7 +78,7 @@ class PipelineConfig:
 
     # --- encoding and output ---------------------------------------------------------------
     image_format: str | None = None  # png | jpeg | raw
-    jpeg_quality: int = 95
+    jpeg_quality: int = DEFAULT_JPEG_QUALITY
     validation_fraction: float = 0.1  # of the train images, by a stable hash of the image id
     num_shards: int = 0  # per split; 0 = about TARGET_SHARD_BYTES per shard
     compression: str = "none"  # none | gzip

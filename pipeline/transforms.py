@@ -38,10 +38,9 @@ from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
 import schemas
-from pipeline import codec, geometry, progress
+from pipeline import codec, geometry, progress, rotations
 from pipeline.config import PipelineConfig
 from schemas import sharding, tfrecord_file
-from schemas.record import example_encoder
 from schemas.splits import assign_split, in_subset
 
 ERRORS = "errors"
@@ -422,7 +421,7 @@ def prepare(image: SourceImage, config: PipelineConfig) -> PreparedImage:
 def rotation_records(image: PreparedImage, config: PipelineConfig) -> list[bytes]:
     """Every configured rotation of one prepared image as a serialized record, in angle order.
 
-    Pure (no Beam): one warpAffine per angle (geometry.fast_rotation), encode, serialize with the schema.
+    Pure (no Beam): `pipeline.rotations.encode_rotations`, the code fixtures and benchmarks use too.
     """
     template = schemas.Record(
         image_encoded=b"",
@@ -436,35 +435,9 @@ def rotation_records(image: PreparedImage, config: PipelineConfig) -> list[bytes
         image_id=image.image_id,
         label=image.label,
     )
-    encode = example_encoder(template)
-    source, size = image.source, config.image_size
-    return [
-        encode(
-            codec.encode_image(
-                geometry.fast_rotation(source, angle, size, _rotation_matrix(source, angle, size)),
-                config.image_format,
-                config.jpeg_quality,
-            ),
-            angle,
-        )
-        for angle in config.angles_degrees
-    ]
-
-
-# fast_matrix depends only on sizes (every MNIST digit, every Street View photo shares them) and costs
-# more than the warp itself; bounded, since a directory of odd-sized photos has many sizes.
-_MATRICES: dict[tuple, np.ndarray] = {}
-_MAX_MATRICES = 100_000
-
-
-def _rotation_matrix(source: geometry.Source, angle: int, size: int) -> np.ndarray:
-    key = (source.pixels.shape, source.width, source.height, source.crop_largest_rect, angle, size)
-    matrix = _MATRICES.get(key)
-    if matrix is None:
-        if len(_MATRICES) >= _MAX_MATRICES:
-            _MATRICES.clear()
-        matrix = _MATRICES[key] = geometry.fast_matrix(source, angle, size)
-    return matrix
+    return rotations.encode_rotations(
+        image.source, template, config.angles_degrees, config.image_size, config.jpeg_quality
+    )
 
 
 class _PrepareFn(_CountingDoFn):

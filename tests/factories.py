@@ -12,9 +12,7 @@ from pathlib import Path
 import numpy as np
 
 import schemas
-from pipeline import geometry
-from pipeline.codec import encode_image
-from schemas import sharding, tfrecord_file
+from pipeline import local_writer
 
 
 def synthetic_image(index: int, size: int = 28, channels: int = 1) -> np.ndarray:
@@ -45,55 +43,30 @@ def write_records_dir(
     crop_largest_rect: bool | None = None,
 ) -> schemas.DatasetInfo:
     """Write every rotation of a few synthetic images per split, shards round-robin, then the manifest."""
-    directory = Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
     images_per_split = dict(images_per_split or {"train": 6, "validation": 2})
     crop = (dataset != "mnist") if crop_largest_rect is None else crop_largest_rect
-    splits = {}
+    source_size = max(image_size, 28) * (1 if dataset == "mnist" else 2)
+    images_by_split = {}
     image_index = 0
     for split, num_images in images_per_split.items():
-        shards: list[list[bytes]] = [[] for _ in range(num_shards)]
-        position = 0
-        for _ in range(num_images):
-            image = synthetic_image(
-                image_index, size=max(image_size, 28) * (1 if dataset == "mnist" else 2), channels=channels
+        images_by_split[split] = [
+            (
+                f"{index:05d}",
+                synthetic_image(index, size=source_size, channels=channels),
+                index % 10 if dataset == "mnist" else -1,
             )
-            source = geometry.prepare_source(
-                image, image_size, angles, center_crop_square=True, crop_largest_rect=crop
-            )
-            for angle in angles:
-                pixels = geometry.fast_rotation(source, angle, image_size)
-                record = schemas.Record(
-                    image_encoded=encode_image(pixels, image_format),
-                    image_format=image_format,
-                    height=image_size,
-                    width=image_size,
-                    channels=channels,
-                    angle_degrees=int(angle),
-                    dataset=dataset,
-                    split=split,
-                    image_id=f"{image_index:05d}",
-                    label=image_index % 10 if dataset == "mnist" else -1,
-                )
-                shards[position % num_shards].append(schemas.encode_example(record))
-                position += 1
-            image_index += 1
-        shard_infos = []
-        for index, records in enumerate(shards):
-            name = sharding.shard_name(split, index, num_shards, compression)
-            tfrecord_file.write_records(str(directory / name), records)
-            shard_infos.append(schemas.ShardInfo(name, len(records), (directory / name).stat().st_size))
-        splits[split] = schemas.SplitInfo(
-            num_images=num_images, num_records=num_images * len(angles), shards=shard_infos
-        )
-    info = schemas.DatasetInfo(
+            for index in range(image_index, image_index + num_images)
+        ]
+        image_index += num_images
+    return local_writer.write_rotations(
+        directory,
+        images_by_split,
         dataset=dataset,
-        image=schemas.ImageSpec(height=image_size, width=image_size, channels=channels, format=image_format),
-        angles_degrees=[int(angle) for angle in angles],
-        splits=splits,
-        num_images_read=image_index,
+        angles=angles,
+        image_size=image_size,
+        image_format=image_format,
+        crop_largest_rect=crop,
+        num_shards=num_shards,
         compression=compression,
         config={"writer": "tests.factories", "image_size": image_size, "crop_largest_rect": crop},
     )
-    schemas.write_manifest(str(directory), info)
-    return info

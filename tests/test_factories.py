@@ -5,8 +5,10 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 import schemas
+from pipeline import local_writer
 from pipeline.codec import decode_record_image
 from schemas import tfrecord_file
 from tests.factories import write_records_dir
@@ -26,3 +28,73 @@ def test_written_directory_validates_and_decodes(tmp_path: Path) -> None:
     upright = decode_record_image(by_key["mnist/train/00000/000"])
     turned = decode_record_image(by_key["mnist/train/00000/090"])
     assert np.abs(np.rot90(upright).astype(int) - turned.astype(int)).max() <= 1
+
+
+def _shard_keys(directory: Path) -> list[list[str]]:
+    info = schemas.load_manifest(str(directory))
+    return [
+        [schemas.decode_example(data).key for data in tfrecord_file.iter_records(path)]
+        for path in info.shard_paths(str(directory), "train")
+    ]
+
+
+def test_local_writer_shuffles_deterministically_by_seed(tmp_path: Path) -> None:
+    digits = [(f"{index:05d}", np.full((28, 28, 1), index * 40, np.uint8), index) for index in range(3)]
+    options = dict(dataset="mnist", angles=(0, 90, 180), image_size=28, crop_largest_rect=False, num_shards=2)
+    local_writer.write_rotations(tmp_path / "a", {"train": digits}, shuffle_seed=7, **options)
+    local_writer.write_rotations(tmp_path / "b", {"train": digits}, shuffle_seed=7, **options)
+    local_writer.write_rotations(tmp_path / "in-order", {"train": digits}, **options)
+    shuffled, in_order = _shard_keys(tmp_path / "a"), _shard_keys(tmp_path / "in-order")
+    assert shuffled == _shard_keys(tmp_path / "b")
+    # round-robin in image-then-angle order without a seed
+    assert in_order[0] == ["mnist/train/00000/000", "mnist/train/00000/180", "mnist/train/00001/090",
+                           "mnist/train/00002/000", "mnist/train/00002/180"]  # fmt: skip
+    assert shuffled != in_order
+    assert sorted(key for shard in shuffled for key in shard) == sorted(
+        key for shard in in_order for key in shard
+    )
+
+
+def test_local_writer_rejects_mixed_channels_and_empty_input(tmp_path: Path) -> None:
+    grey, colour = np.zeros((28, 28, 1), np.uint8), np.zeros((28, 28, 3), np.uint8)
+    options = dict(dataset="street_view", angles=(0,), image_size=28, crop_largest_rect=False)
+    with pytest.raises(ValueError, match="same channel count"):
+        local_writer.write_rotations(tmp_path, {"train": [("a", grey, -1), ("b", colour, -1)]}, **options)
+    with pytest.raises(ValueError, match="at least one image"):
+        local_writer.write_rotations(tmp_path, {"train": []}, **options)
+
+
+@pytest.mark.parametrize(
+    ("dataset", "shape", "image_format", "crop_largest_rect"),
+    [("mnist", (28, 28, 1), "png", False), ("street_view", (40, 60, 3), "jpeg", True)],
+)
+def test_local_writer_records_are_the_pipelines_bytes(
+    dataset: str, shape: tuple[int, int, int], image_format: str, crop_largest_rect: bool
+) -> None:
+    from pipeline import transforms
+    from pipeline.config import PipelineConfig
+
+    image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
+    angles = (0, 17, 90, 271)
+    config = PipelineConfig(
+        dataset=dataset,
+        output_dir="unused",
+        image_size=20,
+        angles_degrees=angles,
+        image_format=image_format,
+        crop_largest_rect=crop_largest_rect,
+    ).resolved()
+    prepared = transforms.prepare(transforms.SourceImage(dataset, "train", "7_1", 4, pixels=image), config)
+    local = local_writer.rotation_examples(
+        "7_1",
+        image,
+        4,
+        dataset=dataset,
+        split="train",
+        angles=angles,
+        image_size=20,
+        image_format=image_format,
+        crop_largest_rect=crop_largest_rect,
+    )
+    assert local == transforms.rotation_records(prepared, config)
+    assert [schemas.decode_example(data).angle_degrees for data in local] == list(angles)

@@ -20,7 +20,7 @@ from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
-from pipeline import codec, geometry, job, progress, transforms
+from pipeline import codec, geometry, job, progress, rotations, transforms
 from pipeline.config import ConfigError, PipelineConfig, parse_angles
 from pipeline.street_view import crop_square
 from schemas import sharding, tfrecord_file
@@ -174,7 +174,7 @@ def test_cached_rotation_matrix_is_the_fast_matrix() -> None:
     image = np.random.default_rng(0).integers(0, 255, (50, 70, 3), dtype=np.uint8)
     source = geometry.prepare_source(image, 24, [0, 17, 45])
     for angle in (0, 17, 45):
-        matrix = transforms._rotation_matrix(source, angle, 24)
+        matrix = rotations.rotation_matrix(source, angle, 24)
         np.testing.assert_array_equal(matrix, geometry.fast_matrix(source, angle, 24))
         np.testing.assert_array_equal(
             geometry.fast_rotation(source, angle, 24, matrix), geometry.fast_rotation(source, angle, 24)
