@@ -90,31 +90,59 @@ def test_max_images_keeps_the_stable_hash_subset(records: Path) -> None:
     assert seen == kept_ids
 
 
-def test_stream_sampling_keeps_the_asked_share() -> None:
+def test_validation_hash_sample_is_the_same_whatever_the_order() -> None:
     import tensorflow as tf
 
     strings = tf.data.Dataset.from_tensor_slices([f"record-{index}".encode() for index in range(20_000)])
-    kept = [
-        int(data._sample(strings, 0.25, random=True, seed=1).reduce(0, lambda n, _: n + 1)) for _ in range(2)
-    ]
-    assert all(4_500 < count < 5_500 for count in kept)
-    hashed = [list(data._sample(strings, 0.1, random=False, seed=0).as_numpy_iterator()) for _ in range(2)]
+    hashed = [list(data._hash_sample(strings, 0.1).as_numpy_iterator()) for _ in range(2)]
     assert hashed[0] == hashed[1] and 1_700 < len(hashed[0]) < 2_300  # the same records every time
     reordered = strings.skip(10_000).concatenate(strings.take(10_000))
-    same = sorted(data._sample(reordered, 0.1, random=False, seed=0).as_numpy_iterator())
+    same = sorted(data._hash_sample(reordered, 0.1).as_numpy_iterator())
     assert sorted(hashed[0]) == same  # whatever the read order
-    assert data._sample(strings, 1.0, random=True, seed=0) is strings
+    assert data._hash_sample(strings, 1.0) is strings
 
 
-def test_resolve_sets_the_stream_and_validation_shares(records: Path) -> None:
+def test_strided_shard_passes_keep_one_in_stride_to_the_end_from_new_offsets(tmp_path: Path) -> None:
+    from schemas import tfrecord_file
+
+    path = str(tmp_path / "shard.tfrecord")
+    tfrecord_file.write_records(path, [f"{index:04d}".encode() for index in range(1_003)])
+    config = TrainConfig(records=str(tmp_path), output="unused")
+    # The training read: the shard list repeated endlessly, each pass over the shard strided anew.
+    stream = data._read_records([path], config, shuffle=True, stride=4).as_numpy_iterator()
+    kept = [int(next(stream)) for _ in range(12 * 250)]
+    passes = np.split(np.asarray(kept), np.flatnonzero(np.diff(kept) < 0) + 1)
+    assert len(passes) >= 11
+    for one_pass in passes[:-1]:  # the last pass is cut off by the take
+        assert np.all(np.diff(one_pass) == 4)  # one record in four, in file order
+        assert one_pass[0] < 4 and one_pass[-1] >= 1_003 - 4  # from the start to the very end
+    assert len({int(one_pass[0]) for one_pass in passes}) > 1  # other offsets: other records each sweep
+    every = [int(value) for value in data._strided_records(path, "", 1, seed=0).as_numpy_iterator()]
+    assert every == list(range(1_003))
+
+
+def test_resolve_sets_the_stream_stride_and_validation_share(records: Path) -> None:
+    # 2 epochs x 3 steps x batch 8 = 48 records of 10 images x 6 angles = 60: one in two reads them all
     config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3)
-    assert config.stream_fraction == pytest.approx(2 * 3 * 8 / (10 * 6))  # consumed / training records
+    assert (config.stream_stride, config.stream_fraction) == (2, 0.5)
     config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3, stream_sweeps=4)
-    assert config.stream_fraction == pytest.approx(2 * 3 * 8 / (10 * 6 * 4))
+    assert (config.stream_stride, config.stream_fraction) == (5, 0.2)  # 48 of 240: one in five
     config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3, stream_sweeps=0)
-    assert config.stream_fraction == 1.0  # every record, in order
+    assert config.stream_stride == 1  # every record, in order
     config, _, _ = _resolved(records, epochs=50)
-    assert config.stream_fraction == 1.0 and config.validation_fraction == 1.0
+    assert config.stream_stride == 1 and config.validation_fraction == 1.0
+
+
+def test_sampling_stride_reads_every_record_at_least_once() -> None:
+    from trainer.config import sampling_stride
+
+    assert sampling_stride(1_000, 9_000) == 9  # exactly 1/9, despite floating point
+    assert sampling_stride(1_000, 9_001) == 10
+    assert sampling_stride(600, 1_000) == 2  # more than half: keep every other, two partial sweeps
+    assert sampling_stride(5_000, 1_000) == 1 and sampling_stride(1, 0) == 1
+    for wanted, available in ((48, 240), (50, 360), (7, 1_000_003)):
+        stride = sampling_stride(wanted, available)
+        assert available / stride <= wanted  # a run of `wanted` records gets through every shard
 
 
 def test_validation_reads_the_same_records_every_epoch(records: Path) -> None:

@@ -163,10 +163,10 @@ def parse_angles(value: str | None) -> list[int] | None:
     type=click.IntRange(min=0),
     default=1,
     show_default=True,
-    help="Read every shard end to end about this many times over the run, keeping a random share of the "
-    "records (a run trains on part of all the rotations, and a shard may keep an image's rotations "
-    "together: in order, it would see only some images). Costs reading sweeps / consumed share times the "
-    "records trained on; 0 reads every record in order.",
+    help="Read every shard end to end at least this many times over the run, keeping one record in N of "
+    "each pass from a random offset (a run trains on part of all the rotations, and a shard may keep an "
+    "image's rotations together: in order, it would see only some images). The records stepped over "
+    "are still read from storage, not decoded; 0 reads every record in order.",
 )
 @click.option(
     "--skip-corrupt-shards",

@@ -65,8 +65,8 @@ class TrainConfig:
     seed: int = 0  # file order and shuffle seed (each epoch still reshuffles)
     # A run consumes only part of all the rotations, and a shard may hold an image's rotations together,
     # so reading the shards in order would show the model only the images near their beginnings. The
-    # stream keeps a random share of the records so that the run reads every shard end to end this many
-    # times (reading sweeps / consumed-share times the records it trains on); 0 = every record in order.
+    # stream keeps one record in `stream_stride` of each shard pass, from a random offset, so that the run
+    # reads every shard end to end at least this many times; 0 = every record in order.
     stream_sweeps: int = 1
     skip_corrupt_shards: bool = False  # check every shard's CRCs first and leave out damaged ones
 
@@ -89,7 +89,8 @@ class TrainConfig:
     train_fraction: float = 1.0  # --max-images as the fraction of image ids kept (schemas.splits.in_subset)
     num_train_images: int = 0  # source images used for training (about, after --max-images)
     num_validation_images: int = 0
-    stream_fraction: float = 1.0  # share of training records kept, from stream_sweeps
+    stream_stride: int = 1  # training keeps one record in this many of each shard pass, from stream_sweeps
+    stream_fraction: float = 1.0  # share of training records kept: 1 / stream_stride
     validation_fraction: float = 1.0  # share of validation records sampled (by a hash of the record)
 
     @property
@@ -185,3 +186,11 @@ def default_validation_steps(num_validation_images: int, num_validation_records:
 def sampling_fraction(records_wanted: float, records_available: float) -> float:
     """The share of records to keep so that about `records_wanted` come out of `records_available`."""
     return 1.0 if records_available <= 0 else min(1.0, records_wanted / records_available)
+
+
+def sampling_stride(records_wanted: float, records_available: float) -> int:
+    """Keep one record in this many so that at most `records_wanted` come out of `records_available`:
+    a run that wants that many records then reads all of them at least once (1 = keep every record)."""
+    fraction = sampling_fraction(records_wanted, records_available)
+    # Rounded first, so that a share of exactly 1/9 computed in floating point gives 9, not 10.
+    return max(1, math.ceil(round(1.0 / fraction, 6))) if fraction > 0 else 1

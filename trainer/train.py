@@ -40,6 +40,7 @@ from trainer.config import (
     default_steps_per_epoch,
     default_validation_steps,
     sampling_fraction,
+    sampling_stride,
     subset_fraction,
 )
 
@@ -138,7 +139,8 @@ def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 
     in_bins = len(set(config.bin_angles) & set(available))
     planned = config.epochs * config.steps_per_epoch * config.global_batch_size
     usable = config.num_train_images * in_bins * config.stream_sweeps
-    config.stream_fraction = sampling_fraction(planned, usable) if config.stream_sweeps else 1.0
+    config.stream_stride = sampling_stride(planned, usable) if config.stream_sweeps else 1
+    config.stream_fraction = 1.0 / config.stream_stride
     if config.num_validation_images:
         records = config.num_validation_images * in_bins
         if config.validation_steps is None:
