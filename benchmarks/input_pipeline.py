@@ -319,13 +319,17 @@ def run(quick: bool = False) -> str:
         }
         rows.append(("28 px MNIST (MNIST CNN)", MNIST_BATCH, tf_rates, generator_rates))
 
+    from trainer.config import TrainConfig
+
+    defaults = TrainConfig()
     lines = [
         f"Images/s leaving the input pipeline (no model), {cores} cores. tf.data: trainer.data.training_dataset "
         "on shards of every angle; RotNet: its Python generator rotating the source images on the fly "
         "(geometry.reference_chain), with 1 and with "
         f"{cores} worker threads. Each rate is the best of {REPEATS} timing windows after a warm-up. "
         f"The tf.data stream keeps one record in {full_size_stream_stride()} of each shard pass, as a "
-        "default run (50 epochs, one sweep) on a full-size dataset does.",
+        f"default run ({defaults.epochs} epochs, --stream-sweeps {defaults.stream_sweeps}) on a full-size "
+        "dataset does.",
         "",
         "| input | batch | tf.data images/s | RotNet generator images/s (1 / "
         f"{cores} workers) | tf.data vs best generator |",
