@@ -31,7 +31,7 @@ def measure(records: Path, output: Path, batch_size: int, steps: int, precision:
 
     import schemas
     from trainer import data, train
-    from trainer.config import TrainConfig
+    from trainer.config import TrainConfig, resolve
     from trainer.heads import Head
     from trainer.models import build_model
 
@@ -42,7 +42,7 @@ def measure(records: Path, output: Path, batch_size: int, steps: int, precision:
         records=str(records), output=str(output), model="resnet50", weights="none", batch_size=batch_size
     )
     config.resolved_precision = train.resolve_precision(precision, num_gpus)
-    train.resolve(config, info, strategy.num_replicas_in_sync)
+    resolve(config, info, strategy.num_replicas_in_sync)
     head = Head(config.head, tuple(config.bin_angles))
     with strategy.scope():
         model = build_model(config, head)

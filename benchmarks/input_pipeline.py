@@ -6,14 +6,14 @@ Two cases, each measured side by side in one run on this machine's cores:
 
 * 224 px JPEG (Street View, ResNet50 input): records of the 10 real Street View samples at every angle
   (written here with the fast chain, JPEG q95, as rotnet-pipeline does), read by
-  `trainer.data.training_dataset` (interleave, shuffle, batch 64, parse, decode, caffe preprocessing,
-  labels). RotNet's `RotNetDataGenerator` reads each full-resolution JPEG (1281x1025), picks a random
+  `trainer.data.training_dataset` (interleave, shuffle, batch 64, parse, decode, labels; the caffe
+  preprocessing is the model's first layer, so it is not part of the input rate). RotNet's `RotNetDataGenerator` reads each full-resolution JPEG (1281x1025), picks a random
   angle, rotates at full resolution, crops the largest rectangle and resizes (`geometry.reference_chain`),
   then applies `preprocess_input` and one-hot labels - run on as many threads as there are cores (Keras'
   `workers`; OpenCV releases the GIL), and on one.
 * 28 px MNIST (the MNIST CNN's input): records of 500 real digits from ../shared/data/mnist-5k at every
-  angle (PNG), batch 128, binarized; RotNet's generator rotates the in-memory 28 px digits
-  (no crop, as RotNet's MNIST run) and binarizes.
+  angle (PNG), batch 128, uint8 (binarizing is the model's first layer); RotNet's generator rotates
+  the in-memory 28 px digits (no crop, as RotNet's MNIST run) and binarizes.
 
 Targets (issue 3): tf.data >= 20x the generator and >= 3,500 images/s at 224 px on 2 cores.
 """
@@ -70,7 +70,7 @@ def write_records(
 
 
 def mnist_digits(count: int) -> tuple[np.ndarray, np.ndarray]:
-    from pipeline import mnist
+    from pipeline.datasets import mnist
 
     directory = shared_data_dir() / "mnist-5k"
     images, labels = mnist.load_split(
@@ -122,14 +122,13 @@ def full_size_stream_stride() -> int:
 
 def tf_data_iterator(records: Path, model: str, batch_size: int, stride: int) -> Iterator:
     """trainer.data.training_dataset's batches, the stream keeping one record in `stride`."""
-    from trainer import train
-    from trainer.config import TrainConfig
+    from trainer.config import TrainConfig, resolve
     from trainer.data import training_dataset
     from trainer.heads import Head
 
     config = TrainConfig(records=str(records), output="", model=model, batch_size=batch_size, weights="none")
     info = schemas.load_manifest(str(records))
-    train.resolve(config, info)
+    resolve(config, info)
     config.stream_stride, config.stream_fraction = stride, 1.0 / stride
     head = Head(config.head, tuple(config.bin_angles))
     return iter(training_dataset(info.shard_paths(str(records), "train"), config, head))

@@ -95,7 +95,7 @@ def other_interpolation_error(
     import numpy as np
     from PIL import Image
 
-    from pipeline import mnist
+    from pipeline.datasets import mnist
     from schemas.splits import assign_split
     from trainer.heads import angle_error_degrees
     from trainer.predict import Predictor

@@ -28,6 +28,7 @@ import schemas
 from benchmarks.common import best_of, shared_data_dir, street_view_samples
 from pipeline import codec, geometry, job, transforms
 from pipeline.config import PipelineConfig
+from pipeline.datasets.common import SourceImage
 from schemas import tfrecord_file
 
 IMAGE_SIZE = 224
@@ -90,7 +91,7 @@ def _street_view(scratch: Path, quick: bool) -> list[str]:
     def without_beam() -> None:
         for index, data in enumerate(encoded):
             pixels = codec.decode_source_image(data)
-            image = transforms.SourceImage("street_view", "train", f"{index}_1", pixels=pixels)
+            image = SourceImage("street_view", "train", f"{index}_1", pixels=pixels)
             for record in transforms.rotation_records(transforms.prepare(image, resolved), resolved):
                 tfrecord_file.frame_record(record)
 

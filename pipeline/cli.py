@@ -13,6 +13,7 @@ is then not written), 2 for usage errors. See docs/pipeline.md.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import json
 import logging
@@ -22,9 +23,16 @@ from pathlib import Path
 
 import click
 
-from pipeline.codec import DEFAULT_MAX_PIXELS
-from pipeline.config import CROP_POSITIONS, DEFAULT_MIN_IMAGE_SIDE, ConfigError, PipelineConfig, parse_angles
-from schemas.record import DATASETS, IMAGE_FORMATS
+from pipeline import datasets
+from pipeline.config import ConfigError, JobError, PipelineConfig
+from pipeline.geometry import CROP_POSITIONS
+from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
+from schemas.angles import AngleSyntaxError, parse_angles
+from schemas.record import IMAGE_FORMATS
+from schemas.sharding import COMPRESSION_SUFFIXES
+
+# Every option's default is PipelineConfig's: spelled once, there.
+DEFAULT = {field.name: field.default for field in dataclasses.fields(PipelineConfig)}
 
 _HEX_DIGEST = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")
 
@@ -42,14 +50,14 @@ Remote runners get --setup_file pyproject.toml (so workers install rotnet) unles
 def _angles(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
     try:
         return parse_angles(value)
-    except ConfigError as error:
+    except AngleSyntaxError as error:
         raise click.BadParameter(str(error)) from None
 
 
 def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -> dict[str, str]:
     if value is None:
         return {}
-    from pipeline.mnist import MNIST_FILES
+    from pipeline.datasets.mnist import MNIST_FILES
 
     try:
         data = json.loads(value.read_text())
@@ -76,7 +84,12 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     },
     epilog=EPILOG,
 )
-@click.option("--dataset", required=True, type=click.Choice(DATASETS), help="Which source to read.")
+@click.option(
+    "--dataset",
+    required=True,
+    type=click.Choice(datasets.names()),
+    help="Which source to read (a module of pipeline/datasets/).",
+)
 @click.option(
     "--output-dir",
     required=True,
@@ -126,14 +139,14 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
 )
 @click.option(
     "--download-dir",
-    default="data/downloads",
+    default=DEFAULT["download_dir"],
     show_default=True,
     metavar="DIR",
     help="Cache for downloads on each worker (a rerun downloads nothing).",
 )
 @click.option(
     "--subset-fraction",
-    default=1.0,
+    default=DEFAULT["subset_fraction"],
     show_default=True,
     type=click.FloatRange(0.0, 1.0, min_open=True),
     help="Keep this stable fraction of the source images, chosen by a hash of the image id (nested: the "
@@ -149,12 +162,12 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     default="all",
     show_default=True,
     callback=_angles,
-    help="Counter-clockwise angles to write: 'all' (0-359), a list '0,90,180,270', a range with a step "
-    "'0-359:15', or a mix.",
+    help=f"Counter-clockwise angles to write, in degrees: {ANGLE_EXAMPLES}. The same syntax as "
+    "rotnet-train --angles.",
 )
 @click.option(
     "--center-crop/--no-center-crop",
-    default=True,
+    default=DEFAULT["center_crop"],
     show_default=True,
     help="Crop the source to a square before rotating (--no-center-crop rotates the whole image; ablation).",
 )
@@ -162,13 +175,13 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     "--crop",
     "crop_position",
     type=click.Choice(CROP_POSITIONS),
-    default="center",
+    default=DEFAULT["crop_position"],
     show_default=True,
     help="Where the square sits: 'right' drops Street View's overlay icon in the top-left corner.",
 )
 @click.option(
     "--crop-largest-rect/--no-crop-largest-rect",
-    default=None,
+    default=DEFAULT["crop_largest_rect"],
     help="After rotating, crop the largest rectangle without fill pixels, then resize. Default: on for "
     "photos, off for MNIST (its black background hides the corners; the crop would zoom 45-degree digits).",
 )
@@ -178,32 +191,36 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     help="Record image encoding. Default: png (lossless grey) for MNIST, jpeg for photos.",
 )
 @click.option(
-    "--jpeg-quality", default=95, show_default=True, type=click.IntRange(1, 100), help="JPEG quality."
+    "--jpeg-quality",
+    default=DEFAULT["jpeg_quality"],
+    show_default=True,
+    type=click.IntRange(1, 100),
+    help="JPEG quality of photo records.",
 )
 @click.option(
     "--validation-fraction",
-    default=0.1,
+    default=DEFAULT["validation_fraction"],
     show_default=True,
     type=click.FloatRange(0.0, 1.0, max_open=True),
     help="Fraction of the train images that go to the validation split, by a stable hash of the image id.",
 )
 @click.option(
     "--num-shards",
-    default=0,
+    default=DEFAULT["num_shards"],
     show_default=True,
     type=click.IntRange(0),
     help="Shards per split; 0 chooses about 192 MB per shard.",
 )
 @click.option(
     "--compression",
-    type=click.Choice(["none", "gzip"]),
-    default="none",
+    type=click.Choice(sorted(COMPRESSION_SUFFIXES)),
+    default=DEFAULT["compression"],
     show_default=True,
     help="Shard compression (gzip shards end in .tfrecord.gz).",
 )
 @click.option(
     "--max-error-fraction",
-    default=0.01,
+    default=DEFAULT["max_error_fraction"],
     show_default=True,
     type=click.FloatRange(0.0, 1.0),
     help="Fail (exit 1, no manifest) when more than this fraction of source images are bad; each bad "
@@ -211,14 +228,14 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
 )
 @click.option(
     "--min-image-side",
-    default=DEFAULT_MIN_IMAGE_SIDE,
+    default=DEFAULT["min_image_side"],
     show_default=True,
     type=click.IntRange(1),
     help="Source images with a shorter side are errors (too small to rotate meaningfully).",
 )
 @click.option(
     "--max-pixels",
-    default=DEFAULT_MAX_PIXELS,
+    default=DEFAULT["max_pixels"],
     show_default=True,
     type=click.IntRange(1),
     help="Source images with more pixels are refused before decoding (decompression-bomb guard).",
@@ -236,10 +253,10 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
     (views 1-4) and your own images are split train/validation by a hash of the file name. The manifest
     dataset_info.json is written last, only when every image is accounted for.
     """
-    from pipeline import job
+    from pipeline import job, runner
 
     beam_args = list(ctx.args)
-    unknown = job.unknown_beam_args(beam_args)
+    unknown = runner.unknown_beam_args(beam_args)
     if unknown:
         raise click.UsageError(_unknown_message(ctx, unknown))
     logging.basicConfig(
@@ -263,7 +280,7 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         summary = job.run(
             config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
         )
-    except job.JobError as error:
+    except JobError as error:
         raise click.ClickException(str(error)) from None
     click.echo(summary.table())
 

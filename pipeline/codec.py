@@ -17,6 +17,8 @@ from PIL import Image, ImageOps, UnidentifiedImageError
 
 # Larger inputs are refused before their pixels are decoded (a 1 KB PNG can claim 10^10 pixels).
 DEFAULT_MAX_PIXELS = 64_000_000
+# File name extensions read as images (case-insensitive), by the pipeline and by rotnet-correct.
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 DEFAULT_JPEG_QUALITY = 95  # photo records (README: jpeg q95): ~27 KB per 224 px image
 # PNG compression 1 is ~4x faster than OpenCV's default 3 and within a few % of its size at 28-224 px.
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]

@@ -1,8 +1,9 @@
-"""What one `rotnet-pipeline` run does: a flat, typed dataclass with the defaults of each dataset.
+"""What one `rotnet-pipeline` run does: a flat, typed dataclass; the dataset modules add their defaults.
 
-Pure Python (no Beam): the CLI fills a `PipelineConfig` from its options, `resolved()` puts in the
-per-dataset defaults (MNIST: 28 px grey PNG without the largest-rect crop; photos: 224 px RGB JPEG q95
-with it), and the manifest records `to_dict()` so that every records directory says how it was made.
+Pure Python: the CLI fills a `PipelineConfig` from its options (their defaults are this class's),
+`resolved()` puts in the dataset's own defaults (`pipeline/datasets/NAME.py` DEFAULTS: MNIST 28 px grey
+PNG without the largest-rect crop; photos 224 px RGB JPEG q95 with it; this imports the dataset module),
+and the manifest records `to_dict()` so that every records directory says how it was made.
 
     >>> config = PipelineConfig(dataset="mnist", output_dir="data/records/mnist").resolved()
     >>> config.image_size, config.image_format, config.crop_largest_rect, len(config.angles_degrees)
@@ -14,24 +15,15 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from pipeline import datasets
 from pipeline.codec import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
-from schemas.record import DATASETS, IMAGE_FORMATS, NUM_ANGLES
+from pipeline.geometry import CROP_POSITIONS
+from schemas.angles import NUM_ANGLES
+from schemas.record import IMAGE_FORMATS
 from schemas.sharding import COMPRESSION_SUFFIXES
-
-CROP_POSITIONS = ("center", "right")
-
-# Per-dataset defaults. MNIST keeps RotNet's setup: the black background hides the rotated corners, and
-# a largest-rect crop resized back to 28 px would zoom a 45-degree digit by sqrt(2), a scale cue the
-# network could learn instead of the digit's shape. Photos get the crop so that no fill colour shows.
-DATASET_DEFAULTS: dict[str, dict[str, Any]] = {
-    "mnist": {"image_size": 28, "image_format": "png", "channels": 1, "crop_largest_rect": False},
-    "street_view": {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True},
-    "images": {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True},
-}
 
 # Shards of ~128-256 MB stream well from GCS and shuffle well across files; aim for the middle.
 TARGET_SHARD_BYTES = 192 * 2**20
@@ -51,16 +43,22 @@ class ConfigError(ValueError):
     """A configuration that cannot run; the message says which option to change."""
 
 
+class JobError(RuntimeError):
+    """The run cannot start or did not produce a valid dataset; the message says what to do."""
+
+
 @dataclass(frozen=True)
 class PipelineConfig:
-    """Every setting of a pipeline run. None means "the dataset's default" (see DATASET_DEFAULTS)."""
+    """Every setting of a pipeline run. None means "the dataset's default" (its module's DEFAULTS)."""
 
     # --- what to read ------------------------------------------------------------------------
-    dataset: str  # mnist | street_view | images
+    dataset: str  # a module of pipeline/datasets: mnist | street_view | images
     output_dir: str  # records directory, local path or gs://
     input_pattern: str | None = None  # images: a directory or glob, local or gs://
     mnist_dir: str | None = None  # offline MNIST IDX files; None downloads them inside the job
-    mnist_mirrors: tuple[str, ...] = ()  # base urls tried in order; () = pipeline.mnist.MNIST_MIRRORS
+    mnist_mirrors: tuple[
+        str, ...
+    ] = ()  # base urls tried in order; () = pipeline.datasets.mnist.MNIST_MIRRORS
     mnist_checksums: dict[str, str] = field(default_factory=dict)  # file name -> md5/sha256 override
     street_view_dir: str | None = None  # offline zip parts or loose <placemark>_<view>.jpg files
     street_view_mirrors: tuple[str, ...] = ()  # base urls of part1..10.zip; () = the UCF site
@@ -78,6 +76,7 @@ class PipelineConfig:
 
     # --- encoding and output ---------------------------------------------------------------
     image_format: str | None = None  # png | jpeg | raw
+    channels: int | None = None  # 1 (grey) or 3 (RGB): the dataset's; not an option
     jpeg_quality: int = DEFAULT_JPEG_QUALITY
     validation_fraction: float = 0.1  # of the train images, by a stable hash of the image id
     num_shards: int = 0  # per split; 0 = about TARGET_SHARD_BYTES per shard
@@ -87,19 +86,16 @@ class PipelineConfig:
 
     # --- derived -----------------------------------------------------------------------------
 
-    @property
-    def channels(self) -> int:
-        return DATASET_DEFAULTS[self.dataset]["channels"]
-
     def resolved(self) -> PipelineConfig:
         """A copy with the dataset defaults filled in, validated (raises ConfigError)."""
-        if self.dataset not in DATASETS:
-            raise ConfigError(f"dataset {self.dataset!r} is not one of {', '.join(DATASETS)}")
-        defaults = DATASET_DEFAULTS[self.dataset]
+        if self.dataset not in datasets.names():
+            raise ConfigError(f"dataset {self.dataset!r} is not one of {', '.join(datasets.names())}")
+        defaults = datasets.get(self.dataset).DEFAULTS
         config = dataclasses.replace(
             self,
             image_size=self.image_size or defaults["image_size"],
             image_format=self.image_format or defaults["image_format"],
+            channels=defaults["channels"],
             crop_largest_rect=(
                 defaults["crop_largest_rect"] if self.crop_largest_rect is None else self.crop_largest_rect
             ),
@@ -109,13 +105,9 @@ class PipelineConfig:
         return config
 
     def validate(self) -> None:
-        problems = []
+        problems = datasets.get(self.dataset).check(self)
         if not self.output_dir:
             problems.append("an output directory is required (--output-dir)")
-        if self.dataset == "images" and not self.input_pattern:
-            problems.append("--dataset images needs --input DIR_OR_GLOB")
-        if self.dataset != "images" and self.input_pattern:
-            problems.append("--input is only for --dataset images")
         if self.image_size is not None and not 1 <= self.image_size <= 4096:
             problems.append(f"image size {self.image_size} must be in 1..4096")
         if not self.angles_degrees or any(not 0 <= a < NUM_ANGLES for a in self.angles_degrees):
@@ -146,11 +138,9 @@ class PipelineConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
     def estimated_record_bytes(self) -> int:
-        """Expected size of one record on disk, for choosing the number of shards."""
-        size = self.image_size or DATASET_DEFAULTS[self.dataset]["image_size"]
-        image_format = self.image_format or DATASET_DEFAULTS[self.dataset]["image_format"]
-        raw = size * size * self.channels
-        return math.ceil(raw * ENCODED_FRACTION[image_format]) + RECORD_OVERHEAD_BYTES
+        """Expected size of one record on disk of a resolved config, for choosing the number of shards."""
+        raw = self.image_size * self.image_size * self.channels
+        return math.ceil(raw * ENCODED_FRACTION[self.image_format]) + RECORD_OVERHEAD_BYTES
 
     def shards_for(self, num_images: float, parallelism: int = 1) -> int:
         """Shards for a split of about `num_images` source images: --num-shards, or ~192 MB each.
@@ -164,32 +154,3 @@ class PipelineConfig:
         by_size = math.ceil(total / TARGET_SHARD_BYTES)
         by_workers = min(parallelism, math.ceil(total / MIN_SHARD_BYTES))
         return max(1, by_size, by_workers)
-
-
-_RANGE = re.compile(r"^(\d+)-(\d+)(?::(\d+))?$")
-
-
-def parse_angles(text: str) -> tuple[int, ...]:
-    """Angles from "all", "0,90,180,270", "0-359:15" (inclusive range with a step) or a mix of them.
-
-    Raises ConfigError naming the part it cannot read.
-    """
-    text = text.strip().lower()
-    if text in ("", "all"):
-        return tuple(range(NUM_ANGLES))
-    angles: set[int] = set()
-    for part in text.split(","):
-        part = part.strip()
-        match = _RANGE.match(part)
-        if match:
-            start, stop, step = int(match[1]), int(match[2]), int(match[3] or 1)
-            if step < 1 or start > stop:
-                raise ConfigError(f"angle range {part!r} needs start <= stop and a step >= 1")
-            angles.update(range(start, stop + 1, step))
-        elif part.isdigit():
-            angles.add(int(part))
-        else:
-            raise ConfigError(f"cannot read angles {part!r}: use e.g. 'all', '0,90,180,270' or '0-359:15'")
-    if any(angle >= NUM_ANGLES for angle in angles):
-        raise ConfigError(f"angles must be in 0..359, got {max(angles)}")
-    return tuple(sorted(angles))

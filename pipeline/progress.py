@@ -26,8 +26,7 @@ METRICS_NAMESPACE = "rotnet"
 IMAGES_READ = "images_read"  # source images that entered the job (after --subset-fraction)
 IMAGES_EXPANDED = "images_expanded"  # source images that became records
 IMAGE_ERRORS = "image_errors"  # source images that went to the errors file
-RECORDS = "records"  # records serialized (all splits); per split: "records_<split>"
-RECORD_BYTES = "record_bytes"  # serialized record bytes (before TFRecord framing)
+RECORDS = "records"  # records serialized (all splits)
 VIEWS_DROPPED = "views_dropped"  # Street View views 0 (markers) and 5 (upward), by design
 FILES_SKIPPED = "files_skipped"  # files that are not images by name (e.g. README.txt, __MACOSX/)
 

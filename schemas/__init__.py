@@ -10,7 +10,6 @@ from schemas.manifest import (
     write_manifest,
 )
 from schemas.record import (
-    DATASETS,
     FEATURES,
     IMAGE_FORMATS,
     NUM_ANGLES,
@@ -27,7 +26,6 @@ from schemas.splits import assign_split, in_subset, stable_fraction
 from schemas.version import PACKAGE_VERSION, SCHEMA_VERSION
 
 __all__ = [
-    "DATASETS",
     "FEATURES",
     "IMAGE_FORMATS",
     "MANIFEST_NAME",

@@ -28,7 +28,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from schemas import paths
-from schemas.record import DATASETS, IMAGE_FORMATS, NUM_ANGLES
+from schemas.record import IMAGE_FORMATS, NAME_PATTERN, NUM_ANGLES
 from schemas.sharding import COMPRESSION_SUFFIXES, MANIFEST_NAME, shard_name
 from schemas.version import PACKAGE_VERSION, SCHEMA_VERSION
 
@@ -94,8 +94,8 @@ class DatasetInfo:
     def problems(self) -> list[str]:
         """Every inconsistency found, as sentences; empty when the manifest is sound."""
         found = []
-        if self.dataset not in DATASETS:
-            found.append(f"dataset {self.dataset!r} is not one of {DATASETS}")
+        if not NAME_PATTERN.match(self.dataset):
+            found.append(f"dataset {self.dataset!r} must be lower-case letters, digits and '_'")
         if self.image.format not in IMAGE_FORMATS:
             found.append(f"image format {self.image.format!r} is not one of {IMAGE_FORMATS}")
         if self.compression not in COMPRESSION_SUFFIXES:

@@ -62,3 +62,23 @@ def exists(path: str) -> bool:
         import tensorflow as tf
 
         return tf.io.gfile.exists(path)
+
+
+def size(path: str) -> int | None:
+    """Size in bytes of a local or remote file; None when it does not exist."""
+    if not is_remote(path):
+        try:
+            return os.stat(local_path(path)).st_size
+        except FileNotFoundError:
+            return None
+    try:
+        from apache_beam.io.filesystems import FileSystems
+
+        found = FileSystems.match([path])[0].metadata_list
+        return found[0].size_in_bytes if found else None
+    except ImportError:
+        import tensorflow as tf
+
+        return tf.io.gfile.stat(path).length if tf.io.gfile.exists(path) else None
+    except Exception:  # Beam raises BeamIOError for a path that matches nothing on some filesystems
+        return None

@@ -13,12 +13,16 @@ from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
+from apache_beam.runners.portability.fn_api_runner import fn_runner
+from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from click.testing import CliRunner, Result
 from PIL import Image
 
 import schemas
-from pipeline import mnist, transforms
+from pipeline import transforms
 from pipeline.config import PipelineConfig
+from pipeline.datasets import mnist
+from pipeline.datasets.common import SourceImage
 from schemas import sharding, tfrecord_file
 
 # A tiny, fast local run: one in-process worker (no worker processes to start).
@@ -30,6 +34,20 @@ def run_cli(*args: str) -> Result:
     from pipeline.cli import main
 
     return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def in_process_pipeline() -> BeamTestPipeline:
+    """A Beam test pipeline on the FnApiRunner in this process (the DirectRunner would first try to
+    download the Prism runner)."""
+    return BeamTestPipeline(runner=fn_runner.FnApiRunner())
+
+
+def digit(index: int) -> np.ndarray:
+    """A small synthetic 28 x 28 x 1 'digit' (two strokes), different for each index mod 15."""
+    image = np.zeros((28, 28, 1), np.uint8)
+    image[4 + index % 5 : 22, 12:16] = 255
+    image[18:22, 6 + index % 3 : 22] = 180
+    return image
 
 
 def read_records(directory: Path | str) -> list[schemas.Record]:
@@ -74,7 +92,7 @@ def expected_records(images: dict[str, tuple[np.ndarray, str, int]], config: Pip
     config = config.resolved()
     out = []
     for image_id, (pixels, split, label) in images.items():
-        source = transforms.SourceImage(config.dataset, split, image_id, label, pixels=pixels)
+        source = SourceImage(config.dataset, split, image_id, label, pixels=pixels)
         out += transforms.rotation_records(transforms.prepare(source, config), config)
     return out
 

@@ -73,6 +73,7 @@ def test_local_writer_records_are_the_pipelines_bytes(
 ) -> None:
     from pipeline import transforms
     from pipeline.config import PipelineConfig
+    from pipeline.datasets.common import SourceImage
 
     image = np.random.default_rng(3).integers(0, 256, shape, dtype=np.uint8)
     angles = (0, 17, 90, 271)
@@ -84,7 +85,7 @@ def test_local_writer_records_are_the_pipelines_bytes(
         image_format=image_format,
         crop_largest_rect=crop_largest_rect,
     ).resolved()
-    prepared = transforms.prepare(transforms.SourceImage(dataset, "train", "7_1", 4, pixels=image), config)
+    prepared = transforms.prepare(SourceImage(dataset, "train", "7_1", 4, pixels=image), config)
     local = local_writer.rotation_examples(
         "7_1",
         image,

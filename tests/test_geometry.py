@@ -200,3 +200,19 @@ def test_bad_images_are_refused() -> None:
         geometry.rotate(np.zeros((10, 10), np.uint8), 10)
     with pytest.raises(ValueError, match="HWC uint8"):
         geometry.prepare_source(np.zeros((10, 10, 3), np.float32), 8)
+
+
+def test_crop_square_center_and_right(street_view_images):
+    image = street_view_images[0]
+    assert image.shape == (1025, 1281, 3)
+    center = geometry.crop_square(image, "center")
+    right = geometry.crop_square(image, "right")
+    assert center.shape == right.shape == (1025, 1025, 3)
+    np.testing.assert_array_equal(center, image[:, 128:1153])
+    np.testing.assert_array_equal(right, image[:, 256:])  # the top-left overlay icon is cut off
+    portrait = np.zeros((50, 30, 1), np.uint8)
+    portrait[10:40] = 1
+    assert geometry.crop_square(portrait, "right").shape == (30, 30, 1)
+    assert geometry.crop_square(portrait, "center").min() == 1  # vertically centered
+    with pytest.raises(ValueError, match="not 'center' or 'right'"):
+        geometry.crop_square(image, "left")

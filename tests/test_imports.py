@@ -1,4 +1,5 @@
-"""schemas/, the geometry core and tools/inspect must work where TensorFlow and Beam are not installed."""
+"""schemas/, the geometry core, tools/inspect and trainer.config must work where TensorFlow and Beam are not
+installed."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ def test_schema_and_inspect_import_without_tensorflow_or_beam(tmp_path) -> None:
         import sys
         for name in ("tensorflow", "keras", "apache_beam"):
             sys.modules[name] = None  # any import of them now raises ImportError
-        import schemas, schemas.tfrecord_file, pipeline.geometry, pipeline.codec, tools.inspect
+        import schemas, schemas.tfrecord_file, schemas.verify, schemas.angles, trainer.config
+        import pipeline.geometry, pipeline.codec, tools.inspect
         import numpy as np
         record = schemas.Record(
             image_encoded=pipeline.codec.encode_image(np.zeros((4, 4, 1), np.uint8), "png"),

@@ -88,7 +88,7 @@ def test_schema_version_mismatch_says_what_to_do(tmp_path: Path) -> None:
         (lambda d: d["splits"]["train"]["shards"][0].update(name="x.tfrecord"), "shard names"),
         (lambda d: d.update(angles_degrees=[0, 0, 1, 2]), "duplicates"),
         (lambda d: d.update(angles_degrees=[0, 90, 180, 360]), "0..359"),
-        (lambda d: d.update(dataset="cifar"), "dataset 'cifar'"),
+        (lambda d: d.update(dataset="CIFAR 10"), "dataset 'CIFAR 10'"),
         (lambda d: d["image"].update(format="gif"), "image format 'gif'"),
         (lambda d: d.pop("splits"), "lacks or mistypes field 'splits'"),
     ],

@@ -17,8 +17,9 @@ import numpy as np
 import pytest
 
 import schemas
-from pipeline import codec, geometry, mnist
+from pipeline import codec, geometry
 from pipeline.config import PipelineConfig
+from pipeline.datasets import mnist
 from schemas import sharding, splits
 from tests.pipeline_helpers import (
     LOCAL_ONE_WORKER,

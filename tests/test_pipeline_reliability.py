@@ -23,8 +23,9 @@ from pathlib import Path
 import pytest
 
 import schemas
-from pipeline import codec, mnist
+from pipeline import codec
 from pipeline.config import PipelineConfig
+from pipeline.datasets import mnist
 from schemas import sharding, tfrecord_file
 from tests.conftest import REPO_ROOT
 from tests.pipeline_helpers import (

@@ -6,61 +6,25 @@
 from __future__ import annotations
 
 import dataclasses
-import importlib.util
 import itertools
 import json
-import zipfile
 from pathlib import Path
 
 import apache_beam as beam
 import numpy as np
 import pytest
-from apache_beam.runners.portability.fn_api_runner import fn_runner
-from apache_beam.testing.test_pipeline import TestPipeline as BeamTestPipeline
 from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
-from pipeline import codec, geometry, job, progress, rotations, transforms
-from pipeline.config import ConfigError, PipelineConfig, parse_angles
-from pipeline.street_view import crop_square
+from pipeline import codec, geometry, progress, rotations, transforms
+from pipeline.config import ConfigError, PipelineConfig
+from pipeline.datasets.common import SourceImage
+from pipeline.geometry import crop_square
 from schemas import sharding, tfrecord_file
 from schemas.record import example_encoder
-from tests.pipeline_helpers import write_idx
-
-
-def in_process_pipeline() -> BeamTestPipeline:
-    # Beam's FnApiRunner directly: the DirectRunner would first try to download the Prism runner.
-    return BeamTestPipeline(runner=fn_runner.FnApiRunner())
-
-
-def digit(index: int) -> np.ndarray:
-    image = np.zeros((28, 28, 1), np.uint8)
-    image[4 + index % 5 : 22, 12:16] = 255
-    image[18:22, 6 + index % 3 : 22] = 180
-    return image
-
+from tests.pipeline_helpers import digit, in_process_pipeline
 
 # --- Pure pieces -----------------------------------------------------------------------------
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        ("all", tuple(range(360))),
-        ("0,90,180,270", (0, 90, 180, 270)),
-        ("0-359:90", (0, 90, 180, 270)),
-        ("350-359:5, 0", (0, 350, 355)),
-        (" 7 ", (7,)),
-    ],
-)
-def test_parse_angles(text: str, expected: tuple[int, ...]) -> None:
-    assert parse_angles(text) == expected
-
-
-@pytest.mark.parametrize("text", ["360", "10-5", "0-10:0", "x", "1.5"])
-def test_parse_angles_refuses_bad_text(text: str) -> None:
-    with pytest.raises(ConfigError):
-        parse_angles(text)
 
 
 def test_dataset_defaults_mnist_grey_png_without_largest_rect_photos_jpeg_with_it() -> None:
@@ -125,22 +89,6 @@ def test_shard_count_aims_at_about_192_mb_per_shard() -> None:
     assert 20_000 < street.estimated_record_bytes() < 40_000  # measured ~26.5 KB at 224 px q95
 
 
-def test_relative_id_and_input_resolution(tmp_path: Path) -> None:
-    assert transforms.relative_id("/data/photos/a/b.jpg", "/data/photos") == "a/b.jpg"
-    assert transforms.relative_id("gs://bucket/photos/b.jpg", "gs://bucket/photos/") == "b.jpg"
-    assert transforms.relative_id("/elsewhere/b.jpg", "/data") == "b.jpg"
-    (tmp_path / "sub").mkdir()
-    (tmp_path / "sub" / "x.png").write_bytes(b"")
-    assert job.resolve_input(str(tmp_path)) == (str(tmp_path / "**"), str(tmp_path))
-    assert job.resolve_input(str(tmp_path / "sub" / "x.png")) == (
-        str(tmp_path / "sub" / "x.png"),
-        str(tmp_path / "sub"),
-    )
-    assert job.resolve_input(f"{tmp_path}/s*/*.png") == (f"{tmp_path}/s*/*.png", str(tmp_path))
-    with pytest.raises(job.JobError, match="does not exist"):
-        job.resolve_input(str(tmp_path / "missing"))
-
-
 def test_example_encoder_writes_the_bytes_of_encode_example() -> None:
     template = schemas.Record(b"", "jpeg", 224, 224, 3, 0, "street_view", "validation", "008922_1")
     encode = example_encoder(template)
@@ -157,7 +105,7 @@ def test_example_encoder_writes_the_bytes_of_encode_example() -> None:
 def test_rotation_records_match_the_geometry_core_exactly_for_mnist() -> None:
     config = PipelineConfig(dataset="mnist", output_dir="out", angles_degrees=(0, 33, 90, 200)).resolved()
     image = digit(3)
-    prepared = transforms.prepare(transforms.SourceImage("mnist", "train", "00003", 7, pixels=image), config)
+    prepared = transforms.prepare(SourceImage("mnist", "train", "00003", 7, pixels=image), config)
     records = [schemas.decode_example(data) for data in transforms.rotation_records(prepared, config)]
     assert [record.angle_degrees for record in records] == [0, 33, 90, 200]
     for record in records:
@@ -192,9 +140,7 @@ def test_crop_right_keeps_the_right_square() -> None:
 
     def first_image(config: PipelineConfig) -> np.ndarray:
         config = config.resolved()
-        prepared = transforms.prepare(
-            transforms.SourceImage("street_view", "train", "1_1", pixels=image), config
-        )
+        prepared = transforms.prepare(SourceImage("street_view", "train", "1_1", pixels=image), config)
         return codec.decode_record_image(
             schemas.decode_example(transforms.rotation_records(prepared, config)[0])
         )
@@ -207,111 +153,13 @@ def test_crop_right_keeps_the_right_square() -> None:
 # --- Beam transforms -----------------------------------------------------------------------------
 
 
-def _png(image: np.ndarray) -> bytes:
-    return codec.encode_image(image, "png")
-
-
-def test_read_decode_prepare_routes_images_by_split_and_bad_files_to_errors(tmp_path: Path) -> None:
-    config = PipelineConfig(
-        dataset="images",
-        output_dir=str(tmp_path / "out"),
-        input_pattern=str(tmp_path),
-        image_size=16,
-        angles_degrees=(0, 90),
-    ).resolved()
-    names = [f"photo_{index}.png" for index in range(6)]
-    for index, name in enumerate(names):
-        (tmp_path / name).write_bytes(_png(np.full((20 + index, 30, 3), 40 * index, np.uint8)))
-    (tmp_path / "nested").mkdir()
-    (tmp_path / "nested" / "deep.png").write_bytes(_png(np.full((20, 20, 3), 9, np.uint8)))
-    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
-    (tmp_path / "tiny.png").write_bytes(_png(np.zeros((3, 3, 3), np.uint8)))
-    (tmp_path / "readme.md").write_text("skipped by name")
-    good = [*names, "nested/deep.png"]
-    expected_splits = {name: schemas.assign_split(name, 0.1) for name in good}
-    splits = sorted(set(expected_splits.values()) | {"train", "validation"})
-
-    pipeline = in_process_pipeline()
-    read = pipeline | "Read" >> transforms.ReadImages(config, str(tmp_path / "**"), str(tmp_path))
-    decoded = read["images"] | transforms.DecodeImages(config)
-    prepared = decoded.images | transforms.PrepareRotations(config, splits)
-    ids = [
-        prepared[split] | f"Ids_{split}" >> beam.Map(lambda image: (image.split, image.image_id))
-        for split in splits
-    ] | beam.Flatten()
-    assert_that(ids, equal_to(sorted((split, name) for name, split in expected_splits.items())), label="ids")
-    reasons = (
-        (read[transforms.ERRORS], decoded[transforms.ERRORS])
-        | "Errors" >> beam.Flatten()
-        | beam.Map(
-            lambda line: (json.loads(line)["image_id"], json.loads(line)["stage"], "minimum side" in line)
-        )
-    )
-    assert_that(
-        reasons, equal_to([("broken.jpg", "decode", False), ("tiny.png", "decode", True)]), label="errors"
-    )
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = job.metric_counters(result)
-    assert counters[progress.IMAGES_READ] == 9
-    assert counters[progress.IMAGE_ERRORS] == 2
-    assert counters[progress.FILES_SKIPPED] == 1
-
-
-def test_read_mnist_offline_and_street_view_zip_parts(tmp_path: Path, shared_data: Path) -> None:
-    images = np.stack([digit(index)[:, :, 0] for index in range(20)])
-    labels = np.arange(20, dtype=np.uint8) % 10
-    mnist_dir = tmp_path / "mnist"
-    mnist_dir.mkdir()
-    write_idx(mnist_dir / "t10k-images-idx3-ubyte.gz", images)
-    write_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz", labels)
-    config = PipelineConfig(dataset="mnist", output_dir=str(tmp_path / "out")).resolved()
-    plan = job.plan_sources(dataclasses.replace(config, mnist_dir=str(mnist_dir)))
-    assert plan.splits == ["test"]
-    assert "found test (20 images); missing train" in plan.notes[0]
-
-    samples = sorted((shared_data / "street-view-samples").glob("*.jpg"))[:2]
-    part = tmp_path / "parts" / "part1.zip"
-    part.parent.mkdir()
-    with zipfile.ZipFile(part, "w") as archive:
-        for sample in samples:
-            archive.write(sample, sample.name)
-        archive.write(samples[0], samples[0].stem.split("_")[0] + "_5.jpg")  # upward view: dropped
-    street = PipelineConfig(
-        dataset="street_view", output_dir=str(tmp_path / "sv"), street_view_dir=str(part.parent)
-    )
-    street_plan = job.plan_sources(street.resolved())
-    assert street_plan.expected_images == pytest.approx({"train": 1.8, "validation": 0.2})
-
-    pipeline = in_process_pipeline()
-    mnist_images = pipeline | "Mnist" >> plan.source
-    assert_that(
-        mnist_images["images"]
-        | beam.Map(lambda image: (image.split, image.image_id, image.label, image.pixels.shape)),
-        equal_to([("test", f"{index:05d}", index % 10, (28, 28, 1)) for index in range(20)]),
-        label="mnist",
-    )
-    street_images = pipeline | "Street" >> street_plan.source
-    assert_that(
-        street_images["images"]
-        | beam.Map(lambda image: (image.image_id, image.split, len(image.encoded) > 1000)),
-        equal_to([(s.stem, schemas.assign_split(s.stem, 0.1), True) for s in samples]),
-        label="street",
-    )
-    result = pipeline.run()
-    result.wait_until_finish()
-    counters = job.metric_counters(result)
-    assert counters[progress.IMAGES_READ] == 22
-    assert counters[progress.VIEWS_DROPPED] == 1
-
-
 def test_write_rotations_renames_complete_shards_and_mixes_images(tmp_path: Path) -> None:
     config = PipelineConfig(
         dataset="mnist", output_dir=str(tmp_path), angles_degrees=tuple(range(0, 360, 30))
     ).resolved()
     prepared = [
         transforms.prepare(
-            transforms.SourceImage("mnist", "train", f"{index:05d}", index % 10, pixels=digit(index)), config
+            SourceImage("mnist", "train", f"{index:05d}", index % 10, pixels=digit(index)), config
         )
         for index in range(12)
     ]
@@ -341,35 +189,6 @@ def test_write_rotations_renames_complete_shards_and_mixes_images(tmp_path: Path
     ]
     same = sum(a == b for a, b in itertools.pairwise(shard))
     assert same < len(shard) / 2
-
-
-def test_failure_message_finds_the_innermost_error() -> None:
-    text = (
-        "Traceback (most recent call last):\n  File x\nRuntimeError: wrapper\n\nDuring handling...\n"
-        "pipeline.download.ChecksumError: could not download train.gz from any of 1 mirror(s):\n"
-        "  http://x: checksum mismatch [while running 'Read/LoadSplit']"
-    )
-    message = job.failure_message(RuntimeError(text))
-    assert message.startswith("pipeline.download.ChecksumError: could not download train.gz")
-    assert "checksum mismatch" in message and "while running" not in message
-
-
-def test_unknown_beam_args_are_found_and_known_ones_pass() -> None:
-    assert (
-        job.unknown_beam_args(["--runner", "DataflowRunner", "--project", "p", "--temp_location", "gs://b/t"])
-        == []
-    )
-    assert job.unknown_beam_args(["--direct_num_workers", "2", "--mnist-dri", "x"]) == ["--mnist-dri", "x"]
-    options, local = job.beam_options(["--runner", "DataflowRunner", "--sdk_container_image", "r/rotnet:1"])
-    assert not local and options.get_all_options()["setup_file"] is None
-    if importlib.util.find_spec("build") is None:
-        with pytest.raises(job.JobError, match="--sdk_container_image"):
-            job.beam_options(["--runner", "DataflowRunner", "--project", "p"])
-    else:
-        options, _ = job.beam_options(["--runner", "DataflowRunner", "--project", "p"])
-        assert options.get_all_options()["setup_file"].endswith("pyproject.toml")
-    options, local = job.beam_options([])
-    assert local and options.get_all_options()["direct_running_mode"] in ("multi_processing", "in_memory")
 
 
 def test_progress_counters_are_summed_from_files(tmp_path: Path) -> None:

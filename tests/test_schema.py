@@ -87,7 +87,7 @@ def test_wire_encoder_handles_negative_ints_floats_and_empty_lists() -> None:
     [
         ({"angle_degrees": 360}, "angle_degrees 360"),
         ({"image_format": "gif"}, "image_format 'gif'"),
-        ({"dataset": "imagenet"}, "dataset 'imagenet'"),
+        ({"dataset": "ImageNet-1k"}, "dataset 'ImageNet-1k'"),
         ({"split": "Train"}, "split 'Train'"),
         ({"channels": 4}, "channels 4"),
         ({"image_id": ""}, "image_id must not be empty"),

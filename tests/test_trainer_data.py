@@ -11,12 +11,11 @@ import pytest
 
 import schemas
 from pipeline import geometry
-from schemas import splits
+from schemas import splits, verify
 from tests.factories import synthetic_image, write_records_dir
 from trainer import data
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, TrainingError, resolve
 from trainer.heads import Head
-from trainer.train import TrainingError, resolve
 
 ANGLES = (0, 45, 90, 180, 270, 315)
 
@@ -41,7 +40,7 @@ def test_resolve_fills_in_the_manifest_and_default_steps(records: Path) -> None:
     assert config.bin_angles == list(ANGLES) and config.preprocessing == "binarize"
     assert config.steps_per_epoch == 2  # ceil(10 source images / batch 8): one pass over the images
     assert config.validation_steps == 3  # 3 images x 6 angles = 18 records (< 2,048) / 8
-    with pytest.raises(TrainingError, match=r"--angles \[7\] are not in these records"):
+    with pytest.raises(TrainingError, match=r"--angles 7 are not in these records"):
         _resolved(records, angles=[0, 7])
 
 
@@ -210,14 +209,21 @@ def test_label_table() -> None:
 
 def test_shard_checks_find_truncation_and_bit_flips(tmp_path: Path) -> None:
     info = write_records_dir(tmp_path, images_per_split={"train": 2, "validation": 1}, angles=(0, 90))
-    assert data.shard_size_problems(info, str(tmp_path), "train") == []
+    assert verify.check_shards(info, str(tmp_path), ["train"]) == []
     truncated, flipped = info.shard_paths(str(tmp_path), "train")
     content = Path(truncated).read_bytes()
     Path(truncated).write_bytes(content[:-7])
-    problems = data.shard_size_problems(info, str(tmp_path), "train")
+    problems = verify.check_shards(info, str(tmp_path), ["train"])
     assert [problem.path for problem in problems] == [truncated] and "truncated" in problems[0].reason
     content = bytearray(Path(flipped).read_bytes())
     content[40] ^= 0xFF
     Path(flipped).write_bytes(bytes(content))
-    damaged = data.find_damaged_shards([flipped])
-    assert len(damaged) == 1 and damaged[0].path == flipped and "CRC" in damaged[0].reason
+    assert verify.check_shards(info, str(tmp_path), ["train"]) == problems  # same size: only CRCs tell
+    damaged = verify.first_damaged_shard([flipped])
+    assert damaged is not None and damaged.path == flipped and "CRC" in damaged.reason
+    read = verify.check_shards(info, str(tmp_path), ["train"], read_records=True)
+    assert [problem.path for problem in read] == [truncated, flipped]
+    message = data.damaged_record_message(
+        [truncated, flipped], RuntimeError("corrupted record at 12"), "fix it"
+    )
+    assert message.startswith(f"damaged shard {truncated}: ") and message.endswith("; fix it")

@@ -39,9 +39,8 @@ from PIL import Image
 from tqdm import tqdm
 
 from pipeline import geometry
-from pipeline.codec import BadImageError, decode_source_image
+from pipeline.codec import IMAGE_EXTENSIONS, BadImageError, decode_source_image
 
-IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 # Pillow's save() needs the format for each extension; JPEG keeps the pipeline's q95.
 SAVE_OPTIONS = {".jpg": {"quality": 95}, ".jpeg": {"quality": 95}, ".webp": {"quality": 95}}
 REPORT_NAME = "predictions"

@@ -29,7 +29,7 @@ import struct
 import subprocess
 import sys
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
@@ -55,7 +55,6 @@ class Step:
     name: str
     command: list[str]
     seconds: float = 0.0
-    output: list[str] = field(default_factory=list)
 
 
 def run_step(name: str, arguments: list[str], steps: list[Step]) -> Step:
@@ -76,7 +75,7 @@ def run_step(name: str, arguments: list[str], steps: list[Step]) -> Step:
 def mnist_source() -> tuple[list[str], int, str]:
     """Pipeline options naming the MNIST source, the number of train images there, and a description."""
     configured = os.environ.get("ROTNET_MNIST_DIR")
-    cached = REPO_ROOT / "data" / "downloads" / "mnist"
+    cached = REPO_ROOT / "data" / "downloads"  # where the demo's pipeline run downloads to
     for directory, description in (
         (Path(configured) if configured else None, "ROTNET_MNIST_DIR"),
         (cached, "download cache"),
@@ -105,7 +104,7 @@ def _idx_count(path: Path) -> int:
 def _can_download() -> bool:
     import urllib.request
 
-    from pipeline.mnist import MNIST_MIRRORS
+    from pipeline.datasets.mnist import MNIST_MIRRORS
 
     for mirror in MNIST_MIRRORS:
         try:

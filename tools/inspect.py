@@ -25,7 +25,9 @@ from tqdm import tqdm
 
 import schemas
 from schemas import paths, sharding, tfrecord_file
+from schemas.angles import describe_angles
 from schemas.record import SchemaError, decode_fields
+from schemas.verify import check_shards
 
 
 @dataclass
@@ -41,61 +43,51 @@ class Report:
     corrupt_shards: list[str] = field(default_factory=list)
 
 
-def check_files(records: str, info: schemas.DatasetInfo) -> list[str]:
-    """Manifest vs directory: every shard present with its recorded size; nothing unexpected beside them."""
+def stray_files(records: str, info: schemas.DatasetInfo) -> list[str]:
+    """Files beside the manifest's shards that look like rotnet's: shards of another run, temp files."""
+    if paths.is_remote(records):
+        return []
     problems = []
-    expected = set()
-    for split, split_info in info.splits.items():
-        for shard, path in zip(split_info.shards, info.shard_paths(records, split), strict=True):
-            expected.add(shard.name)
-            if not paths.exists(path):
-                problems.append(f"{shard.name}: listed in the manifest but missing")
-            elif not paths.is_remote(path) and os.path.getsize(paths.local_path(path)) != shard.num_bytes:
-                size = os.path.getsize(paths.local_path(path))
-                problems.append(f"{shard.name}: {size} bytes on disk, manifest says {shard.num_bytes}")
-    if not paths.is_remote(records):
-        for name in sorted(os.listdir(paths.local_path(records))):
-            if sharding.parse_shard_name(name) and name not in expected:
-                problems.append(f"{name}: a shard not listed in the manifest (left from another run?)")
-            elif name.startswith("beam-temp"):
-                problems.append(f"{name}: temporary files of an interrupted pipeline run")
+    expected = {shard.name for split in info.splits.values() for shard in split.shards}
+    for name in sorted(os.listdir(paths.local_path(records))):
+        if sharding.parse_shard_name(name) and name not in expected:
+            problems.append(f"{name}: a shard not listed in the manifest (left from another run?)")
+        elif name.startswith("beam-temp"):
+            problems.append(f"{name}: temporary files of an interrupted pipeline run")
     return problems
 
 
 def scan(records: str, report: Report, progress: bool = True) -> None:
-    """Read every record of every shard with CRC checks; count by split, angle and dataset."""
+    """Read every record of every shard with CRC checks (schemas.verify); count by split, angle and
+    dataset, and check each record's split against its shard's."""
     info = report.info
     report.scanned = True
     with tqdm(total=info.num_records, unit="rec", disable=not progress, desc="verify", leave=False) as bar:
-        for split, split_info in info.splits.items():
-            for shard, path in zip(split_info.shards, info.shard_paths(records, split), strict=True):
-                if not paths.exists(path):
-                    continue  # already reported by check_files
-                count = 0
-                try:
-                    for data in tfrecord_file.iter_records(path, verify=True):
-                        fields = decode_fields(data, ("split", "angle_degrees", "dataset", "schema_version"))
-                        if fields["split"] != split:
-                            report.problems.append(
-                                f"{shard.name}: holds a record of split {fields['split']!r}"
-                            )
-                        report.records_by_split[split] += 1
-                        report.records_by_angle[fields["angle_degrees"]] += 1
-                        report.records_by_dataset[fields["dataset"]] += 1
-                        count += 1
-                        bar.update()
-                except (tfrecord_file.CorruptShardError, SchemaError) as error:
-                    report.corrupt_shards.append(shard.name)
-                    report.problems.append(str(error))
-                    continue
-                if count != shard.num_records:
-                    report.problems.append(
-                        f"{shard.name}: {count} records, manifest says {shard.num_records}"
-                    )
+
+        def count(split: str, data: bytes) -> None:
+            try:
+                fields = decode_fields(data, ("split", "angle_degrees", "dataset", "schema_version"))
+            except SchemaError as error:
+                report.problems.append(f"a record of split {split}: {error}")
+                return
+            if fields["split"] != split:
+                report.problems.append(
+                    f"a shard of split {split} holds a record of split {fields['split']!r}"
+                )
+            report.records_by_split[split] += 1
+            report.records_by_angle[fields["angle_degrees"]] += 1
+            report.records_by_dataset[fields["dataset"]] += 1
+            bar.update()
+
+        damaged = check_shards(info, records, read_records=True, on_record=count)
+    report.problems += [str(problem) for problem in damaged]
+    report.corrupt_shards += [os.path.basename(problem.path) for problem in damaged]
     wanted = set(info.angles_degrees)
-    for angle, count in sorted(report.records_by_angle.items()):
+    for angle, count_at_angle in sorted(report.records_by_angle.items()):
         if angle not in wanted:
-            report.problems.append(f"{count} records at angle {angle}, which the manifest does not list")
+            report.problems.append(
+                f"{count_at_angle} records at angle {angle}, which the manifest does not list"
+            )
     images = sum(split.num_images for split in info.splits.values())
     uneven = {
         angle: report.records_by_angle[angle] for angle in wanted if report.records_by_angle[angle] != images
@@ -161,7 +153,7 @@ def summary_lines(report: Report) -> list[str]:
     lines = [
         f"dataset        {info.dataset} (schema v{info.schema_version}, written by rotnet {info.package_version})",
         f"images         {spec.height}x{spec.width}x{spec.channels} {spec.format}, compression {info.compression}",
-        f"angles         {_angles_text(info.angles_degrees)}",
+        f"angles         {describe_angles(info.angles_degrees)}",
         f"images read    {info.num_images_read:,}  errors {info.num_errors:,}"
         + (f"  ({', '.join(info.error_files)})" if info.error_files else ""),
         "",
@@ -182,12 +174,6 @@ def summary_lines(report: Report) -> list[str]:
             f"per angle      min {min(counts):,}  max {max(counts):,} records over {len(counts)} angles",
         ]
     return lines
-
-
-def _angles_text(angles: list[int]) -> str:
-    if angles == list(range(angles[0], angles[-1] + 1)):
-        return f"{angles[0]}..{angles[-1]} ({len(angles)} angles)"
-    return ",".join(map(str, angles)) if len(angles) <= 12 else f"{len(angles)} angles"
 
 
 def write_sheet(records: list[schemas.Record], path: Path, title: str) -> Path:
@@ -236,10 +222,12 @@ def main(
     except schemas.ManifestError as error:
         raise click.ClickException(str(error)) from None
     report = Report(info=info)
-    report.problems += check_files(records, info)
-    report.problems += decode_images_check(records, info)
+    report.problems += stray_files(records, info)
     if verify:
         scan(records, report, progress=not no_progress)
+    else:  # the same check without reading the records: every shard there, with its size
+        report.problems += [str(problem) for problem in check_shards(info, records)]
+    report.problems += decode_images_check(records, info)
     if sheet:
         chosen = sample_records(records, info, num_samples, seed)
         write_sheet(chosen, sheet, f"{info.dataset}: {len(chosen)} random records and their corrections")

@@ -10,27 +10,28 @@ training_curves.png; the last line printed is the best validation angle error. S
 
 from __future__ import annotations
 
+import dataclasses
 import sys
 
 import click
 
 from schemas import ManifestError, paths
-from trainer.config import HEADS, LR_SCHEDULES, MODELS, PRECISIONS, TrainConfig, check
+from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
+from schemas.angles import AngleSyntaxError, parse_angles
+from trainer.config import HEADS, LR_SCHEDULES, MODELS, PRECISIONS, TrainConfig, TrainingError, check
+
+# Every option's default is TrainConfig's: spelled once, there.
+DEFAULT = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
 
-def parse_angles(value: str | None) -> list[int] | None:
-    """`0,90,180,270`, or `START:STOP:STEP` (Python range, e.g. `0:360:10`); None/`all` = every angle."""
+def _angles(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
+    """--angles in the pipeline's syntax (schemas.angles); None = every angle in the records."""
     if value is None or value.strip().lower() in ("", "all"):
         return None
     try:
-        if ":" in value:
-            return list(range(*(int(part) for part in value.split(":"))))
-        return [int(part) for part in value.split(",") if part.strip()]
-    except (TypeError, ValueError):
-        raise click.BadParameter(
-            f"{value!r}: give comma-separated degrees (0,90,180,270) or START:STOP:STEP (0:360:10)",
-            param_hint="--angles",
-        ) from None
+        return list(parse_angles(value))
+    except AngleSyntaxError as error:
+        raise click.BadParameter(str(error)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -48,7 +49,7 @@ def parse_angles(value: str | None) -> list[int] | None:
 @click.option(
     "--model",
     type=click.Choice(MODELS),
-    default="mnist-cnn",
+    default=DEFAULT["model"],
     show_default=True,
     help="mnist-cnn: RotNet's MNIST CNN; mnist-cnn-bn: batch-normalized variant; resnet50 and "
     "mobilenet-v3-small: keras.applications backbones.",
@@ -62,7 +63,7 @@ def parse_angles(value: str | None) -> list[int] | None:
 @click.option(
     "--head",
     type=click.Choice(HEADS),
-    default="classification",
+    default=DEFAULT["head"],
     show_default=True,
     help="classification: softmax over the angles (RotNet); circular-gaussian: soft labels of width "
     "--sigma; regression: (cos, sin) of the angle.",
@@ -71,15 +72,16 @@ def parse_angles(value: str | None) -> list[int] | None:
     "--sigma",
     "sigma_degrees",
     type=float,
-    default=3.0,
+    default=DEFAULT["sigma_degrees"],
     show_default=True,
     help="Circular-gaussian head: standard deviation of the soft labels, degrees.",
 )
 @click.option(
     "--angles",
     default=None,
-    help="Train on these angles only, labels remapped (e.g. 0,90,180,270 for a 4-way task, or 0:360:10). "
-    "Default: every angle in the records.",
+    callback=_angles,
+    help=f"Train on these angles only (degrees), labels remapped: {ANGLE_EXAMPLES}, the same syntax as "
+    "rotnet-pipeline --angles (e.g. 0,90,180,270 for a 4-way task). Default: every angle in the records.",
 )
 @click.option(
     "--max-images",
@@ -94,7 +96,9 @@ def parse_angles(value: str | None) -> list[int] | None:
     help="Binarize pixels as RotNet does for MNIST (pixel/255 >= 0.1). Default: on for MNIST records with "
     "the MNIST CNNs, off otherwise (ResNet50 always uses ImageNet preprocessing).",
 )
-@click.option("--epochs", type=int, default=50, show_default=True, help="Maximum number of epochs.")
+@click.option(
+    "--epochs", type=int, default=DEFAULT["epochs"], show_default=True, help="Maximum number of epochs."
+)
 @click.option(
     "--steps-per-epoch",
     type=int,
@@ -112,56 +116,71 @@ def parse_angles(value: str | None) -> list[int] | None:
 @click.option(
     "--batch-size",
     type=int,
-    default=128,
+    default=DEFAULT["batch_size"],
     show_default=True,
     help="Images per batch per replica (the global batch is this times the number of GPUs).",
 )
 @click.option(
-    "--lr", "learning_rate", type=float, default=1e-3, show_default=True, help="Adam learning rate."
+    "--lr",
+    "learning_rate",
+    type=float,
+    default=DEFAULT["learning_rate"],
+    show_default=True,
+    help="Adam learning rate.",
 )
 @click.option(
     "--lr-schedule",
     type=click.Choice(LR_SCHEDULES),
-    default="plateau",
+    default=DEFAULT["lr_schedule"],
     show_default=True,
     help="plateau: halve the rate when validation angle error stalls; cosine: cosine decay to 1%.",
 )
 @click.option(
     "--reduce-lr-patience",
     type=int,
-    default=3,
+    default=DEFAULT["reduce_lr_patience"],
     show_default=True,
     help="Epochs without improvement before the plateau schedule halves the learning rate.",
 )
 @click.option(
     "--early-stopping-patience",
     type=int,
-    default=10,
+    default=DEFAULT["early_stopping_patience"],
     show_default=True,
     help="Epochs without improvement of the validation angle error before training stops.",
 )
 @click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
-    default="auto",
+    default=DEFAULT["precision"],
     show_default=True,
     help="auto: mixed_float16 on a GPU, float32 on CPU. The output layer always computes in float32.",
 )
 @click.option(
     "--shuffle-buffer",
     type=int,
-    default=10_000,
+    default=DEFAULT["shuffle_buffer"],
     show_default=True,
     help="Records in the shuffle buffer (mixes angles and images from the interleaved shards).",
 )
 @click.option(
-    "--cycle-length", type=int, default=16, show_default=True, help="Shards read in parallel (interleaved)."
+    "--cycle-length",
+    type=int,
+    default=DEFAULT["cycle_length"],
+    show_default=True,
+    help="Shards read in parallel (interleaved).",
 )
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the file order and shuffling.")
+@click.option(
+    "--seed",
+    type=int,
+    default=DEFAULT["seed"],
+    show_default=True,
+    help="Seed of the file order and shuffling.",
+)
 @click.option(
     "--stream-sweeps",
     type=click.IntRange(min=0),
-    default=1,
+    default=DEFAULT["stream_sweeps"],
     show_default=True,
     help="Read every shard end to end at least this many times over the run, keeping one record in N of "
     "each pass from a random offset (a run trains on part of all the rotations, and a shard may keep an "
@@ -182,7 +201,10 @@ def parse_angles(value: str | None) -> list[int] | None:
     "loses at most N steps.",
 )
 @click.option(
-    "--tensorboard/--no-tensorboard", default=True, show_default=True, help="Write TensorBoard logs."
+    "--tensorboard/--no-tensorboard",
+    default=DEFAULT["tensorboard"],
+    show_default=True,
+    help="Write TensorBoard logs.",
 )
 def main(**options: object) -> None:
     """Train a model to predict the rotation (0-359 degrees) of the images in --records.
@@ -190,7 +212,6 @@ def main(**options: object) -> None:
     Streams the shards with tf.data (shuffled, interleaved, all rotations), keeps the model with the
     best validation angle error, and exports model.keras and a SavedModel to --output.
     """
-    options["angles"] = parse_angles(options["angles"])  # type: ignore[arg-type]
     config = TrainConfig(**options)  # type: ignore[arg-type]
     if config.weights not in (None, "imagenet", "none") and not paths.exists(config.weights):
         raise click.BadParameter(f"weights file {config.weights} does not exist", param_hint="--weights")
@@ -206,7 +227,7 @@ def main(**options: object) -> None:
         train.run(config, echo=lambda line: click.echo(line, err=True))
     except ManifestError as error:
         raise click.BadParameter(str(error), param_hint="--records") from None
-    except train.TrainingError as error:
+    except TrainingError as error:
         raise click.ClickException(str(error)) from None
     except train.TrainingInterruptedError as error:
         click.echo(str(error), err=True)

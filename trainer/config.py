@@ -1,9 +1,10 @@
-"""The training configuration: one flat, typed dataclass with commented defaults.
+"""The training configuration: one flat, typed dataclass with commented defaults, and `resolve`.
 
-`rotnet-train` fills a `TrainConfig` from its options; `resolve` completes it with what the records'
-manifest says (image size, channels, angles) and what the machine has (GPUs, precision), and the
-resolved config is written to `train_config.json` beside the model, so a run can always be traced and
-a model reloaded with exactly its training preprocessing.
+`rotnet-train` fills a `TrainConfig` from its options (whose defaults are this class's); `resolve`
+completes it with what the records' manifest says (image size, channels, angles, counts, steps), and
+trainer.train adds what the machine has (GPUs, precision, strategy). The resolved config is written to
+`train_config.json` beside the model, so a run can always be traced and a model reloaded with exactly
+its training preprocessing. Pure Python: importing this module imports neither TensorFlow nor Keras.
 """
 
 from __future__ import annotations
@@ -12,7 +13,12 @@ import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+from schemas.angles import describe_angles
+
+if TYPE_CHECKING:
+    import schemas
 
 MODELS = ("mnist-cnn", "mnist-cnn-bn", "resnet50", "mobilenet-v3-small")
 HEADS = ("classification", "circular-gaussian", "regression")
@@ -31,6 +37,10 @@ PREPROCESSINGS = ("binarize", "scale", "caffe", "raw")
 CONFIG_FILE = "train_config.json"
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
+
+
+class TrainingError(Exception):
+    """A problem the user can fix (bad records, damaged shards, mismatching resume); one line."""
 
 
 @dataclass
@@ -194,3 +204,49 @@ def sampling_stride(records_wanted: float, records_available: float) -> int:
     fraction = sampling_fraction(records_wanted, records_available)
     # Rounded first, so that a share of exactly 1/9 computed in floating point gives 9, not 10.
     return max(1, math.ceil(round(1.0 / fraction, 6))) if fraction > 0 else 1
+
+
+def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 1) -> TrainConfig:
+    """Fill in what the manifest decides: image size, angles/bins, preprocessing, counts, steps."""
+    config.dataset = info.dataset
+    config.image_size = [info.image.height, info.image.width]
+    config.channels = info.image.channels
+    config.image_format = info.image.format
+    config.compression = info.compression
+    config.num_replicas = max(1, num_replicas)
+    available = sorted(info.angles_degrees)
+    config.record_angles = available
+    if config.angles is not None:
+        missing = sorted(set(config.angles) - set(available))
+        if missing:
+            raise TrainingError(
+                f"--angles {describe_angles(missing)} are not in these records (they hold {describe_angles(available)})"
+            )
+        config.bin_angles = sorted(config.angles)
+    else:
+        config.bin_angles = available
+    config.preprocessing = choose_preprocessing(config.model, info.dataset, config.binarize)
+    if "train" not in info.splits or info.splits["train"].num_images == 0:
+        raise TrainingError(f"{config.records} has no training images (splits: {sorted(info.splits)})")
+    train_images = info.splits["train"].num_images
+    config.train_fraction = subset_fraction(config.max_images, train_images)
+    config.num_train_images = max(1, round(train_images * config.train_fraction))
+    validation = info.splits.get("validation")
+    config.num_validation_images = validation.num_images if validation else 0
+    if config.steps_per_epoch is None:
+        config.steps_per_epoch = default_steps_per_epoch(config.num_train_images, config.global_batch_size)
+    in_bins = len(set(config.bin_angles) & set(available))
+    planned = config.epochs * config.steps_per_epoch * config.global_batch_size
+    usable = config.num_train_images * in_bins * config.stream_sweeps
+    config.stream_stride = sampling_stride(planned, usable) if config.stream_sweeps else 1
+    config.stream_fraction = 1.0 / config.stream_stride
+    if config.num_validation_images:
+        records = config.num_validation_images * in_bins
+        if config.validation_steps is None:
+            config.validation_steps = default_validation_steps(
+                config.num_validation_images, records, config.global_batch_size
+            )
+        # A quarter more than needed, so that the hash sample rarely falls short (it then wraps around).
+        wanted = 1.25 * config.validation_steps * config.global_batch_size
+        config.validation_fraction = sampling_fraction(wanted, records)
+    return config

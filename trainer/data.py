@@ -32,14 +32,13 @@ rotnet-evaluate.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 
 import numpy as np
 import tensorflow as tf
 
 import schemas
 from pipeline.geometry import BINARIZE_THRESHOLD
-from schemas import splits, tfrecord_file
+from schemas import splits, verify
 from trainer.config import TrainConfig
 from trainer.heads import Head
 
@@ -53,61 +52,16 @@ SAMPLE_BLOCK = 1024  # records per block when hash-sampling validation records (
 HASH_BUCKETS = 1 << 24
 
 
-# --- Shards: which to read, and which are damaged -------------------------------------------------
+# --- Damage found while reading ---------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class ShardProblem:
-    """A shard that cannot be read as the manifest describes it."""
-
-    path: str
-    reason: str
-
-    def __str__(self) -> str:
-        return f"{self.path}: {self.reason}"
-
-
-def shard_size_problems(info: schemas.DatasetInfo, records: str, split: str) -> list[ShardProblem]:
-    """Missing shards and shards whose size differs from the manifest (truncated or appended): cheap,
-    one stat per shard, so training checks every shard before it starts."""
-    problems = []
-    for shard, path in zip(info.splits[split].shards, info.shard_paths(records, split), strict=True):
-        if not tf.io.gfile.exists(path):
-            problems.append(ShardProblem(path, "missing"))
-            continue
-        size = tf.io.gfile.stat(path).length
-        if size != shard.num_bytes:
-            problems.append(
-                ShardProblem(path, f"{size:,} bytes but the manifest says {shard.num_bytes:,} (truncated?)")
-            )
-    return problems
-
-
-def shard_crc_problem(path: str) -> ShardProblem | None:
-    """Read a whole shard, checking every record's CRCs; the first damage found, or None."""
-    try:
-        for _ in tfrecord_file.iter_records(path, verify=True):
-            pass
-    except tfrecord_file.CorruptShardError as error:
-        return ShardProblem(path, f"{error.reason} at byte offset {error.offset}")
-    return None
-
-
-def find_damaged_shards(
-    paths: Sequence[str], stop_at_first: bool = False, progress: Callable[[str], None] | None = None
-) -> list[ShardProblem]:
-    """CRC-check shards (each read in full). Used with --skip-corrupt-shards, and after TensorFlow
-    reported damage without saying which file it was reading."""
-    problems = []
-    for path in paths:
-        if progress:
-            progress(path)
-        problem = shard_crc_problem(path)
-        if problem:
-            problems.append(problem)
-            if stop_at_first:
-                break
-    return problems
+def damaged_record_message(shard_paths: Sequence[str], error: Exception, fix: str) -> str:
+    """The damaged-shard message for a tf.errors.DataLossError, which names no file: the shard is
+    found by CRC-checking the shards that were being read (schemas.verify)."""
+    found = verify.first_damaged_shard(shard_paths)
+    if found is None:
+        return f"damaged record ({str(error).splitlines()[0]}); {fix}"
+    return verify.damaged_shard_message([found], fix)
 
 
 # --- Labels and filters ---------------------------------------------------------------------------

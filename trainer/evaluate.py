@@ -130,6 +130,7 @@ def evaluate(
     import tensorflow as tf
 
     import schemas
+    from schemas import verify
     from trainer import data
     from trainer.config import TrainConfig
     from trainer.predict import Predictor
@@ -148,9 +149,9 @@ def evaluate(
         )
     config.records, config.image_format, config.compression = records, info.image.format, info.compression
     config.record_angles = sorted(info.angles_degrees)
-    problems = data.shard_size_problems(info, records, split)
+    problems = verify.check_shards(info, records, [split])
     if problems:
-        raise EvaluationError(f"damaged shard {problems[0]}; re-run the pipeline")
+        raise EvaluationError(verify.damaged_shard_message(problems, "re-run the pipeline"))
     paths = info.shard_paths(records, split)
     known_angles = set(config.bin_angles) & set(info.angles_degrees)
     total = info.splits[split].num_images * len(known_angles)
@@ -174,9 +175,7 @@ def evaluate(
             if progress:
                 progress(len(angles))
     except tf.errors.DataLossError as error:
-        found = data.find_damaged_shards(paths, stop_at_first=True)
-        where = f"damaged shard {found[0]}" if found else f"damaged record ({str(error).splitlines()[0]})"
-        raise EvaluationError(f"{where}; re-run the pipeline") from None
+        raise EvaluationError(data.damaged_record_message(paths, error, "re-run the pipeline")) from None
     if not seen:
         raise EvaluationError(f"split {split!r} of {records} holds no records with the model's angles")
     true_angles = np.concatenate(true_parts)

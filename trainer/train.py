@@ -31,19 +31,11 @@ from typing import Any
 import keras
 
 import schemas
-from trainer.config import (
-    CONFIG_FILE,
-    MODEL_FILE,
-    SAVED_MODEL_DIR,
-    TrainConfig,
-    choose_preprocessing,
-    default_steps_per_epoch,
-    default_validation_steps,
-    sampling_fraction,
-    sampling_stride,
-    subset_fraction,
-)
+from schemas import verify
+from trainer.config import CONFIG_FILE, MODEL_FILE, SAVED_MODEL_DIR, TrainConfig, TrainingError, resolve
 
+# What to do about a damaged shard, in every message that names one.
+DAMAGED_SHARD_FIX = "re-run the pipeline, or pass --skip-corrupt-shards to train without the damaged shards"
 HISTORY_FILE = "history.csv"
 METRICS_FILE = "metrics.json"
 CURVES_FILE = "training_curves.png"
@@ -63,10 +55,6 @@ RESUME_FIELDS = (
     "resolved_precision",
     "num_replicas",
 )
-
-
-class TrainingError(Exception):
-    """A problem the user can fix (bad records, damaged shards, mismatching resume); one line."""
 
 
 class TrainingInterruptedError(Exception):
@@ -107,58 +95,6 @@ def is_chief(tf_config: str | None) -> bool:
     return not has_chief and task.get("type", "worker") == "worker" and int(task.get("index", 0)) == 0
 
 
-def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 1) -> TrainConfig:
-    """Fill in what the manifest decides: image size, angles/bins, preprocessing, counts, steps."""
-    config.dataset = info.dataset
-    config.image_size = [info.image.height, info.image.width]
-    config.channels = info.image.channels
-    config.image_format = info.image.format
-    config.compression = info.compression
-    config.num_replicas = max(1, num_replicas)
-    available = sorted(info.angles_degrees)
-    config.record_angles = available
-    if config.angles is not None:
-        missing = sorted(set(config.angles) - set(available))
-        if missing:
-            raise TrainingError(
-                f"--angles {missing} are not in these records (they hold {_describe_angles(available)})"
-            )
-        config.bin_angles = sorted(config.angles)
-    else:
-        config.bin_angles = available
-    config.preprocessing = choose_preprocessing(config.model, info.dataset, config.binarize)
-    if "train" not in info.splits or info.splits["train"].num_images == 0:
-        raise TrainingError(f"{config.records} has no training images (splits: {sorted(info.splits)})")
-    train_images = info.splits["train"].num_images
-    config.train_fraction = subset_fraction(config.max_images, train_images)
-    config.num_train_images = max(1, round(train_images * config.train_fraction))
-    validation = info.splits.get("validation")
-    config.num_validation_images = validation.num_images if validation else 0
-    if config.steps_per_epoch is None:
-        config.steps_per_epoch = default_steps_per_epoch(config.num_train_images, config.global_batch_size)
-    in_bins = len(set(config.bin_angles) & set(available))
-    planned = config.epochs * config.steps_per_epoch * config.global_batch_size
-    usable = config.num_train_images * in_bins * config.stream_sweeps
-    config.stream_stride = sampling_stride(planned, usable) if config.stream_sweeps else 1
-    config.stream_fraction = 1.0 / config.stream_stride
-    if config.num_validation_images:
-        records = config.num_validation_images * in_bins
-        if config.validation_steps is None:
-            config.validation_steps = default_validation_steps(
-                config.num_validation_images, records, config.global_batch_size
-            )
-        # A quarter more than needed, so that the hash sample rarely falls short (it then wraps around).
-        wanted = 1.25 * config.validation_steps * config.global_batch_size
-        config.validation_fraction = sampling_fraction(wanted, records)
-    return config
-
-
-def _describe_angles(angles: Sequence[int]) -> str:
-    if list(angles) == list(range(360)):
-        return "all angles 0..359"
-    return f"angles {list(angles)[:12]}{'...' if len(angles) > 12 else ''}"
-
-
 # --- Shards -----------------------------------------------------------------------------------------
 
 
@@ -172,25 +108,21 @@ def usable_shards(
     """
     from tqdm import tqdm
 
-    from trainer import data
-
     shards, skipped = {}, []
     for split in ("train", "validation"):
         if split not in info.splits or not info.splits[split].shards:
             continue
         paths = info.shard_paths(config.records, split)
-        problems = data.shard_size_problems(info, config.records, split)
-        if problems and not config.skip_corrupt_shards:
-            raise TrainingError(
-                f"damaged shard {problems[0]} ({len(problems)} damaged in {split}); re-run the pipeline, "
-                "or pass --skip-corrupt-shards to train without them"
-            )
+        if not config.skip_corrupt_shards:
+            problems = verify.check_shards(info, config.records, [split])
+            if problems:
+                raise TrainingError(verify.damaged_shard_message(problems, DAMAGED_SHARD_FIX))
+        else:
+            with tqdm(total=len(paths), desc=f"checking {split} shards", unit="shard", leave=False) as bar:
+                problems = verify.check_shards(
+                    info, config.records, [split], read_records=True, on_shard=lambda _path: bar.update(1)
+                )
         bad = {problem.path for problem in problems}
-        if config.skip_corrupt_shards:
-            to_scan = [path for path in paths if path not in bad]
-            with tqdm(total=len(to_scan), desc=f"checking {split} shards", unit="shard", leave=False) as bar:
-                problems += data.find_damaged_shards(to_scan, progress=lambda _path: bar.update(1))
-            bad = {problem.path for problem in problems}
         for problem in problems:
             echo(f"skipping damaged shard {problem}")
             skipped.append(str(problem))
@@ -198,16 +130,6 @@ def usable_shards(
     if not shards.get("train"):
         raise TrainingError("no usable training shards left")
     return shards, skipped
-
-
-def _name_damaged_shard(shards: dict[str, list[str]], error: Exception) -> TrainingError:
-    """TensorFlow reports a corrupt record without its file: find the shard by reading CRCs."""
-    from trainer import data
-
-    paths = [path for split_paths in shards.values() for path in split_paths]
-    found = data.find_damaged_shards(paths, stop_at_first=True)
-    where = f"damaged shard {found[0]}" if found else f"damaged record ({str(error).splitlines()[0]})"
-    return TrainingError(f"{where}; re-run the pipeline, or pass --skip-corrupt-shards to train without it")
 
 
 # --- Resume bookkeeping ---------------------------------------------------------------------------
@@ -457,7 +379,8 @@ def _fit(
             verbose=1 if os.isatty(1) else 2,
         )
     except tf.errors.DataLossError as error:
-        raise _name_damaged_shard(shards, error) from None
+        paths = [path for split_paths in shards.values() for path in split_paths]
+        raise TrainingError(data.damaged_record_message(paths, error, DAMAGED_SHARD_FIX)) from None
     finally:
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)

@@ -1,4 +1,4 @@
-"""pipeline.mnist on the real 5k IDX subset: parsing, validation, offline directories and the download path."""
+"""pipeline.datasets.mnist on the real 5k IDX subset: parsing, validation, offline directories and the download path."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ import struct
 import numpy as np
 import pytest
 
-from pipeline import mnist
+from pipeline.datasets import mnist
 from pipeline.download import ChecksumError
 
 FAST = {"backoff_seconds": 0.01, "timeout_seconds": 10.0}
@@ -154,7 +154,9 @@ def test_download_of_the_real_files_through_a_local_mirror(http_server, tmp_path
     mirrors = ("http://127.0.0.1:9/unreachable/", base_url + "/")  # the first mirror refuses connections
     cache = tmp_path / "cache"
     downloaded = [
-        mnist.download_file(path.name, cache, mirrors, md5=hashlib.md5(path.read_bytes()).hexdigest(), **FAST)
+        mnist.download_file(
+            path.name, cache, mirrors, {path.name: hashlib.md5(path.read_bytes()).hexdigest()}, **FAST
+        )
         for path in subset_files
     ]
     assert [path.name for path in downloaded] == [path.name for path in subset_files]

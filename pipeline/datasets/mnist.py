@@ -1,14 +1,17 @@
-"""MNIST as published: four IDX files (gzip), their official MD5 checksums, mirrors and a pure reader.
+"""MNIST: four IDX files (gzip) with official MD5s, downloaded inside the job or read from an offline copy.
 
-No Beam or TensorFlow here: the pipeline downloads the files (`download_file`, or `find_offline_files` for
-an offline copy), parses them with `load_split` and keys each image by (split, `image_id(index)`).
+    rotnet-pipeline --dataset mnist --output-dir data/records/mnist                          # download
+    rotnet-pipeline --dataset mnist --mnist-dir ../shared/data/mnist-5k --output-dir data/records/mnist5k
 
-* Splits are MNIST's own: train (60,000 images) and test (10,000). The pipeline carves a validation
-  split out of train by a stable hash of the image id, never by position (an offline subset may be
-  sorted by label, as ../shared/data/mnist-5k is).
+Everything about MNIST lives here: the files, checksums and mirrors; the pure IDX reader (`read_idx`,
+`load_split`); where the files come from (`download_file` inside the job, `find_offline_files` for
+an offline copy); the plan (`plan`: splits and expected counts) and the Beam read (`ReadMnist`).
+
+* Splits are MNIST's own: train (60,000 images) and test (10,000). Train is split into train and
+  validation by a stable hash of the image id, never by position (an offline subset may be sorted by
+  label, as ../shared/data/mnist-5k is); t10k becomes test.
 * Images are (N, 28, 28) uint8, 0 = background (black), 255 = ink; labels are (N,) uint8 digits 0-9.
-
-Run the tests: `.venv/bin/python -m pytest tests/test_mnist_source.py -q`.
+* Image ids are the index within the split file, zero-padded ("00042"): stable on every machine.
 """
 
 from __future__ import annotations
@@ -18,10 +21,28 @@ import logging
 import os
 import struct
 import zlib
-from collections.abc import Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 
+import apache_beam as beam
 import numpy as np
+
+from pipeline import progress
+from pipeline.config import JobError, PipelineConfig
+from pipeline.datasets.common import (
+    ERRORS,
+    CountingDoFn,
+    SourceImage,
+    SourcePlan,
+    train_and_validation,
+    train_split,
+)
+from schemas import paths
+from schemas.splits import in_subset
+
+# RotNet's setup: 28 px grey, lossless PNG, no largest-rect crop (the black background hides the
+# rotated corners; cropping and resizing back to 28 px would zoom a 45-degree digit by sqrt(2)).
+DEFAULTS = {"image_size": 28, "image_format": "png", "channels": 1, "crop_largest_rect": False}
 
 logger = logging.getLogger(__name__)
 
@@ -143,18 +164,21 @@ def download_file(
     file_name: str,
     directory: str | os.PathLike,
     mirrors: Sequence[str] = MNIST_MIRRORS,
-    md5: str | None = None,
+    checksums: Mapping[str, str] | None = None,
     **fetch_options,
 ) -> Path:
-    """Fetch one MNIST file into `directory` (cached, resumable, MD5-verified) and return its path.
+    """Fetch one MNIST file into `directory` (cached, resumable, verified) and return its path.
 
-    `md5` overrides the official checksum, for a mirror serving other files under the same names (the
-    tests serve the 5k subset this way). `fetch_options` go to pipeline.download.fetch.
+    The digest is `checksums[file_name]` when given (32 hex digits = MD5, 64 = SHA-256: for a mirror
+    serving other files under the same names, as the tests do), else the official MD5.
+    `fetch_options` go to pipeline.download.fetch.
     """
     from pipeline.download import fetch
 
+    digest = (checksums or {}).get(file_name) or MNIST_FILES[file_name]
+    algorithm = "sha256" if len(digest) == 64 else "md5"
     urls = mnist_urls(file_name, mirrors)
-    return fetch(urls, Path(directory) / file_name, md5=md5 or MNIST_FILES[file_name], **fetch_options)
+    return fetch(urls, Path(directory) / file_name, **{algorithm: digest}, **fetch_options)
 
 
 def find_offline_files(directory: str | os.PathLike) -> dict[str, tuple[Path, Path]]:
@@ -197,3 +221,112 @@ def read_offline_split(paths: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray
     """load_split over the two files `find_offline_files` returned for a split."""
     images_path, labels_path = paths
     return load_split(images_path.read_bytes(), labels_path.read_bytes())
+
+
+# --- The plan and the Beam read -------------------------------------------------------------------
+
+
+def check(config: PipelineConfig) -> list[str]:
+    """Option problems specific to MNIST (the config's own checks are in PipelineConfig.validate)."""
+    return ["--input is only for --dataset images"] if config.input_pattern else []
+
+
+def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
+    """Which MNIST splits will be written and how many images each: an offline copy says what it holds
+    (a split missing there is not written, and the note says so); a download has the full release."""
+    notes = []
+    offline = None
+    if config.mnist_dir:
+        try:
+            found = find_offline_files(config.mnist_dir)
+        except FileNotFoundError as error:
+            raise JobError(str(error)) from None
+        offline = {split: (str(images), str(labels)) for split, (images, labels) in found.items()}
+        sizes = {split: len(read_idx(Path(labels).read_bytes())) for split, (_, labels) in found.items()}
+        missing = [split for split in SPLIT_FILES if split not in found]
+        notes.append(
+            f"MNIST offline copy {config.mnist_dir}: found "
+            + ", ".join(f"{split} ({sizes[split]:,} images)" for split in sorted(found))
+            + (
+                "; missing "
+                + ", ".join(f"{split} ({' + '.join(SPLIT_FILES[split])})" for split in missing)
+                + ": those splits are not written"
+                if missing
+                else ""
+            )
+        )
+    else:
+        sizes = dict(SPLIT_SIZES)
+        mirrors = config.mnist_mirrors or MNIST_MIRRORS
+        notes.append(
+            f"MNIST: downloading {len(MNIST_FILES)} IDX files inside the job into {config.download_dir} "
+            f"(mirrors: {', '.join(mirrors)})"
+        )
+    expected: dict[str, float] = {}
+    if "train" in sizes:
+        expected.update(train_and_validation(config, sizes["train"] * config.subset_fraction))
+    if "test" in sizes:
+        expected["test"] = sizes["test"] * config.subset_fraction
+    return SourcePlan(ReadMnist(config, offline, progress_dir), expected, notes)
+
+
+class _LoadMnistSplitFn(CountingDoFn):
+    """(split, images path, labels path) -> one SourceImage per digit; paths None = download them here."""
+
+    def process(self, element: tuple[str, str | None, str | None]) -> Iterator[SourceImage]:
+        source_split, images_path, labels_path = element
+        config = self.config
+        if images_path is None or labels_path is None:
+            mirrors = config.mnist_mirrors or MNIST_MIRRORS
+            images_path, labels_path = (
+                str(download_file(name, config.download_dir, mirrors, config.mnist_checksums))
+                for name in SPLIT_FILES[source_split]
+            )
+        with paths.open_binary(images_path) as images_file:
+            images_bytes = images_file.read()
+        with paths.open_binary(labels_path) as labels_file:
+            labels_bytes = labels_file.read()
+        images, labels = load_split(images_bytes, labels_bytes)
+        read = 0
+        for index in range(len(images)):
+            id_ = image_id(index)
+            if config.subset_fraction < 1.0 and not in_subset(id_, config.subset_fraction):
+                continue
+            split = train_split(id_, config) if source_split == "train" else source_split
+            read += 1
+            yield SourceImage("mnist", split, id_, int(labels[index]), pixels=images[index][:, :, None])
+        self.counters.add(**{progress.IMAGES_READ: read})
+
+
+class ReadMnist(beam.PTransform):
+    """MNIST's IDX files -> SourceImage per digit: train -> train/validation by hash, t10k -> test.
+
+    `offline_files` maps MNIST splits to local (images, labels) paths (`find_offline_files`); None
+    downloads the files inside the job, each split on its own worker, into config.download_dir.
+    """
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        offline_files: Mapping[str, tuple[str, str]] | None,
+        progress_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.config = config
+        self.offline_files = offline_files
+        self.progress_dir = progress_dir
+
+    def expand(self, pbegin: beam.pvalue.PBegin):
+        if self.offline_files is not None:
+            files = [(split, str(a), str(b)) for split, (a, b) in sorted(self.offline_files.items())]
+        else:
+            files = [(split, None, None) for split in SPLIT_FILES]
+        images = (
+            pbegin
+            | "ListFiles" >> beam.Create(files)
+            | "OneSplitPerWorker" >> beam.Reshuffle()
+            | "LoadSplit" >> beam.ParDo(_LoadMnistSplitFn(self.config, self.progress_dir))
+            | "SpreadImages" >> beam.Reshuffle()
+        )
+        # A bad MNIST file fails the job (its checksum is known); single digits cannot be bad.
+        return {"images": images, ERRORS: pbegin | "NoErrors" >> beam.Create([])}

@@ -1,20 +1,23 @@
-"""The UCF GMCP Google Street View dataset as published: 10 zip parts of `<placemark>_<view>.jpg` files.
+"""Street View (UCF GMCP): 10 zip parts of `<placemark>_<view>.jpg` files, downloaded inside the job or
+read from an offline directory of parts and/or loose files.
 
-No Beam or TensorFlow here: the pipeline downloads each part on its own worker (`download_part`), streams
-the images out of it with `iter_zip_images` and crops them square with `crop_square`.
+    rotnet-pipeline --dataset street_view --output-dir gs://BUCKET/records/street_view --crop right
+    rotnet-pipeline --dataset street_view --street-view-dir ../shared/data/street-view-samples --output-dir d
+
+Everything about Street View lives here: the parts and where they come from (`download_part`), the
+pure zip reader (`iter_zip_images`, `parse_member_name`), the plan (`plan`) and the Beam read
+(`ReadStreetView`).
 
 * Views: 0 is the side view with markers drawn on it, 1-4 are the side views, 5 points upward. RotNet
   trains on views 1-4 only (`KEEP_VIEWS`); the dropped members are counted, never lost silently.
 * Image ids are the member's base name without extension ("008922_1"): unique in the dataset and the
-  same on every machine, so the pipeline splits train/validation by a stable hash of them (RotNet split
-  by directory listing order, which differs between machines).
+  same on every machine, so train/validation is split by a stable hash of them (RotNet split by
+  directory listing order, which differs between machines).
 * Integrity: the dataset publishes no checksums. A downloaded part is accepted when its zip central
   directory reads (a truncated file fails there), and every member's CRC-32 is checked by zipfile as
   the member is read; a corrupt member raises `CorruptMemberError` naming it.
-* The Street View overlay icon sits in the top-left corner: `crop_square(..., "center")` (default) cuts
-  128 px off each side of a 1281x1025 image, `"right"` keeps the right-most square and drops the icon.
-
-Run the tests: `.venv/bin/python -m pytest tests/test_street_view_source.py -q`.
+* The Street View overlay icon sits in the top-left corner: `--crop right` (geometry.crop_square)
+  keeps the right-most square and drops it.
 """
 
 from __future__ import annotations
@@ -22,15 +25,34 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import posixpath
 import re
 import zipfile
 import zlib
-from collections.abc import Generator, Sequence
+from collections.abc import Generator, Iterator, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Literal, NamedTuple
+from typing import IO, Any, NamedTuple
 
-import numpy as np
+import apache_beam as beam
+
+from pipeline import progress
+from pipeline.config import JobError, PipelineConfig
+from pipeline.datasets.common import (
+    ERRORS,
+    CountingDoFn,
+    ReadFiles,
+    SourceImage,
+    SourcePlan,
+    error_entry,
+    match,
+    train_and_validation,
+    train_split,
+)
+from schemas import paths
+from schemas.splits import in_subset
+
+DEFAULTS = {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True}
 
 logger = logging.getLogger(__name__)
 
@@ -52,14 +74,11 @@ STREET_VIEW_PARTS: tuple[StreetViewPart, ...] = tuple(
 
 # Side views 1-4; 0 (with markers) and 5 (upward) are dropped, as RotNet does.
 KEEP_VIEWS: tuple[int, ...] = (1, 2, 3, 4)
-DROPPED_VIEWS: tuple[int, ...] = (0, 5)
 
 # A member claiming more bytes than this is refused before it is read (the samples are ~200-400 KB).
 MAX_MEMBER_BYTES = 64 << 20
 
 _MEMBER_NAME = re.compile(r"^(?P<placemark>.+)_(?P<view>\d+)\.jpe?g$", re.IGNORECASE)
-
-CropPosition = Literal["center", "right"]
 
 
 class CorruptMemberError(ValueError):
@@ -254,17 +273,159 @@ def download_part(
     raise AssertionError("unreachable")
 
 
-def crop_square(image: np.ndarray, position: CropPosition = "center") -> np.ndarray:
-    """The largest square of an HWC image: centered, or right-aligned (`"right"`) to drop the overlay
-    icon in the top-left corner of Street View images. Vertically centered in both cases. Returns a view.
+# --- The plan and the Beam read -------------------------------------------------------------------
+
+# GMCP holds 10,343 placemarks x 6 views; views 1-4 are kept. Only used to choose the number of shards.
+KEPT_IMAGES = 10_343 * 4
+
+
+def check(config: PipelineConfig) -> list[str]:
+    """Option problems specific to Street View."""
+    return ["--input is only for --dataset images"] if config.input_pattern else []
+
+
+def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
+    """The parts to download inside the job, or what an offline directory holds (zip parts and loose
+    `<placemark>_<view>.jpg` files), with the expected number of kept views for the shard counts."""
+    notes = []
+    if config.street_view_dir is None:
+        parts = [(part.name, None) for part in STREET_VIEW_PARTS]
+        mirrors = config.street_view_mirrors or (STREET_VIEW_BASE_URL,)
+        notes.append(
+            f"Street View: downloading {len(parts)} zip parts inside the job, one per worker, into "
+            f"{config.download_dir} (from {', '.join(mirrors)})"
+        )
+        source = ReadStreetView(config, parts, progress_dir=progress_dir)
+        return SourcePlan(source, train_and_validation(config, KEPT_IMAGES * config.subset_fraction), notes)
+    directory = config.street_view_dir.rstrip("/")
+    if not paths.is_remote(directory) and not os.path.isdir(directory):
+        raise JobError(f"--street-view-dir {directory} is not a directory")
+    zips = sorted(item.path for item in match(paths.join(directory, "*.zip")))
+    loose = [
+        path
+        for path in (item.path for item in match(paths.join(directory, "**")))
+        if not path.endswith(".zip") and parse_member_name(os.path.basename(path))
+    ]
+    if not zips and not loose:
+        raise JobError(
+            f"--street-view-dir {directory} holds no zip parts (*.zip) and no <placemark>_<view>.jpg files"
+        )
+    kept = _kept_views(loose)
+    for path in zips:
+        if paths.is_remote(path):  # not worth reading remote central directories for a shard estimate
+            kept += KEPT_IMAGES / NUM_PARTS
+        else:
+            with zipfile.ZipFile(path) as archive:
+                kept += _kept_views(archive.namelist())
+    notes.append(
+        f"Street View offline copy {directory}: {len(zips)} zip part(s), {len(loose)} loose image file(s)"
+    )
+    source = ReadStreetView(
+        config,
+        [(os.path.basename(path), path) for path in zips],
+        loose_pattern=paths.join(directory, "**") if loose else None,
+        loose_base=directory,
+        progress_dir=progress_dir,
+    )
+    return SourcePlan(source, train_and_validation(config, kept * config.subset_fraction), notes)
+
+
+def _kept_views(names: Sequence[str]) -> int:
+    """How many of these file names are Street View side views (1-4)."""
+    parsed = (parse_member_name(os.path.basename(name)) for name in names)
+    return sum(1 for item in parsed if item and item[1] in KEEP_VIEWS)
+
+
+def identify_loose_file(path: str, relative: str) -> tuple[str | None, str | None]:
+    """A loose file's image id (its stem), or why it is skipped: zip parts are read as parts, views
+    0/5 are dropped by design and other names are not Street View images (both counted)."""
+    if path.lower().endswith(".zip"):
+        return None, None
+    parsed = parse_member_name(posixpath.basename(relative))
+    if parsed is None:
+        return None, progress.FILES_SKIPPED
+    if parsed[1] not in KEEP_VIEWS:
+        return None, progress.VIEWS_DROPPED
+    return posixpath.splitext(posixpath.basename(relative))[0], None
+
+
+class _ReadZipPartFn(CountingDoFn):
+    """(part name, local or gs:// path or None) -> SourceImage per kept view; None = download it here."""
+
+    def process(self, element: tuple[str, str | None]) -> Iterator[Any]:
+        part_name, path = element
+        config = self.config
+        if path is None:
+            mirrors = config.street_view_mirrors or (STREET_VIEW_BASE_URL,)
+            path = str(download_part(part_name, config.download_dir, mirrors))
+        counts = MemberCounts()
+        read = 0
+        for item in iter_zip_images(path, counts, yield_errors=True):
+            corrupt = isinstance(item, CorruptMemberError)
+            image_id = (item.image_id or item.member_name) if corrupt else item.image_id
+            if config.subset_fraction < 1.0 and not in_subset(image_id, config.subset_fraction):
+                continue
+            read += 1
+            split = train_split(image_id, config)
+            if corrupt:
+                yield beam.pvalue.TaggedOutput(
+                    ERRORS, error_entry("street_view", split, image_id, "read", str(item))
+                )
+                self.counters.add(**{progress.IMAGE_ERRORS: 1})
+            else:
+                yield SourceImage("street_view", split, image_id, encoded=item.data)
+        self.counters.add(
+            **{
+                progress.IMAGES_READ: read,
+                progress.VIEWS_DROPPED: counts.dropped_view0
+                + counts.dropped_view5
+                + counts.dropped_other_view,
+                progress.FILES_SKIPPED: counts.not_an_image,
+            }
+        )
+
+
+class ReadStreetView(beam.PTransform):
+    """The GMCP zip parts -> SourceImage per side view (views 1-4), split by hash of the file name.
+
+    `parts` are (part name, path) pairs with path None to download the part inside the job (each part
+    on its own worker); `loose_pattern` also reads unzipped `<placemark>_<view>.jpg` files beside them.
+    Returns {"images": ..., ERRORS: ...} (errors: corrupt zip members, unreadable files).
     """
-    height, width = image.shape[:2]
-    side = min(height, width)
-    top = (height - side) // 2
-    if position == "center":
-        left = (width - side) // 2
-    elif position == "right":
-        left = width - side
-    else:
-        raise ValueError(f"crop position {position!r} is not 'center' or 'right'")
-    return image[top : top + side, left : left + side]
+
+    def __init__(
+        self,
+        config: PipelineConfig,
+        parts: Sequence[tuple[str, str | None]] = (),
+        loose_pattern: str | None = None,
+        loose_base: str = "",
+        progress_dir: str | None = None,
+    ) -> None:
+        super().__init__()
+        self.config, self.parts, self.progress_dir = config, list(parts), progress_dir
+        self.loose_pattern, self.loose_base = loose_pattern, loose_base
+
+    def expand(self, pbegin: beam.pvalue.PBegin):
+        images, errors = [], []
+        if self.parts:
+            from_zips = (
+                pbegin
+                | "ListParts" >> beam.Create(self.parts)
+                | "OnePartPerWorker" >> beam.Reshuffle()
+                | "ReadPart"
+                >> beam.ParDo(_ReadZipPartFn(self.config, self.progress_dir)).with_outputs(
+                    ERRORS, main="images"
+                )
+            )
+            images.append(from_zips.images | "SpreadImages" >> beam.Reshuffle())
+            errors.append(from_zips[ERRORS])
+        if self.loose_pattern:
+            loose = pbegin | "ReadLooseFiles" >> ReadFiles(
+                self.config, self.loose_pattern, self.loose_base, identify_loose_file, self.progress_dir
+            )
+            images.append(loose["images"])
+            errors.append(loose[ERRORS])
+        return {
+            "images": images | "FlattenImages" >> beam.Flatten(pipeline=pbegin.pipeline),
+            ERRORS: errors | "FlattenErrors" >> beam.Flatten(pipeline=pbegin.pipeline),
+        }

@@ -1,4 +1,4 @@
-"""pipeline.street_view on zip parts built from the real samples: names, views, counts, corruption, download."""
+"""pipeline.datasets.street_view on zip parts built from the real samples: names, views, counts, corruption, download."""
 
 from __future__ import annotations
 
@@ -10,9 +10,9 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from pipeline import street_view
+from pipeline.datasets import street_view
+from pipeline.datasets.street_view import CorruptMemberError, MemberCounts, ZipImage
 from pipeline.download import DownloadError
-from pipeline.street_view import CorruptMemberError, MemberCounts, ZipImage
 
 FAST = {"backoff_seconds": 0.01, "timeout_seconds": 10.0}
 
@@ -176,19 +176,3 @@ def test_download_part_rejects_a_file_that_is_not_a_zip(http_server, tmp_path):
     with pytest.raises(DownloadError, match="twice but is not a readable zip"):
         street_view.download_part("part2.zip", tmp_path, (base_url,), **FAST)
     assert not (tmp_path / "part2.zip").exists()
-
-
-def test_crop_square_center_and_right(street_view_images):
-    image = street_view_images[0]
-    assert image.shape == (1025, 1281, 3)
-    center = street_view.crop_square(image, "center")
-    right = street_view.crop_square(image, "right")
-    assert center.shape == right.shape == (1025, 1025, 3)
-    np.testing.assert_array_equal(center, image[:, 128:1153])
-    np.testing.assert_array_equal(right, image[:, 256:])  # the top-left overlay icon is cut off
-    portrait = np.zeros((50, 30, 1), np.uint8)
-    portrait[10:40] = 1
-    assert street_view.crop_square(portrait, "right").shape == (30, 30, 1)
-    assert street_view.crop_square(portrait, "center").min() == 1  # vertically centered
-    with pytest.raises(ValueError, match="not 'center' or 'right'"):
-        street_view.crop_square(image, "left")

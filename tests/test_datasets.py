@@ -1,0 +1,151 @@
+"""The dataset modules' readers (pipeline/datasets/): ids, splits, plans and their Beam reads on tiny inputs.
+
+.venv/bin/python -m pytest tests/test_datasets.py -q
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import zipfile
+from pathlib import Path
+
+import apache_beam as beam
+import numpy as np
+import pytest
+from apache_beam.testing.util import assert_that, equal_to
+
+import schemas
+from pipeline import codec, datasets, progress, runner, transforms
+from pipeline.config import JobError, PipelineConfig
+from pipeline.datasets import common, images
+from pipeline.datasets import mnist as mnist_dataset
+from pipeline.datasets import street_view as street_view_dataset
+from pipeline.datasets.common import ERRORS
+from tests.pipeline_helpers import digit, in_process_pipeline, write_idx
+
+
+def test_every_dataset_module_is_registered_and_defines_the_interface() -> None:
+    assert datasets.names() == ("images", "mnist", "street_view")
+    for name in datasets.names():
+        module = datasets.get(name)
+        assert set(module.DEFAULTS) == {"image_size", "image_format", "channels", "crop_largest_rect"}
+        assert callable(module.check) and callable(module.plan)
+    with pytest.raises(ValueError, match="is not one of images, mnist, street_view"):
+        datasets.get("common")
+
+
+def test_relative_id_and_input_resolution(tmp_path: Path) -> None:
+    assert common.relative_id("/data/photos/a/b.jpg", "/data/photos") == "a/b.jpg"
+    assert common.relative_id("gs://bucket/photos/b.jpg", "gs://bucket/photos/") == "b.jpg"
+    assert common.relative_id("/elsewhere/b.jpg", "/data") == "b.jpg"
+    (tmp_path / "sub").mkdir()
+    (tmp_path / "sub" / "x.png").write_bytes(b"")
+    assert images.resolve_input(str(tmp_path)) == (str(tmp_path / "**"), str(tmp_path))
+    assert images.resolve_input(str(tmp_path / "sub" / "x.png")) == (
+        str(tmp_path / "sub" / "x.png"),
+        str(tmp_path / "sub"),
+    )
+    assert images.resolve_input(f"{tmp_path}/s*/*.png") == (f"{tmp_path}/s*/*.png", str(tmp_path))
+    with pytest.raises(JobError, match="does not exist"):
+        images.resolve_input(str(tmp_path / "missing"))
+
+
+def _png(image: np.ndarray) -> bytes:
+    return codec.encode_image(image, "png")
+
+
+def test_read_decode_prepare_routes_images_by_split_and_bad_files_to_errors(tmp_path: Path) -> None:
+    config = PipelineConfig(
+        dataset="images",
+        output_dir=str(tmp_path / "out"),
+        input_pattern=str(tmp_path),
+        image_size=16,
+        angles_degrees=(0, 90),
+    ).resolved()
+    names = [f"photo_{index}.png" for index in range(6)]
+    for index, name in enumerate(names):
+        (tmp_path / name).write_bytes(_png(np.full((20 + index, 30, 3), 40 * index, np.uint8)))
+    (tmp_path / "nested").mkdir()
+    (tmp_path / "nested" / "deep.png").write_bytes(_png(np.full((20, 20, 3), 9, np.uint8)))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8\xff garbage")
+    (tmp_path / "tiny.png").write_bytes(_png(np.zeros((3, 3, 3), np.uint8)))
+    (tmp_path / "readme.md").write_text("skipped by name")
+    good = [*names, "nested/deep.png"]
+    expected_splits = {name: schemas.assign_split(name, 0.1) for name in good}
+    splits = sorted(set(expected_splits.values()) | {"train", "validation"})
+
+    pipeline = in_process_pipeline()
+    read = pipeline | "Read" >> common.ReadFiles(
+        config, str(tmp_path / "**"), str(tmp_path), images.identify_file
+    )
+    decoded = read["images"] | transforms.DecodeImages(config)
+    prepared = decoded.images | transforms.PrepareRotations(config, splits)
+    ids = [
+        prepared[split] | f"Ids_{split}" >> beam.Map(lambda image: (image.split, image.image_id))
+        for split in splits
+    ] | beam.Flatten()
+    assert_that(ids, equal_to(sorted((split, name) for name, split in expected_splits.items())), label="ids")
+    reasons = (
+        (read[ERRORS], decoded[ERRORS])
+        | "Errors" >> beam.Flatten()
+        | beam.Map(
+            lambda line: (json.loads(line)["image_id"], json.loads(line)["stage"], "minimum side" in line)
+        )
+    )
+    assert_that(
+        reasons, equal_to([("broken.jpg", "decode", False), ("tiny.png", "decode", True)]), label="errors"
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = runner.metric_counters(result)
+    assert counters[progress.IMAGES_READ] == 9
+    assert counters[progress.IMAGE_ERRORS] == 2
+    assert counters[progress.FILES_SKIPPED] == 1
+
+
+def test_read_mnist_offline_and_street_view_zip_parts(tmp_path: Path, shared_data: Path) -> None:
+    images = np.stack([digit(index)[:, :, 0] for index in range(20)])
+    labels = np.arange(20, dtype=np.uint8) % 10
+    mnist_dir = tmp_path / "mnist"
+    mnist_dir.mkdir()
+    write_idx(mnist_dir / "t10k-images-idx3-ubyte.gz", images)
+    write_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz", labels)
+    config = PipelineConfig(dataset="mnist", output_dir=str(tmp_path / "out")).resolved()
+    plan = mnist_dataset.plan(dataclasses.replace(config, mnist_dir=str(mnist_dir)), None)
+    assert plan.splits == ["test"]
+    assert "found test (20 images); missing train" in plan.notes[0]
+
+    samples = sorted((shared_data / "street-view-samples").glob("*.jpg"))[:2]
+    part = tmp_path / "parts" / "part1.zip"
+    part.parent.mkdir()
+    with zipfile.ZipFile(part, "w") as archive:
+        for sample in samples:
+            archive.write(sample, sample.name)
+        archive.write(samples[0], samples[0].stem.split("_")[0] + "_5.jpg")  # upward view: dropped
+    street = PipelineConfig(
+        dataset="street_view", output_dir=str(tmp_path / "sv"), street_view_dir=str(part.parent)
+    )
+    street_plan = street_view_dataset.plan(street.resolved(), None)
+    assert street_plan.expected_images == pytest.approx({"train": 1.8, "validation": 0.2})
+
+    pipeline = in_process_pipeline()
+    mnist_images = pipeline | "Mnist" >> plan.source
+    assert_that(
+        mnist_images["images"]
+        | beam.Map(lambda image: (image.split, image.image_id, image.label, image.pixels.shape)),
+        equal_to([("test", f"{index:05d}", index % 10, (28, 28, 1)) for index in range(20)]),
+        label="mnist",
+    )
+    street_images = pipeline | "Street" >> street_plan.source
+    assert_that(
+        street_images["images"]
+        | beam.Map(lambda image: (image.image_id, image.split, len(image.encoded) > 1000)),
+        equal_to([(s.stem, schemas.assign_split(s.stem, 0.1), True) for s in samples]),
+        label="street",
+    )
+    result = pipeline.run()
+    result.wait_until_finish()
+    counters = runner.metric_counters(result)
+    assert counters[progress.IMAGES_READ] == 22
+    assert counters[progress.VIEWS_DROPPED] == 1
