@@ -26,8 +26,8 @@ import click
 from pipeline import datasets
 from pipeline.config import ConfigError, JobError, PipelineConfig
 from pipeline.geometry import CROP_POSITIONS
+from schemas import angles
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
-from schemas.angles import AngleSyntaxError, parse_angles
 from schemas.record import IMAGE_FORMATS
 from schemas.sharding import COMPRESSION_SUFFIXES
 
@@ -45,13 +45,6 @@ Locally the pipeline runs on Beam's FnApiRunner with one worker process per core
 Remote runners get --setup_file pyproject.toml (so workers install rotnet) unless
 --setup_file, --extra_package or --sdk_container_image is given.
 """
-
-
-def _angles(ctx: click.Context, param: click.Parameter, value: str) -> tuple[int, ...]:
-    try:
-        return parse_angles(value)
-    except AngleSyntaxError as error:
-        raise click.BadParameter(str(error)) from None
 
 
 def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -> dict[str, str]:
@@ -161,7 +154,7 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     "--angles",
     default="all",
     show_default=True,
-    callback=_angles,
+    callback=angles.click_callback,
     help=f"Counter-clockwise angles to write, in degrees: {ANGLE_EXAMPLES}. The same syntax as "
     "rotnet-train --angles.",
 )
@@ -268,7 +261,7 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
     options["mnist_mirrors"] = tuple(options["mnist_mirrors"])
     options["street_view_mirrors"] = tuple(options["street_view_mirrors"])
-    options["angles_degrees"] = options.pop("angles")
+    options["angles_degrees"] = options.pop("angles") or DEFAULT["angles_degrees"]
     if options["dataset"] != "mnist":
         options["mnist_dir"] = None  # ROTNET_MNIST_DIR may be set for every run
     try:

@@ -13,6 +13,7 @@ never silently changes the angle set.
 from __future__ import annotations
 
 import re
+from typing import Any
 
 NUM_ANGLES = 360
 # Ranges are checked against 0..359 before they are expanded: --angles 0-300000000 must not allocate.
@@ -70,3 +71,16 @@ def describe_angles(angles: list[int] | tuple[int, ...]) -> str:
             spelled = f"{angles[0]}-{angles[-1]}" + (f":{step}" if step > 1 else "")
             return f"{spelled} ({len(angles)} angles)"
     return ",".join(map(str, angles)) if len(angles) <= 12 else f"{len(angles)} angles"
+
+
+def click_callback(ctx: Any, param: Any, value: str | None) -> tuple[int, ...] | None:
+    """The `--angles` option of every command: None for no value or 'all' (the command's default set),
+    else the parsed angles; a syntax error is click's usage error (exit 2, one line)."""
+    import click
+
+    if value is None or value.strip().lower() in ("", "all"):
+        return None
+    try:
+        return parse_angles(value)
+    except AngleSyntaxError as error:
+        raise click.BadParameter(str(error)) from None

@@ -19,10 +19,9 @@ from click.testing import CliRunner, Result
 from PIL import Image
 
 import schemas
-from pipeline import transforms
+from pipeline import codec, geometry
 from pipeline.config import PipelineConfig
 from pipeline.datasets import mnist
-from pipeline.datasets.common import SourceImage
 from schemas import sharding, tfrecord_file
 
 # A tiny, fast local run: one in-process worker (no worker processes to start).
@@ -88,12 +87,40 @@ def error_entries(directory: Path | str) -> list[dict]:
 
 
 def expected_records(images: dict[str, tuple[np.ndarray, str, int]], config: PipelineConfig) -> list[bytes]:
-    """What the pipeline must write for {image_id: (HWC pixels, split, label)}: the pure functions' bytes."""
+    """What the pipeline must write for {image_id: (HWC pixels, split, label)}, built without the code
+    under test (transforms, rotations, the fast example encoder): the geometry core's picture of each
+    angle (geometry.fast_chain from the square crop), encoded by codec and serialized by the reference
+    `schemas.encode_example`."""
     config = config.resolved()
     out = []
     for image_id, (pixels, split, label) in images.items():
-        source = SourceImage(config.dataset, split, image_id, label, pixels=pixels)
-        out += transforms.rotation_records(transforms.prepare(source, config), config)
+        square = geometry.crop_square(pixels, config.crop_position) if config.center_crop else pixels
+        for angle in config.angles_degrees:
+            picture = geometry.fast_chain(
+                np.ascontiguousarray(square),
+                angle,
+                config.image_size,
+                center_crop_square=False,
+                crop_largest_rect=config.crop_largest_rect,
+            )
+            if config.crop_largest_rect:  # prepared once for the whole angle set, as the pipeline does
+                source = geometry.prepare_source(
+                    np.ascontiguousarray(square), config.image_size, config.angles_degrees, False, True
+                )
+                picture = geometry.fast_rotation(source, angle, config.image_size)
+            record = schemas.Record(
+                image_encoded=codec.encode_image(picture, config.image_format, config.jpeg_quality),
+                image_format=config.image_format,
+                height=config.image_size,
+                width=config.image_size,
+                channels=config.channels,
+                angle_degrees=angle,
+                dataset=config.dataset,
+                split=split,
+                image_id=image_id,
+                label=label,
+            )
+            out.append(schemas.encode_example(record))
     return out
 
 

@@ -54,16 +54,39 @@ def test_describe_angles_uses_the_same_syntax() -> None:
     assert describe_angles([0, 7]) == "0,7"
 
 
-def test_pipeline_and_trainer_read_0_359_90_as_the_same_four_angles(tmp_path) -> None:
-    """`rotnet-pipeline --angles 0-359:90` and `rotnet-train --angles 0-359:90` mean the same set."""
-    from pipeline.cli import main as pipeline_main
-    from trainer.cli import main as train_main
+def test_every_command_reads_0_359_90_as_the_same_four_angles(tmp_path, monkeypatch) -> None:
+    """rotnet-pipeline, rotnet-train and rotnet-evaluate --angles 0-359:90 all mean 0, 90, 180, 270."""
+    from pipeline import cli as pipeline_cli
+    from pipeline import job
+    from tests.factories import write_records_dir
+    from trainer import cli as train_cli
+    from trainer import evaluate, evaluate_cli, train
 
-    # --help-free probe: a usage error after the angles were parsed shows both commands accept them.
-    pipeline = CliRunner().invoke(
-        pipeline_main, ["--dataset", "mnist", "--angles", "0:360:90", "--output-dir", "x"]
-    )
-    trainer = CliRunner().invoke(train_main, ["--records", "x", "--output", "y", "--angles", "0:360:90"])
-    for result in (pipeline, trainer):
-        assert result.exit_code == 2
-        assert "write '0-359:90' for the same angles" in result.output
+    seen = {}
+
+    class CapturedError(Exception):
+        pass
+
+    def capture(name, value):
+        seen[name] = tuple(value)
+        raise CapturedError
+
+    monkeypatch.setattr(job, "run", lambda config, *_, **__: capture("pipeline", config.angles_degrees))
+    monkeypatch.setattr(train, "run", lambda config, **_: capture("train", config.angles))
+    monkeypatch.setattr(evaluate, "evaluate", lambda *_, angles, **__: capture("evaluate", angles))
+    records = tmp_path / "records"
+    write_records_dir(records, angles=(0, 90, 180, 270))
+    commands = {
+        "pipeline": (pipeline_cli.main, ["--dataset", "mnist", "--output-dir", str(tmp_path / "o")]),
+        "train": (train_cli.main, ["--records", str(records), "--output", str(tmp_path / "run")]),
+        "evaluate": (evaluate_cli.main, ["--model", str(records), "--records", str(records)]),
+    }
+    for name, (command, arguments) in commands.items():
+        result = CliRunner().invoke(command, [*arguments, "--angles", "0-359:90"])
+        assert isinstance(result.exception, CapturedError), (name, result.output)
+    assert seen == dict.fromkeys(commands, (0, 90, 180, 270))
+    # The old trainer spelling is refused by all three with the new one, never read differently.
+    for name, (command, arguments) in commands.items():
+        result = CliRunner().invoke(command, [*arguments, "--angles", "0:360:90"])
+        assert result.exit_code == 2, name
+        assert "write '0-359:90' for the same angles" in result.output, name

@@ -22,17 +22,51 @@ from pipeline.datasets import common, images
 from pipeline.datasets import mnist as mnist_dataset
 from pipeline.datasets import street_view as street_view_dataset
 from pipeline.datasets.common import ERRORS
-from tests.pipeline_helpers import digit, in_process_pipeline, write_idx
+from tests.pipeline_helpers import digit, in_process_pipeline, serialized_records, write_idx
 
 
 def test_every_dataset_module_is_registered_and_defines_the_interface() -> None:
-    assert datasets.names() == ("images", "mnist", "street_view")
+    assert {"images", "mnist", "street_view"} <= set(datasets.names())
+    assert "common" not in datasets.names()
     for name in datasets.names():
         module = datasets.get(name)
         assert set(module.DEFAULTS) == {"image_size", "image_format", "channels", "crop_largest_rect"}
         assert callable(module.check) and callable(module.plan)
     with pytest.raises(ValueError, match="is not one of images, mnist, street_view"):
         datasets.get("common")
+
+
+def test_the_documented_skeleton_is_a_whole_dataset_in_one_file(tmp_path: Path, monkeypatch) -> None:
+    """docs/pipeline.md's skeleton, saved as one module file, is a dataset the job runs end to end."""
+    from pipeline import job
+    from tests.conftest import REPO_ROOT
+
+    doc = (REPO_ROOT / "docs" / "pipeline.md").read_text()
+    skeleton = doc.split("## Adding a dataset", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    package = tmp_path / "extra_datasets"
+    package.mkdir()
+    (package / "my_photos.py").write_text(skeleton)
+    monkeypatch.setattr(datasets, "__path__", [*datasets.__path__, str(package)])
+    assert "my_photos" in datasets.names()
+    photos = tmp_path / "photos"
+    for name in ("cats/0001.png", "cats/0002.png", "dogs/0001.png", "dogs/notes.txt"):
+        (photos / name).parent.mkdir(parents=True, exist_ok=True)
+        (photos / name).write_bytes(
+            _png(np.full((24, 30, 3), len(name) * 9, np.uint8)) if name.endswith("png") else b"x"
+        )
+    config = PipelineConfig(
+        dataset="my_photos",
+        output_dir=str(tmp_path / "out"),
+        input_pattern=str(photos),
+        image_size=16,
+        angles_degrees=(0, 90),
+        validation_fraction=0.0,
+    )
+    summary = job.run(config, ["--direct_num_workers", "1"], show_progress=False, log=lambda line: None)
+    assert summary.info.dataset == "my_photos" and summary.info.num_records == 6
+    assert summary.counters[progress.FILES_SKIPPED] == 1
+    ids = {schemas.decode_example(data).image_id for data in serialized_records(tmp_path / "out")}
+    assert ids == {"cats/0001", "cats/0002", "dogs/0001"}
 
 
 def test_relative_id_and_input_resolution(tmp_path: Path) -> None:

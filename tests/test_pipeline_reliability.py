@@ -26,7 +26,7 @@ import schemas
 from pipeline import codec
 from pipeline.config import PipelineConfig
 from pipeline.datasets import mnist
-from schemas import sharding, tfrecord_file
+from schemas import sharding
 from tests.conftest import REPO_ROOT
 from tests.pipeline_helpers import (
     LOCAL_ONE_WORKER,
@@ -144,9 +144,10 @@ def test_killed_pipeline_leaves_no_partial_shard_and_a_rerun_writes_the_same_rec
     assert process.returncode == -signal.SIGKILL
 
     assert not (output / schemas.MANIFEST_NAME).exists()
-    # Shards are renamed into place only when all are complete: any file under a final name is whole.
-    for path in output.glob(sharding.shard_glob()):
-        tfrecord_file.count_records(str(path), verify=True)
+    # Shards are renamed into place only when all are complete: killed mid-write, no file has a final
+    # shard name, while the temporary shard that was being written is still there, holding records.
+    assert not list(output.glob(sharding.shard_glob())), "a shard was renamed into place before all were done"
+    assert _records_in_temporary_shards(output)
 
     result = run_cli(*arguments)
     assert result.exit_code == 0, result.output

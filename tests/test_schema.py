@@ -116,6 +116,17 @@ def test_decoder_names_missing_keys_and_version_mismatch() -> None:
 
 def test_example_keys_are_stable_and_sortable() -> None:
     assert schemas.example_key("mnist", "train", "00042", 7) == "mnist/train/00042/007"
+    # The zero-padded angle makes the string order the numeric order within an image: sorting keys
+    # sorts records by (dataset, split, image id, angle).
+    fields = [
+        ("mnist", split, image_id, angle)
+        for split in ("validation", "train")
+        for image_id in ("00042", "00007")
+        for angle in (359, 90, 10, 9, 0, 100)
+    ]
+    keys = [schemas.example_key(*item) for item in fields]
+    assert sorted(keys) == [schemas.example_key(*item) for item in sorted(fields)]
+    assert sorted(keys)[:3] == ["mnist/train/00007/000", "mnist/train/00007/009", "mnist/train/00007/010"]
 
 
 def test_splits_are_stable_hashes_not_positions() -> None:

@@ -267,12 +267,43 @@ def test_backbones_take_grey_small_inputs() -> None:
         assert model(tf.zeros((1, 28, 28, 1), tf.uint8)).shape == (1, 2)
 
 
-def test_mnist_cnn_bn_shapes() -> None:
+def test_mnist_cnn_bn_is_the_documented_architecture() -> None:
+    """trainer.models: 32-32 / pool / 64-64 / pool / 128, each conv 3x3 'same' without bias + BN + relu,
+    flatten, dropout 0.15, dense 256 (no bias) + BN + relu, dropout 0.15, the head's dense layer."""
     from trainer.models import build_model
 
     model = build_model(_config(model="mnist-cnn-bn"), Head("circular-gaussian", ALL_BINS))
+    layers = model.layers[2:]  # after the input and Preprocess layers
+    described = []
+    for layer in layers:
+        kind = type(layer).__name__
+        if kind == "Conv2D":
+            assert (layer.kernel_size, layer.padding, layer.use_bias) == ((3, 3), "same", False), layer.name
+            described.append(f"conv{layer.filters}")
+        elif kind == "Dense":
+            described.append(f"dense{layer.units}" + ("" if layer.use_bias else "-nobias"))
+        elif kind == "Dropout":
+            described.append(f"dropout{layer.rate}")
+        elif kind == "MaxPooling2D":
+            assert layer.pool_size == (2, 2)
+            described.append("pool")
+        elif kind == "BatchNormalization":
+            described.append("bn")
+        elif kind == "Activation":
+            described.append(layer.get_config()["activation"])
+        else:
+            described.append(kind.lower())
+    conv = ["bn", "relu"]
+    assert described == [
+        *["conv32", *conv, "conv32", *conv, "pool"],
+        *["conv64", *conv, "conv64", *conv, "pool"],
+        *["conv128", *conv],
+        *["flatten", "dropout0.15", "dense256-nobias", "bn", "relu", "dropout0.15"],
+        *["dense360", "softmax"],
+    ]
     assert model.output_shape == (None, 360)
-    assert any(type(layer).__name__ == "BatchNormalization" for layer in model.layers)
+    # 28 px: two 2x2 poolings leave 7x7x128 features for the dense layer (the spatial layout is kept).
+    assert model.get_layer("flatten").output.shape == (None, 7 * 7 * 128)
 
 
 def test_preprocess_layer_matches_the_numpy_core_and_survives_saving(tmp_path) -> None:

@@ -15,23 +15,12 @@ import sys
 
 import click
 
-from schemas import ManifestError, paths
+from schemas import ManifestError, angles, paths
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
-from schemas.angles import AngleSyntaxError, parse_angles
 from trainer.config import HEADS, LR_SCHEDULES, MODELS, PRECISIONS, TrainConfig, TrainingError, check
 
 # Every option's default is TrainConfig's: spelled once, there.
 DEFAULT = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
-
-
-def _angles(ctx: click.Context, param: click.Parameter, value: str | None) -> list[int] | None:
-    """--angles in the pipeline's syntax (schemas.angles); None = every angle in the records."""
-    if value is None or value.strip().lower() in ("", "all"):
-        return None
-    try:
-        return list(parse_angles(value))
-    except AngleSyntaxError as error:
-        raise click.BadParameter(str(error)) from None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -79,7 +68,7 @@ def _angles(ctx: click.Context, param: click.Parameter, value: str | None) -> li
 @click.option(
     "--angles",
     default=None,
-    callback=_angles,
+    callback=angles.click_callback,
     help=f"Train on these angles only (degrees), labels remapped: {ANGLE_EXAMPLES}, the same syntax as "
     "rotnet-pipeline --angles (e.g. 0,90,180,270 for a 4-way task). Default: every angle in the records.",
 )
@@ -212,6 +201,8 @@ def main(**options: object) -> None:
     Streams the shards with tf.data (shuffled, interleaved, all rotations), keeps the model with the
     best validation angle error, and exports model.keras and a SavedModel to --output.
     """
+    if options["angles"] is not None:
+        options["angles"] = list(options["angles"])  # type: ignore[call-overload]
     config = TrainConfig(**options)  # type: ignore[arg-type]
     if config.weights not in (None, "imagenet", "none") and not paths.exists(config.weights):
         raise click.BadParameter(f"weights file {config.weights} does not exist", param_hint="--weights")

@@ -13,12 +13,13 @@ from __future__ import annotations
 
 import json
 import os
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 
+from schemas.angles import describe_angles
 from trainer.heads import circular_difference_degrees
 
 WITHIN_DEGREES = (2, 5, 10)
@@ -123,10 +124,12 @@ def evaluate(
     max_records: int | None = None,
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
+    angles: Sequence[int] | None = None,
 ) -> tuple[Evaluation, np.ndarray]:
-    """Predict every record of `split` whose angle the model knows; returns the Evaluation and the
-    absolute errors in record order. `max_records` stops after that many (in shard order);
-    `on_total` hears the number of records to expect, `progress` each batch's count."""
+    """Predict every record of `split` whose angle the model knows (and is in `angles`, degrees, when
+    given); returns the Evaluation and the absolute errors in record order. `max_records` stops after
+    that many (in shard order); `on_total` hears the number of records to expect, `progress` each
+    batch's count."""
     import tensorflow as tf
 
     import schemas
@@ -154,26 +157,40 @@ def evaluate(
         raise EvaluationError(verify.damaged_shard_message(problems, "re-run the pipeline"))
     paths = info.shard_paths(records, split)
     known_angles = set(config.bin_angles) & set(info.angles_degrees)
+    if angles is not None:
+        unknown = sorted(set(angles) - known_angles)
+        if unknown:
+            raise EvaluationError(
+                f"--angles {describe_angles(unknown)} are not both in the records and in the model's bins "
+                f"(both hold {describe_angles(sorted(known_angles))})"
+            )
+        known_angles = set(angles)
+    wanted = np.zeros(schemas.NUM_ANGLES, bool)
+    wanted[sorted(known_angles)] = True
     total = info.splits[split].num_images * len(known_angles)
     if on_total:
         on_total(total if max_records is None else min(total, max_records))
     true_parts, predicted_parts, label_parts = [], [], []
     seen = 0
     try:
-        for images, angles, labels in data.evaluation_dataset(paths, config, batch_size):
+        for images, true, labels in data.evaluation_dataset(paths, config, batch_size):
             if max_records is not None and seen >= max_records:
                 break
-            images, angles, labels = images.numpy(), angles.numpy(), labels.numpy()
+            images, true, labels = images.numpy(), true.numpy(), labels.numpy()
+            selected = wanted[true]
+            images, true, labels = images[selected], true[selected], labels[selected]
             if max_records is not None:
                 keep = max_records - seen
-                images, angles, labels = images[:keep], angles[:keep], labels[:keep]
+                images, true, labels = images[:keep], true[:keep], labels[:keep]
+            if not len(true):
+                continue
             prediction = predictor.predict(images, batch_size=batch_size, tta=tta)
-            true_parts.append(angles)
+            true_parts.append(true)
             predicted_parts.append(prediction.angles_degrees)
             label_parts.append(labels)
-            seen += len(angles)
+            seen += len(true)
             if progress:
-                progress(len(angles))
+                progress(len(true))
     except tf.errors.DataLossError as error:
         raise EvaluationError(data.damaged_record_message(paths, error, "re-run the pipeline")) from None
     if not seen:

@@ -13,7 +13,8 @@ import os
 
 import click
 
-from schemas import ManifestError, paths
+from schemas import ManifestError, angles, paths
+from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
 
 
 def default_output(model: str, split: str, tta: int) -> str:
@@ -54,6 +55,13 @@ def default_output(model: str, split: str, tta: int) -> str:
     "--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per batch."
 )
 @click.option(
+    "--angles",
+    default=None,
+    callback=angles.click_callback,
+    help=f"Score only records at these angles (degrees): {ANGLE_EXAMPLES}, the syntax of rotnet-pipeline "
+    "and rotnet-train. Default: every angle both in the records and in the model's bins.",
+)
+@click.option(
     "--max-records",
     type=click.IntRange(min=1),
     default=None,
@@ -66,6 +74,7 @@ def main(
     tta: str,
     output: str | None,
     batch_size: int,
+    angles: list[int] | None,
     max_records: int | None,
 ) -> None:
     """Score a trained model on every record of a split: how many degrees off are its predictions?"""
@@ -91,6 +100,7 @@ def main(
                 max_records,
                 progress=bar.update,
                 on_total=set_total,
+                angles=angles,
             )
     except ManifestError as error:
         raise click.BadParameter(str(error), param_hint="--records") from None
