@@ -65,13 +65,13 @@ def run(
     output_dir.prepare_output_dir(config.output_dir, config.overwrite)
     if progress_dir:
         os.makedirs(progress_dir)
+    temp_dir = output_dir.temp_dir(config.output_dir, run_id)
     try:
-        stats_path = paths.join(config.output_dir, output_dir.stats_name(run_id))
-        local_runner = (
-            runner.local_runner(options, os.path.join(progress_dir, "workers.log")) if local else None
+        worker_log = os.path.join(progress_dir, "workers.log") if progress_dir else None
+        pipeline = beam.Pipeline(
+            runner=runner.local_runner(options, worker_log) if local else None, options=options
         )
-        pipeline = beam.Pipeline(runner=local_runner, options=options)
-        build(pipeline, config, plan, num_shards, stats_path, progress_dir)
+        build(pipeline, config, plan, num_shards, temp_dir, progress_dir)
         log(
             f"writing {config.dataset} to {config.output_dir}: splits {', '.join(plan.splits)}, "
             f"{len(config.angles_degrees)} angles, {config.image_size} px {config.image_format}, "
@@ -92,11 +92,14 @@ def run(
         counters = runner.metric_counters(result)
         if local and not counters:
             counters = dict(progress.read_progress(progress_dir))
-        info = describe_outputs(config, plan, num_shards, read_stats(stats_path), counters, options)
+        stats = read_stats(paths.join(temp_dir, output_dir.STATS_NAME))
+        info = describe_outputs(config, plan, num_shards, stats, counters, options)
+        publish(config, info, temp_dir, stats)
         check_outputs(config, info)
         schemas.write_manifest(config.output_dir, info)
         return JobSummary(info, config.output_dir, wall_seconds, counters)
     finally:
+        output_dir.remove_temp_dir(temp_dir)
         if progress_dir:
             shutil.rmtree(progress_dir, ignore_errors=True)
 
@@ -106,10 +109,11 @@ def build(
     config: PipelineConfig,
     plan: SourcePlan,
     num_shards: dict[str, int],
-    stats_path: str,
+    temp_dir: str,
     progress_dir: str | None,
 ) -> None:
-    """Wire source -> decode -> rotations -> shards + errors -> file stats onto `pipeline`."""
+    """Wire source -> decode -> prepare -> shards + errors file -> their stats onto `pipeline`; every
+    file goes to `temp_dir`."""
     import apache_beam as beam
 
     from pipeline import transforms
@@ -119,24 +123,25 @@ def build(
     prepared = decoded.images | "PrepareRotations" >> transforms.PrepareRotations(
         config, plan.splits, progress_dir
     )
-    written = {
-        split: prepared[split] for split in plan.splits
-    } | "WriteRotations" >> transforms.WriteRotations(config, num_shards, progress_dir)
+    shards = {split: prepared[split] for split in plan.splits} | "WriteShards" >> transforms.WriteShards(
+        config, num_shards, temp_dir, progress_dir
+    )
     errors = (source[ERRORS], decoded[ERRORS], prepared[ERRORS]) | "FlattenErrors" >> beam.Flatten()
-    written[ERRORS] = errors | "WriteErrors" >> transforms.WriteErrors(config.output_dir)
-    written | "CountShards" >> transforms.CountShards(stats_path)
+    errors_file = errors | "WriteErrors" >> transforms.WriteErrors(temp_dir)
+    stats_path = paths.join(temp_dir, output_dir.STATS_NAME)
+    (
+        (shards, errors_file)
+        | "FlattenStats" >> beam.Flatten()
+        | "WriteStats" >> transforms.WriteStats(stats_path)
+    )
 
 
 def read_stats(stats_path: str) -> list[dict[str, Any]]:
-    """The per-file counts the workers measured (transforms.CountShards), deleted once read."""
-    from apache_beam.io.filesystems import FileSystems
-
+    """The per-file counts, bytes and SHA-256s the workers measured (transforms.WriteStats)."""
     if not paths.exists(stats_path):
         raise JobError(f"the job finished without writing its file counts ({stats_path}); rerun it")
     with paths.open_binary(stats_path) as handle:
-        stats = json.loads(handle.read().decode("utf-8"))
-    FileSystems.delete([stats_path])
-    return stats
+        return json.loads(handle.read().decode("utf-8"))
 
 
 def describe_outputs(
@@ -147,9 +152,8 @@ def describe_outputs(
     counters: dict[str, int],
     options: Any,
 ) -> schemas.DatasetInfo:
-    """The manifest of what the workers say they wrote; empty splits are left out (and their shards
-    deleted: e.g. no image of a tiny input hashed into validation)."""
-    from apache_beam.io.filesystems import FileSystems
+    """The manifest of what the workers say they wrote; empty splits are left out (e.g. no image of a
+    tiny input hashed into validation)."""
     from apache_beam.options.pipeline_options import StandardOptions
 
     num_angles = len(config.angles_degrees)
@@ -161,7 +165,9 @@ def describe_outputs(
         if missing:
             raise JobError(f"split {split}: shards {missing[:3]} were not written; rerun the pipeline")
         shards = [
-            schemas.ShardInfo(name, by_name[name]["num_records"], by_name[name]["num_bytes"])
+            schemas.ShardInfo(
+                name, by_name[name]["num_records"], by_name[name]["num_bytes"], by_name[name]["sha256"]
+            )
             for name in names
         ]
         num_records = sum(shard.num_records for shard in shards)
@@ -169,10 +175,8 @@ def describe_outputs(
             raise JobError(
                 f"split {split}: {num_records} records is not a whole number of {num_angles} angles"
             )
-        if num_records == 0:
-            FileSystems.delete([paths.join(config.output_dir, name) for name in names])
-            continue
-        splits[split] = schemas.SplitInfo(num_records // num_angles, num_records, shards)
+        if num_records:
+            splits[split] = schemas.SplitInfo(num_records // num_angles, num_records, shards)
     error_files = [item for item in stats if item["kind"] == ERRORS]
     num_errors = sum(item["num_records"] for item in error_files)
     images_written = sum(split.num_images for split in splits.values())
@@ -189,6 +193,27 @@ def describe_outputs(
         compression=config.compression,
         config=run_config,
     )
+
+
+def publish(
+    config: PipelineConfig, info: schemas.DatasetInfo, temp_dir: str, stats: list[dict[str, Any]]
+) -> None:
+    """Check every file the manifest will list against what its worker measured, then rename them from
+    `temp_dir` into place (the shards of empty splits stay behind and go with the temporary directory)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    names = [shard.name for split in info.splits.values() for shard in split.shards] + info.error_files
+    measured = {item["name"]: item["num_bytes"] for item in stats}
+    for name in names:
+        size = paths.size(paths.join(temp_dir, name))
+        if size != measured[name]:
+            raise JobError(
+                f"{paths.join(temp_dir, name)} is {size} bytes, its worker wrote {measured[name]}; rerun"
+            )
+    if names:
+        FileSystems.rename(
+            [paths.join(temp_dir, n) for n in names], [paths.join(config.output_dir, n) for n in names]
+        )
 
 
 def check_outputs(config: PipelineConfig, info: schemas.DatasetInfo) -> None:

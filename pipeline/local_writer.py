@@ -3,10 +3,10 @@
     write_rotations(directory, {"train": [(image_id, image, label), ...]}, dataset="mnist",
                     angles=range(360), image_size=28, image_format="png", crop_largest_rect=False)
 
-Same format as `rotnet-pipeline` (its shard names, a manifest written last) and the same bytes per
-record (`geometry.prepare_source` + `rotations.encode_rotations`, as the pipeline's sink), but all in
-memory on one core: fine for a few thousand records, not for a dataset. Use `rotnet-pipeline` for
-real data.
+Same format as `rotnet-pipeline` (its shard names, membership and order, a manifest written last) and
+the same bytes (`geometry.prepare_source` + `rotations.shard_records`, as the pipeline's shard writer),
+but on one core in this process: fine for a few thousand images, not for a dataset. Use
+`rotnet-pipeline` for real data.
 """
 
 from __future__ import annotations
@@ -18,14 +18,14 @@ from typing import Any
 import numpy as np
 
 import schemas
-from pipeline import geometry, rotations
+from pipeline import codec, geometry, rotations
 from schemas import sharding, tfrecord_file
 
 # (image id, HWC uint8 image, label: the MNIST digit or -1)
 SourceTuple = tuple[str, np.ndarray, int]
 
 
-def rotation_examples(
+def prepared_image(
     image_id: str,
     image: np.ndarray,
     label: int,
@@ -34,29 +34,13 @@ def rotation_examples(
     split: str,
     angles: Sequence[int],
     image_size: int,
-    image_format: str,
     crop_largest_rect: bool,
-) -> list[bytes]:
-    """Serialized tf.train.Examples of `image` (HWC uint8) turned by each angle (degrees counter-clockwise).
-
-    Center square, one downscale, then the pipeline's own `rotations.encode_rotations`.
-    """
+) -> rotations.PreparedImage:
+    """An HWC uint8 image prepared as the pipeline prepares it: center square, one downscale."""
     source = geometry.prepare_source(
         image, image_size, angles, center_crop_square=True, crop_largest_rect=crop_largest_rect
     )
-    template = schemas.Record(
-        image_encoded=b"",
-        image_format=image_format,
-        height=image_size,
-        width=image_size,
-        channels=image.shape[2],
-        angle_degrees=0,
-        dataset=dataset,
-        split=split,
-        image_id=image_id,
-        label=label,
-    )
-    return rotations.encode_rotations(source, template, angles, image_size)
+    return rotations.PreparedImage(dataset, split, image_id, label, source)
 
 
 def write_rotations(
@@ -70,18 +54,18 @@ def write_rotations(
     crop_largest_rect: bool,
     num_shards: int = 2,
     compression: str = "none",
-    shuffle_seed: int | None = None,
+    jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
     config: Mapping[str, Any] | None = None,
 ) -> schemas.DatasetInfo:
     """Write every angle of every image, per split, into `num_shards` shards, then the manifest.
 
-    Records go to shards round-robin in image-then-angle order, or, with `shuffle_seed`, in a seeded
-    random order (like the pipeline, whose shards mix the records of many images). `config` is stored
-    in the manifest's `config` (say who wrote the directory).
+    Each image's records go to the shard `schemas.sharding.shard_index` names, in the pipeline's order
+    (rotations.shard_records): the same bytes rotnet-pipeline writes for these pictures. `config` is
+    stored in the manifest's `config` (say who wrote the directory).
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    angles = [int(angle) for angle in angles]
+    angles = sorted({int(angle) for angle in angles})
     channel_counts = {image.shape[2] for images in images_by_split.values() for _, image, _ in images}
     if not channel_counts:
         raise ValueError("write_rotations needs at least one image")
@@ -91,10 +75,9 @@ def write_rotations(
     splits = {}
     num_images_read = 0
     for split, images in images_by_split.items():
-        examples = [
-            example
-            for image_id, image, label in images
-            for example in rotation_examples(
+        by_shard: list[list[rotations.PreparedImage]] = [[] for _ in range(num_shards)]
+        for image_id, image, label in images:
+            prepared = prepared_image(
                 image_id,
                 image,
                 label,
@@ -102,23 +85,20 @@ def write_rotations(
                 split=split,
                 angles=angles,
                 image_size=image_size,
-                image_format=image_format,
                 crop_largest_rect=crop_largest_rect,
             )
-        ]
-        order = (
-            np.arange(len(examples))
-            if shuffle_seed is None
-            else np.random.default_rng(shuffle_seed).permutation(len(examples))
-        )
+            by_shard[sharding.shard_index(dataset, image_id, num_shards)].append(prepared)
         shards = []
-        for index in range(num_shards):
+        for index, shard_images in enumerate(by_shard):
             name = sharding.shard_name(split, index, num_shards, compression)
-            count = tfrecord_file.write_records(
-                str(directory / name), (examples[i] for i in order[index::num_shards])
-            )
-            shards.append(schemas.ShardInfo(name, count, (directory / name).stat().st_size))
-        splits[split] = schemas.SplitInfo(num_images=len(images), num_records=len(examples), shards=shards)
+            with tfrecord_file.ShardWriter(str(directory / name)) as writer:
+                for record in rotations.shard_records(
+                    shard_images, angles, image_size, image_format, jpeg_quality
+                ):
+                    writer.write(record)
+            shards.append(schemas.ShardInfo(name, writer.num_records, writer.num_bytes, writer.sha256))
+        num_records = len(images) * len(angles)
+        splits[split] = schemas.SplitInfo(num_images=len(images), num_records=num_records, shards=shards)
         num_images_read += len(images)
     info = schemas.DatasetInfo(
         dataset=dataset,

@@ -1,6 +1,8 @@
 """The output directory of a run: what a run leaves there besides the records, and clearing it.
 
-OUTPUT_DIR/.rotnet-stats-RUN.json       per-file counts the workers measured (read, then deleted)
+OUTPUT_DIR/.rotnet-tmp-RUN/             the shards and errors file as written, and stats.json (the
+                                        per-file counts the workers measured); renamed into place
+                                        once checked, then deleted
 OUTPUT_DIR/.rotnet-progress-RUN/        local runs: the DoFns' live counts (deleted at the end)
 """
 
@@ -17,12 +19,28 @@ from pipeline.datasets.common import match
 from schemas import paths, sharding
 from schemas.manifest import manifest_path
 
+_TEMP_PREFIX = ".rotnet-tmp-"
+STATS_NAME = "stats.json"
 
-def stats_name(run_id: str) -> str:
-    return f".rotnet-stats-{run_id}.json"
+
+def temp_dir(output_dir: str, run_id: str) -> str:
+    """Where a run's workers write its files before the launcher renames them into place."""
+    return paths.join(output_dir, _TEMP_PREFIX + run_id)
 
 
 _PROGRESS_PREFIX = ".rotnet-progress-"
+
+
+def remove_temp_dir(path: str) -> None:
+    """Delete a run's temporary directory (whatever its files: only this run wrote there)."""
+    if not paths.is_remote(path):
+        shutil.rmtree(paths.local_path(path), ignore_errors=True)
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    leftovers = [item.path for item in match(paths.join(path, "*"))]
+    if leftovers:
+        FileSystems.delete(leftovers)
 
 
 def progress_dir(output_dir: str, run_id: str) -> str:
@@ -54,7 +72,7 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
         sharding.errors_glob(),
         "beam-temp-*",
         "beam-temp-*/*",
-        stats_name("*"),
+        _TEMP_PREFIX + "*/*",
     ]
     stale = {item.path for pattern in patterns for item in match(paths.join(output_dir, pattern))}
     if stale:
@@ -62,6 +80,10 @@ def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
     if not paths.is_remote(output_dir):
         local = Path(paths.local_path(output_dir))
         # Beam's local match lists files, not directories.
-        for directory in [*local.glob("beam-temp-*"), *local.glob(_PROGRESS_PREFIX + "*")]:
+        for directory in [
+            *local.glob("beam-temp-*"),
+            *local.glob(_PROGRESS_PREFIX + "*"),
+            *local.glob(_TEMP_PREFIX + "*"),
+        ]:
             shutil.rmtree(directory, ignore_errors=True)
         local.mkdir(parents=True, exist_ok=True)

@@ -1,21 +1,40 @@
-"""Every rotation of one prepared image as serialized records: pure (geometry + codec + schema).
+"""Prepared images become records here, and a shard's records get their order: pure (geometry + codec +
+schema), no Beam, TensorFlow or IO.
 
-    encode_rotations(source, template, angles_degrees=(0, 90), image_size=28) -> [bytes, bytes]
+    shard_records(images, angles_degrees=(0, 90), image_size=28, image_format="png") -> iterator of bytes
 
-The one place a source image becomes records. The Beam sink (`pipeline.transforms.rotation_records`)
-and the in-process writer for fixtures and benchmarks (`pipeline.local_writer`) both call it, so a
-test directory holds exactly the bytes the pipeline would write. No Beam, TensorFlow or IO here.
+The one place a source image becomes records. The Beam shard writer (pipeline.transforms.WriteShards)
+and the in-process writer for fixtures and benchmarks (pipeline.local_writer) both call it, so a test
+directory holds exactly the bytes the pipeline would write.
+
+A shard is rendered on the fly from its prepared images (memory: the prepared images, never the
+records), in the order of `schemas.sharding.record_order_key` over all its (image, angle) pairs, so
+consecutive records come from different images and angles and any prefix is a uniform sample.
 """
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
 
 import numpy as np
 
 import schemas
 from pipeline import codec, geometry
-from schemas.record import example_encoder
+from schemas import sharding
+from schemas.record import example_encoder, example_key
+
+
+@dataclass(frozen=True)
+class PreparedImage:
+    """A decoded image, cropped square and downscaled once (geometry.Source): ready for every angle."""
+
+    dataset: str
+    split: str
+    image_id: str
+    label: int
+    source: geometry.Source
+
 
 # fast_matrix depends only on sizes (every MNIST digit, every Street View photo shares them) and costs
 # more than the warp itself; bounded, since a directory of odd-sized photos has many sizes.
@@ -41,27 +60,74 @@ def rotation_matrix(source: geometry.Source, angle_degrees: int, image_size: int
     return matrix
 
 
+def render(source: geometry.Source, angle_degrees: int, image_size: int) -> np.ndarray:
+    """The HWC uint8 picture of one record: the source turned by the angle (degrees counter-clockwise)."""
+    return geometry.fast_rotation(
+        source, angle_degrees, image_size, rotation_matrix(source, angle_degrees, image_size)
+    )
+
+
+def record_encoder(
+    image: PreparedImage, image_format: str, image_size: int, jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY
+) -> Callable[[int], bytes]:
+    """`encode(angle_degrees) -> serialized record` of one prepared image (its fixed fields serialized once)."""
+    template = schemas.Record(
+        image_encoded=b"",
+        image_format=image_format,
+        height=image_size,
+        width=image_size,
+        channels=image.source.channels,
+        angle_degrees=0,
+        dataset=image.dataset,
+        split=image.split,
+        image_id=image.image_id,
+        label=image.label,
+    )
+    serialize = example_encoder(template)
+
+    def encode(angle_degrees: int) -> bytes:
+        picture = render(image.source, angle_degrees, image_size)
+        return serialize(codec.encode_image(picture, image_format, jpeg_quality), int(angle_degrees))
+
+    return encode
+
+
 def encode_rotations(
-    source: geometry.Source,
-    template: schemas.Record,
+    image: PreparedImage,
     angles_degrees: Sequence[int],
     image_size: int,
+    image_format: str,
     jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
 ) -> list[bytes]:
-    """Serialized records of `source` turned by each angle (degrees counter-clockwise), in that order.
+    """Serialized records of one image turned by each angle, in the order of `angles_degrees`."""
+    encode = record_encoder(image, image_format, image_size, jpeg_quality)
+    return [encode(angle) for angle in angles_degrees]
 
-    `template` gives every field but the image bytes and the angle (dataset, split, image id, label,
-    format, size, channels); one warpAffine per angle, then encode as `template.image_format`.
-    """
-    encode = example_encoder(template)
-    return [
-        encode(
-            codec.encode_image(
-                geometry.fast_rotation(source, angle, image_size, rotation_matrix(source, angle, image_size)),
-                template.image_format,
-                jpeg_quality,
-            ),
-            int(angle),
+
+def record_order(images: Sequence[PreparedImage], angles_degrees: Sequence[int]) -> list[tuple[int, int]]:
+    """(index into `images`, angle) of every record of a shard, in the shard's order."""
+    keyed = [
+        (
+            sharding.record_order_key(example_key(image.dataset, image.split, image.image_id, angle)),
+            index,
+            angle,
         )
+        for index, image in enumerate(images)
         for angle in angles_degrees
     ]
+    keyed.sort()
+    return [(index, angle) for _, index, angle in keyed]
+
+
+def shard_records(
+    images: Sequence[PreparedImage],
+    angles_degrees: Sequence[int],
+    image_size: int,
+    image_format: str,
+    jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
+) -> Iterator[bytes]:
+    """Every record of a shard holding `images` (any order), rendered one at a time in the shard's order."""
+    images = sorted(images, key=lambda image: image.image_id)  # ties of the order key: never arrival order
+    encoders = [record_encoder(image, image_format, image_size, jpeg_quality) for image in images]
+    for index, angle in record_order(images, angles_degrees):
+        yield encoders[index](angle)

@@ -1,20 +1,19 @@
 """The records pipeline's shared Beam transforms: thin shells over the pure core.
 
-    datasets.NAME.plan(...).source           -> SourceImage, one per source image (+ errors)
-      | DecodeImages                         -> SourceImage with HWC uint8 pixels (+ errors)
-      | PrepareRotations                     -> PreparedImage per split: square crop, one downscale (+ errors)
-      | WriteRotations                       -> all angles of every image in {split}-SSSSS-of-NNNNN.tfrecord
-    errors | WriteErrors                     -> errors-00000-of-00001.jsonl (image id, stage, reason)
-    written files | CountShards              -> one JSON list of every file's record count and bytes
+    datasets.NAME.plan(...).source    -> SourceImage, one per source image (+ errors)
+      | DecodeImages                  -> SourceImage with HWC uint8 pixels (+ errors)
+      | PrepareRotations              -> PreparedImage per split: square crop, one downscale (+ errors)
+      | WriteShards                   -> {split}-SSSSS-of-NNNNN.tfrecord in the run's temporary directory
+    errors | WriteErrors              -> errors-00000-of-00001.jsonl there (image id, stage, reason), sorted
+    every file's stats | WriteStats   -> one JSON list: records, bytes and SHA-256 of every file
 
 The dataset modules (pipeline/datasets/) read their sources; sources fan out (one MNIST file or Street
 View zip part holds thousands of images), so each ends with a Reshuffle: decoding and rotating then
-spread over all workers. The rotations of an image are made in one
-call (Beam costs ~45 us per element, a 28 px rotation + PNG ~40 us), inside the TFRecord sink: the
-GroupByKey in front of a fixed-shard-count write then moves one small prepared image instead of its 360
-records, which keeps the local runner's memory and Dataflow's shuffle ~300x smaller. Records of a few
-hundred images are mixed before they are written, so consecutive records in a shard come from different
-images. Shards are written by Beam's FileBasedSink: temporary files, renamed into place when all are done.
+spread over all workers. The 360x fan-out happens inside the shard writer, behind a GroupByKey on the
+shard index: the shuffle moves one small prepared image instead of its 360 records (Beam costs ~45 us
+per element, a 28 px rotation + PNG ~40 us; the local runner's memory and Dataflow's shuffle stay
+~300x smaller), and each shard is rendered in its fixed, fully mixed order (pipeline.rotations). The
+launcher renames the files into place only after checking them (pipeline/job.py).
 
 Nothing is lost silently: every source image is counted as read and ends either as records or as one
 errors-file line; Street View views 0/5 and non-image files are counted separately.
@@ -23,24 +22,19 @@ errors-file line; Street View views 0/5 and non-image files are counted separate
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
-import posixpath
-import random
-import zlib
-from collections.abc import Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
-from apache_beam.io.filebasedsink import FileBasedSink
-from apache_beam.io.filesystem import CompressionTypes
 from apache_beam.io.filesystems import FileSystems
 
-import schemas
 from pipeline import codec, geometry, progress, rotations
 from pipeline.config import PipelineConfig
 from pipeline.datasets.common import ERRORS, CountingDoFn, SourceImage, error_entry
-from schemas import sharding, tfrecord_file
+from pipeline.rotations import PreparedImage
+from schemas import paths, sharding, tfrecord_file
 
 # --- Decode and rotate --------------------------------------------------------------------------
 
@@ -88,17 +82,6 @@ class DecodeImages(beam.PTransform):
         )
 
 
-@dataclass(frozen=True)
-class PreparedImage:
-    """A decoded image, cropped square and downscaled once (geometry.Source): ready for every angle."""
-
-    dataset: str
-    split: str
-    image_id: str
-    label: int
-    source: geometry.Source
-
-
 def prepare(image: SourceImage, config: PipelineConfig) -> PreparedImage:
     """Crop the square (center, or right for Street View's icon) and downscale once for all angles."""
     square = geometry.crop_square(image.pixels, config.crop_position) if config.center_crop else image.pixels
@@ -113,24 +96,9 @@ def prepare(image: SourceImage, config: PipelineConfig) -> PreparedImage:
 
 
 def rotation_records(image: PreparedImage, config: PipelineConfig) -> list[bytes]:
-    """Every configured rotation of one prepared image as a serialized record, in angle order.
-
-    Pure (no Beam): `pipeline.rotations.encode_rotations`, the code fixtures and benchmarks use too.
-    """
-    template = schemas.Record(
-        image_encoded=b"",
-        image_format=config.image_format,
-        height=config.image_size,
-        width=config.image_size,
-        channels=config.channels,
-        angle_degrees=0,
-        dataset=image.dataset,
-        split=image.split,
-        image_id=image.image_id,
-        label=image.label,
-    )
+    """Every configured rotation of one prepared image as a serialized record, in angle order (pure)."""
     return rotations.encode_rotations(
-        image.source, template, config.angles_degrees, config.image_size, config.jpeg_quality
+        image, config.angles_degrees, config.image_size, config.image_format, config.jpeg_quality
     )
 
 
@@ -168,158 +136,134 @@ class PrepareRotations(beam.PTransform):
         )
 
 
-# Records of this many bytes are mixed before they are written, so that consecutive records of a shard
-# come from different images (~260 MNIST images or ~7 Street View images at 224 px).
-MIX_BYTES = 64 * 2**20
-
-
-class RotationRecordsSink(FileBasedSink):
-    """A TFRecord file sink whose elements are PreparedImages, each written as all its rotations.
-
-    Expanding in the sink means the shuffle in front of it moves one small prepared image instead of
-    360 records (MNIST: 0.8 KB instead of 245 KB), and Beam's per-element cost is paid per image. The
-    file handling is Beam's FileBasedSink: shards go to a temporary directory and are renamed to their
-    final `{split}-SSSSS-of-NNNNN.tfrecord` names only after every shard is complete.
-    """
+class _WriteShardFn(CountingDoFn):
+    """(shard index, prepared images or None) -> the shard written to the run's temporary directory, and
+    its stats: every record of the shard's images, rendered on the fly in the shard's order
+    (rotations.shard_records), with its record count, bytes and SHA-256 as written."""
 
     def __init__(
-        self,
-        file_path_prefix: str,
-        file_name_suffix: str,
-        num_shards: int,
-        shard_name_template: str,
-        compression: str,
-        config: PipelineConfig,
-        progress_dir: str | None = None,
-        mix_bytes: int = MIX_BYTES,
+        self, config: PipelineConfig, split: str, num_shards: int, temp_dir: str, progress_dir: str | None
     ) -> None:
-        super().__init__(
-            file_path_prefix,
-            coder=None,
-            file_name_suffix=file_name_suffix,
-            num_shards=num_shards,
-            shard_name_template=shard_name_template,
-            compression_type=CompressionTypes.GZIP
-            if compression == "gzip"
-            else CompressionTypes.UNCOMPRESSED,
+        super().__init__(config, progress_dir)
+        self.split, self.num_shards, self.temp_dir = split, num_shards, temp_dir
+
+    def setup(self) -> None:
+        super().setup()
+        import cv2
+
+        cv2.setNumThreads(1)  # Beam already runs one DoFn per core
+
+    def process(self, element: tuple[int, Iterable[PreparedImage | None]]) -> Iterator[dict[str, Any]]:
+        index, grouped = element
+        images = [image for image in grouped if image is not None]
+        config = self.config
+        name = sharding.shard_name(self.split, index, self.num_shards, config.compression)
+        records = rotations.shard_records(
+            images, config.angles_degrees, config.image_size, config.image_format, config.jpeg_quality
         )
-        self.config, self.progress_dir, self.mix_bytes = config, progress_dir, mix_bytes
-        self._pending: dict[int, tuple[list[bytes], list[int]]] = {}
-        self._counters: progress.StageCounters | None = None
-
-    def __getstate__(self) -> dict[str, Any]:
-        state = dict(self.__dict__)
-        state["_pending"], state["_counters"] = {}, None
-        return state
-
-    def open(self, temp_path: str) -> Any:
-        handle = super().open(temp_path)
-        self._pending[id(handle)] = ([], [0])
-        return handle
-
-    def write_record(self, file_handle: Any, value: PreparedImage) -> None:
-        if self._counters is None:
-            self._counters = progress.StageCounters(self.progress_dir)
-        records = rotation_records(value, self.config)
-        size = sum(len(record) for record in records)
-        pending, pending_bytes = self._pending[id(file_handle)]
-        pending.extend(records)
-        pending_bytes[0] += size
-        self._counters.add(
-            **{
-                progress.IMAGES_EXPANDED: 1,
-                progress.RECORDS: len(records),
-            }
+        paths.make_dirs(self.temp_dir)
+        with tfrecord_file.ShardWriter(paths.join(self.temp_dir, name)) as writer:
+            for count, record in enumerate(records, 1):
+                writer.write(record)
+                if count % PROGRESS_RECORDS == 0:
+                    self.counters.add(**{progress.RECORDS: PROGRESS_RECORDS})
+        self.counters.add(
+            **{progress.RECORDS: writer.num_records % PROGRESS_RECORDS, progress.IMAGES_EXPANDED: len(images)}
         )
-        if pending_bytes[0] >= self.mix_bytes:
-            self._flush(file_handle)
-
-    def _flush(self, file_handle: Any) -> None:
-        pending, pending_bytes = self._pending[id(file_handle)]
-        # Seeded by content, so the same images in the same order give the same file.
-        random.Random(zlib.crc32(pending[0]) if pending else 0).shuffle(pending)
-        for record in pending:
-            file_handle.write(tfrecord_file.frame_record(record))
-        pending.clear()
-        pending_bytes[0] = 0
-
-    def close(self, file_handle: Any) -> None:
-        self._flush(file_handle)
-        del self._pending[id(file_handle)]
-        if self._counters is not None:
-            self._counters.flush()
-        super().close(file_handle)
+        yield shard_stats("shard", name, writer)
 
 
-class WriteRotations(beam.PTransform):
-    """{split: PreparedImage} -> every rotation as records in TFRecord shards named by schemas.sharding.
+# Records between progress-counter updates (a counter update per record would cost more than a warp).
+PROGRESS_RECORDS = 1024
 
-    A fixed shard count per split: Beam keys the images round-robin over the shards and groups them
-    (the fusion break after the source's fan-out), then each shard's images are expanded and written.
-    Returns {split: final shard paths}.
+
+def shard_stats(
+    kind: str, name: str, writer: tfrecord_file.ShardWriter | None, **counts: int
+) -> dict[str, Any]:
+    """What the launcher learns about one written file: its kind, name, records, bytes and SHA-256."""
+    return {
+        "kind": kind,
+        "name": name,
+        "num_records": counts.get("num_records", writer.num_records if writer else 0),
+        "num_bytes": counts.get("num_bytes", writer.num_bytes if writer else 0),
+        "sha256": writer.sha256 if writer else "",
+    }
+
+
+class WriteShards(beam.PTransform):
+    """{split: PreparedImage} -> every rotation as records in `num_shards[split]` shards per split, in the
+    run's temporary directory (the launcher renames them into place once every file is verified).
+
+    Each image goes to shard `sharding.shard_index(dataset, image id, num_shards)`; the GroupByKey is the
+    fusion break after the source's fan-out and moves one small prepared image per source image (MNIST:
+    ~0.8 KB instead of its 360 records, 245 KB), and each shard's records are rendered by the worker that
+    writes it. Shards no image hashed into are written too (empty), so a split always has all its
+    shards. Returns the stats of the written shards (shard_stats).
     """
 
     def __init__(
         self,
         config: PipelineConfig,
         num_shards: Mapping[str, int],
+        temp_dir: str,
         progress_dir: str | None = None,
-        mix_bytes: int = MIX_BYTES,
     ) -> None:
         super().__init__()
-        self.config, self.num_shards, self.progress_dir = config, dict(num_shards), progress_dir
-        self.mix_bytes = mix_bytes
+        self.config, self.num_shards, self.temp_dir, self.progress_dir = (
+            config,
+            dict(num_shards),
+            temp_dir,
+            progress_dir,
+        )
 
-    def expand(self, images_by_split: Mapping[str, beam.PCollection]) -> dict[str, beam.PCollection]:
-        written = {}
+    def expand(self, images_by_split: Mapping[str, beam.PCollection]) -> beam.PCollection:
+        stats = []
         for split, images in images_by_split.items():
-            naming = sharding.beam_shard_naming(self.config.output_dir, split, self.config.compression)
-            sink = RotationRecordsSink(
-                naming.file_path_prefix,
-                naming.file_name_suffix,
-                self.num_shards[split],
-                naming.shard_name_template,
-                self.config.compression,
-                self.config,
-                self.progress_dir,
-                self.mix_bytes,
+            num_shards = self.num_shards[split]
+            keyed = images | f"KeyByShard_{split}" >> beam.Map(
+                lambda image, n=num_shards: (sharding.shard_index(image.dataset, image.image_id, n), image)
             )
-            written[split] = images | f"Write_{split}" >> beam.io.Write(sink)
-        return written
+            every_shard = images.pipeline | f"ShardIndices_{split}" >> beam.Create(
+                [(index, None) for index in range(num_shards)]
+            )
+            stats.append(
+                (keyed, every_shard)
+                | f"AllShards_{split}" >> beam.Flatten()
+                | f"GroupByShard_{split}" >> beam.GroupByKey()
+                | f"Write_{split}"
+                >> beam.ParDo(_WriteShardFn(self.config, split, num_shards, self.temp_dir, self.progress_dir))
+            )
+        return stats | "FlattenShardStats" >> beam.Flatten(pipeline=self.pipeline)
+
+
+def _write_errors(lines: list[str], temp_dir: str) -> dict[str, Any]:
+    name = sharding.errors_name()
+    data = b"".join(line.encode("utf-8") + b"\n" for line in sorted(lines))
+    with FileSystems.create(paths.join(temp_dir, name)) as handle:
+        handle.write(data)
+    return {
+        "kind": ERRORS,
+        "name": name,
+        "num_records": len(lines),
+        "num_bytes": len(data),
+        "sha256": hashlib.sha256(data).hexdigest(),
+    }
 
 
 class WriteErrors(beam.PTransform):
-    """Error lines -> one errors-00000-of-00001.jsonl (empty when nothing failed). Returns its path."""
+    """Error lines -> one errors file in the temporary directory, lines sorted (empty when nothing
+    failed: the file says so). Returns its stats."""
 
-    def __init__(self, output_dir: str) -> None:
+    def __init__(self, temp_dir: str) -> None:
         super().__init__()
-        self.output_dir = output_dir
+        self.temp_dir = temp_dir
 
     def expand(self, errors: beam.PCollection) -> beam.PCollection:
-        naming = sharding.beam_errors_naming(self.output_dir)
-        return errors | "WriteErrors" >> beam.io.WriteToText(
-            naming.file_path_prefix,
-            file_name_suffix=naming.file_name_suffix,
-            num_shards=1,
-            shard_name_template=naming.shard_name_template,
+        return (
+            errors
+            | "OneList" >> beam.combiners.ToList()
+            | "WriteSorted" >> beam.Map(_write_errors, self.temp_dir)
         )
-
-
-def file_stats(path: str, kind: str) -> dict[str, Any]:
-    """Records (shards) or lines (errors files) and bytes of one written file, read back from storage."""
-    if kind == ERRORS:
-        with schemas.paths.open_binary(path) as handle:
-            count = sum(1 for line in handle.read().splitlines() if line.strip())
-    else:
-        count = tfrecord_file.count_records(path)
-    [match] = FileSystems.match([path])
-    size = match.metadata_list[0].size_in_bytes
-    return {
-        "kind": kind,
-        "name": posixpath.basename(path.replace("\\", "/")),
-        "num_records": count,
-        "num_bytes": size,
-    }
 
 
 def _write_stats(stats: list[dict[str, Any]], stats_path: str) -> str:
@@ -328,25 +272,16 @@ def _write_stats(stats: list[dict[str, Any]], stats_path: str) -> str:
     return stats_path
 
 
-class CountShards(beam.PTransform):
-    """{kind: final paths} -> every written file's record (or line) count and size, as one JSON file.
-
-    The workers read the files back after Beam renamed them into place, in parallel (a launcher reading
-    hundreds of GB from gs:// would not), and the launcher turns the list into the manifest.
-    """
+class WriteStats(beam.PTransform):
+    """Every written file's stats -> one JSON list at `stats_path`, written once all files are done."""
 
     def __init__(self, stats_path: str) -> None:
         super().__init__()
         self.stats_path = stats_path
 
-    def expand(self, paths_by_kind: Mapping[str, beam.PCollection]) -> beam.PCollection:
-        stats = [
-            paths | f"Count_{kind}" >> beam.Map(file_stats, kind)
-            for kind, paths in sorted(paths_by_kind.items())
-        ]
+    def expand(self, stats: beam.PCollection) -> beam.PCollection:
         return (
             stats
-            | "FlattenStats" >> beam.Flatten()
             | "OneList" >> beam.combiners.ToList()
             | "WriteStats" >> beam.Map(_write_stats, self.stats_path)
         )

@@ -9,12 +9,12 @@ was renamed into place), so readers refuse it. Counts obey
 
 Example (abridged):
 
-    {"schema_version": 1, "package_version": "0.1.0", "dataset": "mnist",
+    {"schema_version": 2, "package_version": "0.2.0", "dataset": "mnist",
      "image": {"height": 28, "width": 28, "channels": 1, "format": "png"},
      "angles_degrees": [0, 1, ..., 359], "compression": "none",
-     "splits": {"train": {"num_images": 4512, "num_records": 1624320, "num_bytes": 512000000,
+     "splits": {"train": {"num_images": 4512, "num_records": 1624320,
                           "shards": [{"name": "train-00000-of-00004.tfrecord", "num_records": 406080,
-                                      "num_bytes": 128000000}, ...]}},
+                                      "num_bytes": 128000000, "sha256": "9f86d0..."}, ...]}},
      "num_images_read": 5000, "num_errors": 0, "error_files": [], "config": {...}}
 """
 
@@ -23,6 +23,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import os
+import re
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -31,6 +32,8 @@ from schemas import paths
 from schemas.record import IMAGE_FORMATS, NAME_PATTERN, NUM_ANGLES
 from schemas.sharding import COMPRESSION_SUFFIXES, MANIFEST_NAME, shard_name
 from schemas.version import PACKAGE_VERSION, SCHEMA_VERSION
+
+_SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ManifestError(ValueError):
@@ -42,6 +45,7 @@ class ShardInfo:
     name: str
     num_records: int
     num_bytes: int
+    sha256: str  # of the file's bytes as stored: reruns of the same inputs and config write the same
 
 
 @dataclass
@@ -121,6 +125,9 @@ class DatasetInfo:
             ]
             if [shard.name for shard in split.shards] != expected_names:
                 found.append(f"split {name}: shard names are not {expected_names[:1]}... in index order")
+            for shard in split.shards:
+                if not _SHA256.match(shard.sha256):
+                    found.append(f"shard {shard.name}: sha256 {shard.sha256!r} is not 64 hex digits")
         images = sum(split.num_images for split in self.splits.values())
         if images + self.num_errors != self.num_images_read:
             found.append(
@@ -152,6 +159,12 @@ class DatasetInfo:
         version = data.get("schema_version")
         if version is None:
             raise ManifestError(f"{source} has no schema_version: it was not written by rotnet-pipeline")
+        if version == 1:
+            raise ManifestError(
+                f"{source} was written by rotnet 0.1 (schema_version 1: shards whose membership and order "
+                f"varied between runs, no checksums); this rotnet {PACKAGE_VERSION} reads schema_version "
+                f"{SCHEMA_VERSION}: re-run rotnet-pipeline to rewrite the records directory"
+            )
         if version != SCHEMA_VERSION:
             raise ManifestError(
                 f"{source} has schema_version {version} but this rotnet (package {PACKAGE_VERSION}) reads "

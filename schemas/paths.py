@@ -51,6 +51,12 @@ def open_binary(path: str, mode: str = "rb") -> IO[bytes]:
         ) from None
 
 
+def make_dirs(directory: str) -> None:
+    """Create a local directory and its parents (object stores such as gs:// need none)."""
+    if not is_remote(directory):
+        os.makedirs(local_path(directory), exist_ok=True)
+
+
 def exists(path: str) -> bool:
     if not is_remote(path):
         return os.path.exists(local_path(path))

@@ -6,15 +6,18 @@ Each record on disk is
 
 (little-endian). tfrecord-lite parses records fast but checks no CRC; this module is what
 `rotnet-inspect --verify` and the tests use to prove a shard is intact, and it names the shard and the
-byte offset of the first damage it finds.
+byte offset of the first damage it finds. `ShardWriter` writes a shard and measures what it wrote (records,
+bytes and the SHA-256 of the file's bytes, which the manifest registers); gzip shards are written
+without a timestamp or file name in their header, so the same records give the same file bytes.
 """
 
 from __future__ import annotations
 
 import gzip
+import hashlib
 import struct
 from collections.abc import Iterable, Iterator
-from typing import IO
+from typing import IO, Any
 
 import google_crc32c
 
@@ -42,40 +45,169 @@ def masked_crc32c(data: bytes) -> int:
 
 def _open(path: str, mode: str) -> IO[bytes]:
     handle = open_binary(path, mode)
-    return gzip.GzipFile(fileobj=handle, mode=mode) if path.endswith(".gz") else handle
+    if not path.endswith(".gz"):
+        return handle
+    # mtime=0 and no name: the gzip header then depends on nothing but the data.
+    return _ClosingGzip(handle, gzip.GzipFile(fileobj=handle, mode=mode, mtime=0, filename=""))
 
 
-def iter_records(path: str, verify: bool = True) -> Iterator[bytes]:
+class _ClosingGzip:
+    """A GzipFile that also closes the file under it (GzipFile leaves a passed fileobj open)."""
+
+    def __init__(self, raw: IO[bytes], stream: gzip.GzipFile) -> None:
+        self.raw, self.stream = raw, stream
+
+    def read(self, size: int = -1) -> bytes:
+        return self.stream.read(size)
+
+    def write(self, data: bytes) -> int:
+        return self.stream.write(data)
+
+    def close(self) -> None:
+        try:
+            self.stream.close()
+        finally:
+            self.raw.close()
+
+    def __enter__(self) -> _ClosingGzip:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+class _HashingWriter:
+    """A writable file that counts and hashes every byte on its way to the real file."""
+
+    def __init__(self, raw: IO[bytes]) -> None:
+        self.raw, self.num_bytes, self.digest = raw, 0, hashlib.sha256()
+
+    def write(self, data: bytes) -> int:
+        self.digest.update(data)
+        self.num_bytes += len(data)
+        return self.raw.write(data)
+
+    def flush(self) -> None:
+        self.raw.flush()
+
+    def close(self) -> None:
+        self.raw.close()
+
+
+class ShardWriter:
+    """Write one shard (gzip when the name ends in .gz); after `close`, `num_records`, `num_bytes`
+    and `sha256` describe the file exactly as stored.
+
+        with ShardWriter(path) as writer:
+            for record in records:
+                writer.write(record)
+        writer.sha256
+    """
+
+    def __init__(self, path: str) -> None:
+        self.path = path
+        self._raw = _HashingWriter(open_binary(path, "wb"))
+        compressed = path.endswith(".gz")
+        self._out: Any = (
+            gzip.GzipFile(fileobj=self._raw, mode="wb", mtime=0, filename="") if compressed else self._raw
+        )
+        self.num_records = 0
+        self.num_bytes = 0
+        self.sha256 = ""
+
+    def write(self, record: bytes) -> None:
+        self._out.write(frame_record(record))
+        self.num_records += 1
+
+    def close(self) -> None:
+        if self._out is not self._raw:
+            self._out.close()  # writes the gzip trailer through the hashing writer
+        self._raw.close()
+        self.num_bytes, self.sha256 = self._raw.num_bytes, self._raw.digest.hexdigest()
+
+    def __enter__(self) -> ShardWriter:
+        return self
+
+    def __exit__(self, exc_type: object, *exc_info: object) -> None:
+        self.close()
+
+
+def file_sha256(path: str, chunk_bytes: int = 8 << 20) -> str:
+    """SHA-256 of a file's bytes as stored (local or remote), read in chunks."""
+    digest = hashlib.sha256()
+    with open_binary(path, "rb") as handle:
+        while chunk := handle.read(chunk_bytes):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _HashingReader:
+    """A readable file that hashes every byte read from the real file (gzip reads through it)."""
+
+    def __init__(self, raw: IO[bytes], digest: Any) -> None:
+        self.raw, self.digest = raw, digest
+
+    def read(self, size: int = -1) -> bytes:
+        data = self.raw.read(size)
+        self.digest.update(data)
+        return data
+
+    def drain(self) -> None:
+        while self.read(8 << 20):
+            pass
+
+    def close(self) -> None:
+        self.raw.close()
+
+    def __enter__(self) -> _HashingReader:
+        return self
+
+    def __exit__(self, *exc_info: object) -> None:
+        self.close()
+
+
+def iter_records(path: str, verify: bool = True, digest: Any = None) -> Iterator[bytes]:
     """Yield the serialized records of one shard (gzip when the name ends in .gz).
 
     With `verify`, both CRCs of every record are checked; any damage raises CorruptShardError naming
     the shard and offset. Without it, a truncated tail still raises, but flipped bits go unnoticed.
+    A `digest` (hashlib object) is fed the file's bytes as stored, all of them once the shard is read.
     """
-    with _open(path, "rb") as handle:
-        offset = 0
-        while True:
-            try:
-                header = handle.read(_HEADER.size)
-            except (OSError, EOFError) as error:  # gzip stream cut short
-                raise CorruptShardError(path, offset, f"unreadable ({error})") from error
-            if not header:
-                return
-            if len(header) < _HEADER.size:
-                raise CorruptShardError(path, offset, "truncated record header")
-            length, length_crc = _HEADER.unpack(header)
-            if verify and masked_crc32c(header[:8]) != length_crc:
-                raise CorruptShardError(path, offset, "length CRC mismatch")
-            try:
-                data = handle.read(length)
-                footer = handle.read(_FOOTER.size)
-            except (OSError, EOFError) as error:
-                raise CorruptShardError(path, offset, f"unreadable ({error})") from error
-            if len(data) < length or len(footer) < _FOOTER.size:
-                raise CorruptShardError(path, offset, "truncated record")
-            if verify and masked_crc32c(data) != _FOOTER.unpack(footer)[0]:
-                raise CorruptShardError(path, offset, "data CRC mismatch")
-            yield data
-            offset += _HEADER.size + length + _FOOTER.size
+    if digest is None:
+        with _open(path, "rb") as handle:
+            yield from _records(path, handle, verify)
+        return
+    with _HashingReader(open_binary(path, "rb"), digest) as raw:
+        stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
+        yield from _records(path, stream, verify)
+        raw.drain()
+
+
+def _records(path: str, handle: Any, verify: bool) -> Iterator[bytes]:
+    offset = 0
+    while True:
+        try:
+            header = handle.read(_HEADER.size)
+        except (OSError, EOFError) as error:  # gzip stream cut short
+            raise CorruptShardError(path, offset, f"unreadable ({error})") from error
+        if not header:
+            return
+        if len(header) < _HEADER.size:
+            raise CorruptShardError(path, offset, "truncated record header")
+        length, length_crc = _HEADER.unpack(header)
+        if verify and masked_crc32c(header[:8]) != length_crc:
+            raise CorruptShardError(path, offset, "length CRC mismatch")
+        try:
+            data = handle.read(length)
+            footer = handle.read(_FOOTER.size)
+        except (OSError, EOFError) as error:
+            raise CorruptShardError(path, offset, f"unreadable ({error})") from error
+        if len(data) < length or len(footer) < _FOOTER.size:
+            raise CorruptShardError(path, offset, "truncated record")
+        if verify and masked_crc32c(data) != _FOOTER.unpack(footer)[0]:
+            raise CorruptShardError(path, offset, "data CRC mismatch")
+        yield data
+        offset += _HEADER.size + length + _FOOTER.size
 
 
 def count_records(path: str, verify: bool = False) -> int:
@@ -91,9 +223,7 @@ def frame_record(data: bytes) -> bytes:
 
 def write_records(path: str, records: Iterable[bytes]) -> int:
     """Write records to a shard (gzip when the name ends in .gz); returns the number written."""
-    count = 0
-    with _open(path, "wb") as handle:
+    with ShardWriter(path) as writer:
         for data in records:
-            handle.write(frame_record(data))
-            count += 1
-    return count
+            writer.write(data)
+    return writer.num_records

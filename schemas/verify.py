@@ -1,7 +1,8 @@
 """The one check of a records directory's shards against its manifest, without TensorFlow or Beam.
 
     problems = check_shards(info, "data/records/mnist")                     # exists, size (one stat each)
-    problems = check_shards(info, "data/records/mnist", read_records=True)  # + every record: CRCs, count
+    problems = check_shards(info, "data/records/mnist", read_records=True)  # + every record: CRCs,
+                                                                            #   count, file SHA-256
     if problems: raise SystemExit(damaged_shard_message(problems, "re-run the pipeline"))
 
 Used by the pipeline (before it writes the manifest), rotnet-train, rotnet-evaluate and rotnet-inspect,
@@ -11,6 +12,7 @@ Beam's or TensorFlow's filesystems, whichever is installed (schemas.paths).
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -47,9 +49,9 @@ def check_shard(
         if size != expected.num_bytes:
             reasons.append(f"{size:,} bytes but the manifest says {expected.num_bytes:,} (truncated?)")
     if read_records:
-        count = 0
+        count, digest = 0, hashlib.sha256()
         try:
-            for data in tfrecord_file.iter_records(path, verify=True):
+            for data in tfrecord_file.iter_records(path, verify=True, digest=digest):
                 if on_record is not None:
                     on_record(data)
                 count += 1
@@ -60,6 +62,10 @@ def check_shard(
         else:
             if expected is not None and count != expected.num_records:
                 reasons.append(f"{count:,} records but the manifest says {expected.num_records:,}")
+            if expected is not None and digest.hexdigest() != expected.sha256:
+                reasons.append(
+                    f"SHA-256 {digest.hexdigest()[:12]}... but the manifest says {expected.sha256[:12]}..."
+                )
     return ShardProblem(path, "; ".join(reasons)) if reasons else None
 
 

@@ -8,9 +8,9 @@ import numpy as np
 import pytest
 
 import schemas
-from pipeline import local_writer
+from pipeline import local_writer, rotations
 from pipeline.codec import decode_record_image
-from schemas import tfrecord_file
+from schemas import sharding, tfrecord_file
 from tests.factories import write_records_dir
 
 
@@ -38,21 +38,24 @@ def _shard_keys(directory: Path) -> list[list[str]]:
     ]
 
 
-def test_local_writer_shuffles_deterministically_by_seed(tmp_path: Path) -> None:
-    digits = [(f"{index:05d}", np.full((28, 28, 1), index * 40, np.uint8), index) for index in range(3)]
-    options = dict(dataset="mnist", angles=(0, 90, 180), image_size=28, crop_largest_rect=False, num_shards=2)
-    local_writer.write_rotations(tmp_path / "a", {"train": digits}, shuffle_seed=7, **options)
-    local_writer.write_rotations(tmp_path / "b", {"train": digits}, shuffle_seed=7, **options)
-    local_writer.write_rotations(tmp_path / "in-order", {"train": digits}, **options)
-    shuffled, in_order = _shard_keys(tmp_path / "a"), _shard_keys(tmp_path / "in-order")
-    assert shuffled == _shard_keys(tmp_path / "b")
-    # round-robin in image-then-angle order without a seed
-    assert in_order[0] == ["mnist/train/00000/000", "mnist/train/00000/180", "mnist/train/00001/090",
-                           "mnist/train/00002/000", "mnist/train/00002/180"]  # fmt: skip
-    assert shuffled != in_order
-    assert sorted(key for shard in shuffled for key in shard) == sorted(
-        key for shard in in_order for key in shard
-    )
+def test_local_writer_places_and_orders_records_by_the_sharding_rules(tmp_path: Path) -> None:
+    digits = [(f"{index:05d}", np.full((28, 28, 1), index * 20, np.uint8), index) for index in range(9)]
+    options = dict(dataset="mnist", angles=(0, 90, 180), image_size=28, crop_largest_rect=False, num_shards=3)
+    first = local_writer.write_rotations(tmp_path / "a", {"train": digits}, **options)
+    again = local_writer.write_rotations(tmp_path / "b", {"train": list(reversed(digits))}, **options)
+    # Byte-identical whatever the order the images came in: the SHA-256s match, and so do the files.
+    assert [s.sha256 for s in first.splits["train"].shards] == [
+        s.sha256 for s in again.splits["train"].shards
+    ]
+    for shard in first.splits["train"].shards:
+        assert (tmp_path / "a" / shard.name).read_bytes() == (tmp_path / "b" / shard.name).read_bytes()
+        assert tfrecord_file.file_sha256(str(tmp_path / "a" / shard.name)) == shard.sha256
+    for index, keys in enumerate(_shard_keys(tmp_path / "a")):
+        image_ids = {key.split("/")[2] for key in keys}
+        assert all(sharding.shard_index("mnist", image_id, 3) == index for image_id in image_ids)
+        assert keys == sorted(keys, key=sharding.record_order_key)  # the shard's fixed mixed order
+        assert len(keys) == 3 * len(image_ids)
+    assert sum(len(keys) for keys in _shard_keys(tmp_path / "a")) == 27
 
 
 def test_local_writer_rejects_mixed_channels_and_empty_input(tmp_path: Path) -> None:
@@ -86,7 +89,7 @@ def test_local_writer_records_are_the_pipelines_bytes(
         crop_largest_rect=crop_largest_rect,
     ).resolved()
     prepared = transforms.prepare(SourceImage(dataset, "train", "7_1", 4, pixels=image), config)
-    local = local_writer.rotation_examples(
+    local = local_writer.prepared_image(
         "7_1",
         image,
         4,
@@ -94,8 +97,9 @@ def test_local_writer_records_are_the_pipelines_bytes(
         split="train",
         angles=angles,
         image_size=20,
-        image_format=image_format,
         crop_largest_rect=crop_largest_rect,
     )
+    np.testing.assert_array_equal(local.source.pixels, prepared.source.pixels)
+    local = rotations.encode_rotations(local, angles, 20, image_format)
     assert local == transforms.rotation_records(prepared, config)
     assert [schemas.decode_example(data).angle_degrees for data in local] == list(angles)

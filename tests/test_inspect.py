@@ -82,3 +82,17 @@ def test_unfinished_directory_and_bad_arguments(tmp_path: Path) -> None:
     assert "did not finish" in result.output and "Traceback" not in result.output
     result = run(str(tmp_path / "nope"))
     assert result.exit_code == 2 and "is not a directory" in result.output
+
+
+def test_reordered_records_are_found_by_their_sha256_only_with_verify(records: Path) -> None:
+    """Every CRC intact, the same count and size: only the shard's registered SHA-256 tells."""
+    from schemas import tfrecord_file
+
+    shard = records / "train-00000-of-00002.tfrecord"
+    stored = list(tfrecord_file.iter_records(str(shard)))
+    assert len(stored) > 1
+    tfrecord_file.write_records(str(shard), list(reversed(stored)))
+    assert run(str(records)).exit_code == 0
+    result = run(str(records), "--verify")
+    assert result.exit_code == 1
+    assert f"PROBLEM  {shard}: SHA-256 " in result.output and "but the manifest says" in result.output

@@ -11,6 +11,9 @@ import pytest
 import schemas
 from schemas import sharding
 
+GOLDEN_SHARDS = [3, 2, 0, 1, 6, 5, 3, 3]
+GOLDEN_ORDER_KEY = "ed1043807dc499e8"
+
 
 def make_info(**overrides) -> schemas.DatasetInfo:
     angles = [0, 90, 180, 270]
@@ -23,14 +26,14 @@ def make_info(**overrides) -> schemas.DatasetInfo:
                 num_images=3,
                 num_records=12,
                 shards=[
-                    schemas.ShardInfo(sharding.shard_name("train", 0, 2), 5, 500),
-                    schemas.ShardInfo(sharding.shard_name("train", 1, 2), 7, 700),
+                    schemas.ShardInfo(sharding.shard_name("train", 0, 2), 5, 500, "a" * 64),
+                    schemas.ShardInfo(sharding.shard_name("train", 1, 2), 7, 700, "b" * 64),
                 ],
             ),
             "validation": schemas.SplitInfo(
                 num_images=1,
                 num_records=4,
-                shards=[schemas.ShardInfo(sharding.shard_name("validation", 0, 1), 4, 40)],
+                shards=[schemas.ShardInfo(sharding.shard_name("validation", 0, 1), 4, 40, "c" * 64)],
             ),
         },
         num_images_read=5,
@@ -71,7 +74,13 @@ def test_schema_version_mismatch_says_what_to_do(tmp_path: Path) -> None:
     data = json.loads(make_info().to_json())
     data["schema_version"] = schemas.SCHEMA_VERSION + 1
     (tmp_path / schemas.MANIFEST_NAME).write_text(json.dumps(data))
-    with pytest.raises(schemas.ManifestError, match=r"schema_version 2 .* re-run rotnet-pipeline"):
+    with pytest.raises(
+        schemas.ManifestError, match=rf"schema_version {schemas.SCHEMA_VERSION + 1} .* re-run rotnet-pipeline"
+    ):
+        schemas.load_manifest(str(tmp_path))
+    data["schema_version"] = 1  # rotnet 0.1's records directories
+    (tmp_path / schemas.MANIFEST_NAME).write_text(json.dumps(data))
+    with pytest.raises(schemas.ManifestError, match=r"written by rotnet 0.1 .* re-run rotnet-pipeline"):
         schemas.load_manifest(str(tmp_path))
     del data["schema_version"]
     (tmp_path / schemas.MANIFEST_NAME).write_text(json.dumps(data))
@@ -121,12 +130,20 @@ def test_shard_names_have_one_spelling() -> None:
         sharding.shard_name("train", 10, 10)
     with pytest.raises(ValueError, match="compression"):
         sharding.shard_name("train", 0, 1, "zstd")
-    naming = sharding.beam_shard_naming("gs://bucket/records", "train", "gzip")
-    assert naming.file_path_prefix == "gs://bucket/records/train"
-    # Beam fills SSSSS/NNNNN in the template; spelled out, it must give shard_name's result.
-    beam_name = (
-        naming.file_path_prefix
-        + naming.shard_name_template.replace("SSSSS", "00003").replace("NNNNN", "00010")
-        + naming.file_name_suffix
-    )
-    assert beam_name == "gs://bucket/records/" + sharding.shard_name("train", 3, 10, "gzip")
+    assert sharding.errors_name() == "errors-00000-of-00001.jsonl"
+
+
+def test_shard_membership_and_record_order_are_stable_hashes() -> None:
+    # Golden values pin the hashes: changing them would make reruns write other shards than old runs.
+    assert [sharding.shard_index("mnist", f"{i:05d}", 8) for i in range(8)] == GOLDEN_SHARDS
+    assert sharding.record_order_key("mnist/train/00042/007").hex() == GOLDEN_ORDER_KEY
+    # Spread: 10,000 ids over 8 shards, each shard within 15% of the mean.
+    counts = [0] * 8
+    for index in range(10_000):
+        counts[sharding.shard_index("street_view", f"{index}_1", 8)] += 1
+    assert max(counts) < 1.15 * 1250 and min(counts) > 0.85 * 1250
+    # The order key depends on the record alone, so any two records keep their order in every shard.
+    keys = [f"mnist/train/{i:05d}/{a:03d}" for i in range(50) for a in (0, 90, 180)]
+    order = sorted(keys, key=sharding.record_order_key)
+    assert order == sorted(reversed(keys), key=sharding.record_order_key)
+    assert order != keys and order[:3] != keys[:3]

@@ -17,10 +17,10 @@ import numpy as np
 import pytest
 
 import schemas
-from pipeline import codec, geometry
+from pipeline import codec, geometry, local_writer
 from pipeline.config import PipelineConfig
 from pipeline.datasets import mnist
-from schemas import sharding, splits
+from schemas import sharding, splits, tfrecord_file
 from tests.pipeline_helpers import (
     LOCAL_ONE_WORKER,
     build_street_view_parts,
@@ -154,3 +154,44 @@ def test_street_view_parts_over_http_drop_views_0_and_5(
         # The same picture, JPEG q95: close to the geometry output, and byte-identical to encoding it.
         assert psnr(codec.decode_record_image(record), expected_image) > 30
         assert record.image_encoded == codec.encode_image(expected_image, "jpeg", 95)
+
+
+def test_one_and_two_workers_and_the_local_writer_write_byte_identical_shards(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Shard membership and order are stable hashes: reruns give the same files, whatever the workers."""
+    offline = shared_data / "mnist-5k"
+    arguments = [
+        "--dataset", "mnist", "--mnist-dir", str(offline), "--subset-fraction", "0.02",
+        "--angles", "0-359:45", "--num-shards", "3", "--no-progress",
+    ]  # fmt: skip
+    runs = {"one": ["--direct_num_workers", "1"], "two": ["--direct_num_workers", "2"]}
+    for name, workers in runs.items():
+        result = run_cli(*arguments, "--output-dir", str(tmp_path / name), *workers)
+        assert result.exit_code == 0, result.output
+    one, two = (schemas.load_manifest(str(tmp_path / name)) for name in runs)
+    assert one.splits == two.splits  # names, counts, sizes and SHA-256s
+    for split in one.splits.values():
+        for shard in split.shards:
+            assert (tmp_path / "one" / shard.name).read_bytes() == (
+                tmp_path / "two" / shard.name
+            ).read_bytes()
+            assert tfrecord_file.file_sha256(str(tmp_path / "one" / shard.name)) == shard.sha256
+    assert (tmp_path / "one" / one.error_files[0]).read_bytes() == (
+        tmp_path / "two" / two.error_files[0]
+    ).read_bytes()
+
+    # The in-process writer of fixtures and benchmarks writes the same files for the same digits.
+    digits = mnist_subset(
+        offline / "train-images-idx3-ubyte.gz", offline / "train-labels-idx1-ubyte.gz", 0.02
+    )
+    by_split: dict[str, list] = {}
+    for image_id, (pixels, split, label) in sorted(digits.items()):
+        by_split.setdefault(split, []).append((image_id, pixels, label))
+    local = local_writer.write_rotations(
+        tmp_path / "local", by_split, dataset="mnist", angles=range(0, 360, 45), image_size=28,
+        crop_largest_rect=False, num_shards=3,
+    )  # fmt: skip
+    assert {name: split.shards for name, split in local.splits.items()} == {
+        name: split.shards for name, split in one.splits.items()
+    }

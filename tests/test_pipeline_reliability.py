@@ -103,7 +103,7 @@ def _rotnet_pipeline_command() -> list[str]:
 
 def _records_in_temporary_shards(output: Path) -> bool:
     """True once a temporary shard holds records (one shard written; others are being written)."""
-    for path in output.glob("beam-temp-*/*"):
+    for path in output.glob(".rotnet-tmp-*/*.tfrecord"):
         try:
             if path.stat().st_size:
                 return True
@@ -151,7 +151,7 @@ def test_killed_pipeline_leaves_no_partial_shard_and_a_rerun_writes_the_same_rec
 
     result = run_cli(*arguments)
     assert result.exit_code == 0, result.output
-    assert not list(output.glob("beam-temp-*")), "the interrupted run's temporary files were not cleaned"
+    assert not list(output.glob(".rotnet-tmp-*")), "the interrupted run's temporary files were not cleaned"
     assert not list(output.glob(".rotnet-*")), "progress or stats files were left behind"
     info = schemas.load_manifest(str(output))
     train = mnist_subset(offline / "train-images-idx3-ubyte.gz", offline / "train-labels-idx1-ubyte.gz", 0.1)

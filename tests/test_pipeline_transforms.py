@@ -153,7 +153,7 @@ def test_crop_right_keeps_the_right_square() -> None:
 # --- Beam transforms -----------------------------------------------------------------------------
 
 
-def test_write_rotations_renames_complete_shards_and_mixes_images(tmp_path: Path) -> None:
+def test_write_shards_writes_every_shard_in_its_fixed_mixed_order_with_its_stats(tmp_path: Path) -> None:
     config = PipelineConfig(
         dataset="mnist", output_dir=str(tmp_path), angles_degrees=tuple(range(0, 360, 30))
     ).resolved()
@@ -163,32 +163,39 @@ def test_write_rotations_renames_complete_shards_and_mixes_images(tmp_path: Path
         )
         for index in range(12)
     ]
+    temp_dir = tmp_path / "temp"
     pipeline = in_process_pipeline()
-    written = {"train": pipeline | beam.Create(prepared)} | transforms.WriteRotations(
-        config, {"train": 3}, mix_bytes=20_000
+    # Seven shards for 12 images: shard 0 gets no image and must still be written, empty.
+    stats = {"train": pipeline | beam.Create(prepared)} | transforms.WriteShards(
+        config, {"train": 7}, str(temp_dir)
     )
-    stats = written["train"] | beam.Map(transforms.file_stats, "train")
-    assert_that(
-        stats | beam.Map(lambda item: item["name"]),
-        equal_to(sharding.shard_names("train", 3)),
-    )
+    assert_that(stats | beam.Map(lambda item: item["name"]), equal_to(sharding.shard_names("train", 7)))
+    stats | transforms.WriteStats(str(tmp_path / "stats.json"))
     pipeline.run().wait_until_finish()
+    written = json.loads((tmp_path / "stats.json").read_text())
 
-    assert not list(tmp_path.glob("beam-temp-*")), "Beam's temporary directory was left behind"
-    serialized = [
-        data
-        for name in sharding.shard_names("train", 3)
-        for data in tfrecord_file.iter_records(str(tmp_path / name))
+    by_shard: dict[int, list] = {index: [] for index in range(7)}
+    for image in prepared:
+        by_shard[sharding.shard_index("mnist", image.image_id, 7)].append(image)
+    assert any(not images for images in by_shard.values())  # the empty-shard case is covered
+    for index, images in by_shard.items():
+        path = temp_dir / sharding.shard_name("train", index, 7)
+        # Exactly the pure function's bytes, in the shard's order (rotations.shard_records).
+        expected = list(rotations.shard_records(images, config.angles_degrees, 28, "png"))
+        assert list(tfrecord_file.iter_records(str(path))) == expected
+        [item] = [item for item in written if item["name"] == path.name]
+        assert item["num_records"] == len(expected) == 12 * len(images)
+        assert item["num_bytes"] == path.stat().st_size
+        assert item["sha256"] == tfrecord_file.file_sha256(str(path))
+    # Mixing: consecutive records of a shard rarely come from the same image or the same angle.
+    fullest = max(by_shard, key=lambda index: len(by_shard[index]))
+    keys = [
+        schemas.decode_example(data).key
+        for data in tfrecord_file.iter_records(str(temp_dir / sharding.shard_name("train", fullest, 7)))
     ]
-    expected = [data for image in prepared for data in transforms.rotation_records(image, config)]
-    assert sorted(serialized) == sorted(expected)
-    # Mixing: consecutive records of a shard rarely come from the same image.
-    shard = [
-        schemas.decode_example(data).image_id
-        for data in tfrecord_file.iter_records(str(tmp_path / "train-00000-of-00003.tfrecord"))
-    ]
-    same = sum(a == b for a, b in itertools.pairwise(shard))
-    assert same < len(shard) / 2
+    same_image = sum(a.split("/")[2] == b.split("/")[2] for a, b in itertools.pairwise(keys))
+    assert same_image < len(keys) / 2
+    assert keys == sorted(keys, key=sharding.record_order_key)
 
 
 def test_progress_counters_are_summed_from_files(tmp_path: Path) -> None:

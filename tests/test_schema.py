@@ -104,6 +104,7 @@ def test_decoder_names_missing_keys_and_version_mismatch() -> None:
         for f in schemas.FEATURES
         if f.key != "angle_degrees"
     }
+    features["schema_version"] = (wire.INT64_LIST, [schemas.SCHEMA_VERSION])
     with pytest.raises(schemas.SchemaError, match=r"missing keys \['angle_degrees'\]"):
         schemas.decode_example(wire.encode_example(features))
     features["angle_degrees"] = (wire.INT64_LIST, [1])

@@ -34,6 +34,11 @@ def _resolved(records: Path, **overrides) -> tuple[TrainConfig, schemas.DatasetI
     return config, info, Head(config.head, tuple(config.bin_angles), config.sigma_degrees)
 
 
+def training_dataset(records: Path, info: schemas.DatasetInfo, config: TrainConfig, head: Head):
+    counts = [shard.num_records for shard in info.splits["train"].shards]
+    return data.training_dataset(info.shard_paths(str(records), "train"), config, head, counts)
+
+
 def test_resolve_fills_in_the_manifest_and_default_steps(records: Path) -> None:
     config, _, _ = _resolved(records)
     assert config.image_size == [28, 28] and config.channels == 1 and config.image_format == "png"
@@ -46,7 +51,7 @@ def test_resolve_fills_in_the_manifest_and_default_steps(records: Path) -> None:
 
 def test_training_batches_have_model_shapes_and_valid_labels(records: Path) -> None:
     config, info, head = _resolved(records)
-    dataset = data.training_dataset(info.shard_paths(str(records), "train"), config, head)
+    dataset = training_dataset(records, info, config, head)
     labels = []
     for images, targets in dataset.take(8):
         assert images.shape == (8, 28, 28, 1) and images.dtype.name == "uint8"  # the model preprocesses
@@ -59,9 +64,7 @@ def test_angle_subset_filters_and_remaps_labels(records: Path) -> None:
     config, info, head = _resolved(records, angles=[270, 90])
     assert config.bin_angles == [90, 270] and head.num_bins == 2
     images_seen = 0
-    for images, targets in data.training_dataset(info.shard_paths(str(records), "train"), config, head).take(
-        5
-    ):
+    for images, targets in training_dataset(records, info, config, head).take(5):
         assert images.shape[0] == 8  # re-batched to full batches after the filter
         assert set(targets.numpy().tolist()) <= {0, 1}
         images_seen += images.shape[0]
@@ -101,47 +104,41 @@ def test_validation_hash_sample_is_the_same_whatever_the_order() -> None:
     assert data._hash_sample(strings, 1.0) is strings
 
 
-def test_strided_shard_passes_keep_one_in_stride_to_the_end_from_new_offsets(tmp_path: Path) -> None:
+def test_each_shard_pass_reads_every_record_once_in_order_from_a_new_start(tmp_path: Path) -> None:
     from schemas import tfrecord_file
 
     path = str(tmp_path / "shard.tfrecord")
     tfrecord_file.write_records(path, [f"{index:04d}".encode() for index in range(1_003)])
     config = TrainConfig(records=str(tmp_path), output="unused")
-    # The training read: the shard list repeated endlessly, each pass over the shard strided anew.
-    stream = data._read_records([path], config, shuffle=True, stride=4).as_numpy_iterator()
-    kept = [int(next(stream)) for _ in range(12 * 250)]
-    passes = np.split(np.asarray(kept), np.flatnonzero(np.diff(kept) < 0) + 1)
-    assert len(passes) >= 11
-    for one_pass in passes[:-1]:  # the last pass is cut off by the take
-        assert np.all(np.diff(one_pass) == 4)  # one record in four, in file order
-        assert one_pass[0] < 4 and one_pass[-1] >= 1_003 - 4  # from the start to the very end
-    assert len({int(one_pass[0]) for one_pass in passes}) > 1  # other offsets: other records each sweep
-    every = [int(value) for value in data._strided_records(path, "", 1, seed=0).as_numpy_iterator()]
-    assert every == list(range(1_003))
+    # The training read: the shard list repeated endlessly, each pass over the shard from a new start.
+    stream = data._read_records([path], config, shuffle=True, num_records=[1_003]).as_numpy_iterator()
+    read = np.asarray([int(next(stream)) for _ in range(12 * 1_003)])
+    passes = read.reshape(12, 1_003)
+    for one_pass in passes:
+        assert sorted(one_pass) == list(range(1_003))  # every record once: nothing stepped over
+        assert np.count_nonzero(np.diff(one_pass) != 1) <= 1  # in file order, round once to the start
+        assert one_pass[0] == 0 or one_pass[-1] == one_pass[0] - 1
+    assert len({int(one_pass[0]) for one_pass in passes}) > 6  # a new start record (nearly) every pass
+    in_order = [int(value) for value in data._read_records([path], config, shuffle=False).as_numpy_iterator()]
+    assert in_order == list(range(1_003))  # validation and evaluation: the shard as written
 
 
-def test_resolve_sets_the_stream_stride_and_validation_share(records: Path) -> None:
-    # 2 epochs x 3 steps x batch 8 = 48 records of 10 images x 6 angles = 60: one in two reads them all
-    config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3)
-    assert (config.stream_stride, config.stream_fraction) == (2, 0.5)
-    config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3, stream_sweeps=4)
-    assert (config.stream_stride, config.stream_fraction) == (5, 0.2)  # 48 of 240: one in five
-    config, _, _ = _resolved(records, epochs=2, steps_per_epoch=3, stream_sweeps=0)
-    assert config.stream_stride == 1  # every record, in order
+def test_deterministic_streams_repeat_their_batches(records: Path) -> None:
+    def first_batches(**overrides) -> list[np.ndarray]:
+        config, info, head = _resolved(records, deterministic=True, **overrides)
+        return [images.numpy() for images, _ in training_dataset(records, info, config, head).take(6)]
+
+    first, again = first_batches(seed=3), first_batches(seed=3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    other = first_batches(seed=4)
+    assert not all(np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+
+
+def test_resolve_sets_the_validation_share(records: Path) -> None:
     config, _, _ = _resolved(records, epochs=50)
-    assert config.stream_stride == 1 and config.validation_fraction == 1.0
-
-
-def test_sampling_stride_reads_every_record_at_least_once() -> None:
-    from trainer.config import sampling_stride
-
-    assert sampling_stride(1_000, 9_000) == 9  # exactly 1/9, despite floating point
-    assert sampling_stride(1_000, 9_001) == 10
-    assert sampling_stride(600, 1_000) == 2  # more than half: keep every other, two partial sweeps
-    assert sampling_stride(5_000, 1_000) == 1 and sampling_stride(1, 0) == 1
-    for wanted, available in ((48, 240), (50, 360), (7, 1_000_003)):
-        stride = sampling_stride(wanted, available)
-        assert available / stride <= wanted  # a run of `wanted` records gets through every shard
+    assert config.validation_fraction == 1.0  # 18 records, fewer than the 1.25 x 3 x 8 wanted
+    config, _, _ = _resolved(records, validation_steps=1)
+    assert config.validation_fraction == pytest.approx(1.25 * 8 / 18)  # one batch of 8, a quarter more
 
 
 def test_validation_reads_the_same_records_every_epoch(records: Path) -> None:

@@ -23,6 +23,16 @@ from trainer.config import HEADS, LR_SCHEDULES, MODELS, PRECISIONS, TrainConfig,
 DEFAULT = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
 
 
+def _removed(value: object, option: str) -> None:
+    """An option of older rotnet versions: a clear usage error instead of click's 'no such option'."""
+    if value is not None:
+        raise click.BadParameter(
+            "is gone: since schema_version 2 the pipeline writes every shard fully mixed, so the trainer "
+            "reads each shard in order from a random start and steps over nothing; drop the option",
+            param_hint=option,
+        )
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option(
     "--records",
@@ -167,14 +177,18 @@ DEFAULT = {field.name: field.default for field in dataclasses.fields(TrainConfig
     help="Seed of the file order and shuffling.",
 )
 @click.option(
+    "--deterministic",
+    is_flag=True,
+    default=DEFAULT["deterministic"],
+    help="Make the input stream reproducible: the same --seed and records give the same batches in the "
+    "same order (slower: the interleave and the parallel maps keep their order).",
+)
+@click.option(
     "--stream-sweeps",
-    type=click.IntRange(min=0),
-    default=DEFAULT["stream_sweeps"],
-    show_default=True,
-    help="Read every shard end to end at least this many times over the run, keeping one record in N of "
-    "each pass from a random offset (a run trains on part of all the rotations, and a shard may keep an "
-    "image's rotations together: in order, it would see only some images). The records stepped over "
-    "are still read from storage, not decoded; 0 reads every record in order.",
+    hidden=True,
+    expose_value=False,
+    help="Removed in rotnet 0.2 (shards are fully mixed): refused with an explanation.",
+    callback=lambda ctx, param, value: _removed(value, "--stream-sweeps"),
 )
 @click.option(
     "--skip-corrupt-shards",

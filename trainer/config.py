@@ -72,12 +72,10 @@ class TrainConfig:
     # --- input pipeline ---
     shuffle_buffer: int = 10_000  # records; mixes angles and images across the interleaved shards
     cycle_length: int = 16  # shards read at once (capped by the number of shards)
-    seed: int = 0  # file order and shuffle seed (each epoch still reshuffles)
-    # A run consumes only part of all the rotations, and a shard may hold an image's rotations together,
-    # so reading the shards in order would show the model only the images near their beginnings. The
-    # stream keeps one record in `stream_stride` of each shard pass, from a random offset, so that the run
-    # reads every shard end to end at least this many times; 0 = every record in order.
-    stream_sweeps: int = 1
+    seed: int = 0  # file order, shard start records and shuffle seed (each pass still reshuffles)
+    # Off: the interleave and the maps hand on whichever batch is ready (faster). On: the same seed and
+    # records give the same batches, in the same order (for debugging and reproducible ablations).
+    deterministic: bool = False
     skip_corrupt_shards: bool = False  # check every shard's CRCs first and leave out damaged ones
 
     # --- fault tolerance and logs ---
@@ -99,8 +97,6 @@ class TrainConfig:
     train_fraction: float = 1.0  # --max-images as the fraction of image ids kept (schemas.splits.in_subset)
     num_train_images: int = 0  # source images used for training (about, after --max-images)
     num_validation_images: int = 0
-    stream_stride: int = 1  # training keeps one record in this many of each shard pass, from stream_sweeps
-    stream_fraction: float = 1.0  # share of training records kept: 1 / stream_stride
     validation_fraction: float = 1.0  # share of validation records sampled (by a hash of the record)
 
     @property
@@ -146,8 +142,6 @@ def check(config: TrainConfig) -> list[str]:
             problems.append("angles must be in 0..359")
         if len(set(config.angles)) != len(config.angles):
             problems.append("angles must not repeat")
-    if config.stream_sweeps < 0:
-        problems.append("stream-sweeps must be 0 (read in order) or more")
     if config.max_images is not None and config.max_images <= 0:
         problems.append("max-images must be positive (a count, or a fraction <= 1)")
     for name in ("epochs", "batch_size", "shuffle_buffer", "cycle_length"):
@@ -198,14 +192,6 @@ def sampling_fraction(records_wanted: float, records_available: float) -> float:
     return 1.0 if records_available <= 0 else min(1.0, records_wanted / records_available)
 
 
-def sampling_stride(records_wanted: float, records_available: float) -> int:
-    """Keep one record in this many so that at most `records_wanted` come out of `records_available`:
-    a run that wants that many records then reads all of them at least once (1 = keep every record)."""
-    fraction = sampling_fraction(records_wanted, records_available)
-    # Rounded first, so that a share of exactly 1/9 computed in floating point gives 9, not 10.
-    return max(1, math.ceil(round(1.0 / fraction, 6))) if fraction > 0 else 1
-
-
 def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 1) -> TrainConfig:
     """Fill in what the manifest decides: image size, angles/bins, preprocessing, counts, steps."""
     config.dataset = info.dataset
@@ -236,10 +222,6 @@ def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 
     if config.steps_per_epoch is None:
         config.steps_per_epoch = default_steps_per_epoch(config.num_train_images, config.global_batch_size)
     in_bins = len(set(config.bin_angles) & set(available))
-    planned = config.epochs * config.steps_per_epoch * config.global_batch_size
-    usable = config.num_train_images * in_bins * config.stream_sweeps
-    config.stream_stride = sampling_stride(planned, usable) if config.stream_sweeps else 1
-    config.stream_fraction = 1.0 / config.stream_stride
     if config.num_validation_images:
         records = config.num_validation_images * in_bins
         if config.validation_steps is None:

@@ -4,13 +4,13 @@ The training chain, top to bottom (`training_dataset`):
 
     shard paths (manifest), shuffled       file order reshuffled every pass (list_files without a glob)
     .repeat()                              an endless stream; Keras counts steps_per_epoch
-    .interleave(TFRecordDataset, cycle_length, AUTOTUNE, deterministic=False)
-                                           several shards at once: mixes images
-      each shard: .skip(random offset)     --stream-sweeps: one record in stream_stride, so a run
-                  .shard(stride, 0)        that consumes part of the records still reads every shard
-                                           end to end and sees every image (skipped records are
-                                           stepped over: never parsed, decoded or shuffled)
-    .shuffle(shuffle_buffer)               thousands of records: mixes angles and images further
+    .interleave(one pass over a shard, cycle_length, AUTOTUNE, deterministic=--deterministic)
+                                           several shards at once, each read in order from a random
+                                           start record to its end and round to the start: the
+                                           pipeline writes every shard in a fixed, fully mixed order
+                                           (schemas.sharding), so any stretch of it is a uniform
+                                           sample of its images and angles and nothing is stepped over
+    .shuffle(shuffle_buffer)               mixes the interleaved shards' records further
     .batch(batch_size, drop_remainder)     then everything below works on whole batches
     .map(parse_batch)                      vectorized tf.io.parse_example, keys from schemas.record
     [.map(keep) .unbatch() .batch()]       only with --angles / --max-images: drop other records
@@ -157,36 +157,49 @@ def _hash_sample(records: tf.data.Dataset, fraction: float) -> tf.data.Dataset:
     return records.batch(SAMPLE_BLOCK).map(keep, num_parallel_calls=AUTOTUNE).unbatch()
 
 
-def _strided_records(path, compression: str, stride: int, seed: int) -> tf.data.Dataset:
-    """One pass over a shard keeping one record in `stride`, from a random offset (another each pass).
+def _shard_pass(path, num_records, compression: str, seed) -> tf.data.Dataset:
+    """One pass over a shard, in order, from a random start record round to the one before it.
 
-    `shard` steps over the records it drops through the reader's skip, which costs far less than
-    reading every record and masking it (measured on 224 px JPEG records, one in seven kept: ~85 us per
-    kept record instead of ~330; gzip shards still inflate what they step over). Records inside a
-    shard are already shuffled in blocks of hundreds of images by rotnet-pipeline, so a regular
-    stride is as good as a random pick.
+    The start comes from a stateless generator keyed by (seed, the pass's position in the file stream),
+    so that a --deterministic run gets the same starts whatever the parallelism.
     """
+    start = tf.random.stateless_uniform([], seed, 0, tf.maximum(num_records, 1), dtype=tf.int64)
     records = tf.data.TFRecordDataset(path, compression_type=compression)
-    if stride <= 1:
-        return records
-    offset = tf.random.uniform([], 0, stride, dtype=tf.int64, seed=seed)
-    return records.skip(offset).shard(stride, 0)
+    return records.skip(start).concatenate(
+        tf.data.TFRecordDataset(path, compression_type=compression).take(start)
+    )
 
 
 def _read_records(
-    paths: Sequence[str], config: TrainConfig, shuffle: bool, stride: int = 1
+    paths: Sequence[str], config: TrainConfig, shuffle: bool, num_records: Sequence[int] | None = None
 ) -> tf.data.Dataset:
+    """The records of the shards: in order (validation, evaluation), or endlessly in shuffled shard
+    passes from random starts (training; `num_records` per shard, from the manifest)."""
     compression = "GZIP" if config.compression == "gzip" else ""
-    # The manifest lists the shards: list_files(shuffle=True) without its glob (one stat per shard on
-    # GCS, and a directory named like "runs[1]" would be read as a pattern).
-    files = tf.data.Dataset.from_tensor_slices(list(paths))
-    if shuffle:
-        files = files.shuffle(len(paths), seed=config.seed, reshuffle_each_iteration=True).repeat()
+    # The manifest lists the shards: no glob (one stat per shard on GCS, and a directory named like
+    # "runs[1]" would be read as a pattern).
+    if not shuffle:
+        files = tf.data.Dataset.from_tensor_slices(list(paths))
+        return files.interleave(
+            lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
+            cycle_length=max(1, min(config.cycle_length, len(paths))),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=True,
+        )
+    counts = list(num_records) if num_records is not None else [0] * len(paths)
+    files = (
+        tf.data.Dataset.from_tensor_slices((list(paths), tf.constant(counts, tf.int64)))
+        .shuffle(len(paths), seed=config.seed, reshuffle_each_iteration=True)
+        .repeat()
+        .enumerate()
+    )
     return files.interleave(
-        lambda path: _strided_records(path, compression, stride, config.seed),
+        lambda position, shard: _shard_pass(
+            shard[0], shard[1], compression, tf.stack([tf.constant(config.seed, tf.int64), position])
+        ),
         cycle_length=max(1, min(config.cycle_length, len(paths))),
         num_parallel_calls=AUTOTUNE,
-        deterministic=not shuffle,
+        deterministic=config.deterministic,
     )
 
 
@@ -197,13 +210,13 @@ def _batched_records(
     shuffle: bool,
     subset: float = 1.0,
     fields: tuple[str, ...] = ("image_encoded", "angle_degrees"),
-    stride: int = 1,
+    num_records: Sequence[int] | None = None,
     fraction: float = 1.0,
 ) -> tf.data.Dataset:
     """Batches of the record `fields` (schemas.record names) for records whose angle is in the bins
-    (and whose image is in the --max-images subset), keeping one record in `stride` of each shard
-    pass (training) or a `fraction` hash sample (validation)."""
-    records = _hash_sample(_read_records(paths, config, shuffle, stride), fraction)
+    (and whose image is in the --max-images subset): an endless shuffled stream (training) or the
+    shards in order, optionally a `fraction` hash sample of them (validation)."""
+    records = _hash_sample(_read_records(paths, config, shuffle, num_records), fraction)
     if shuffle:
         records = records.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
     kept_fields = fields
@@ -242,17 +255,26 @@ def _to_model_inputs(config: TrainConfig, head: Head):
     return convert
 
 
-def training_dataset(paths: Sequence[str], config: TrainConfig, head: Head) -> tf.data.Dataset:
-    """Endless shuffled (uint8 images, targets) batches of config.global_batch_size."""
+def training_dataset(
+    paths: Sequence[str], config: TrainConfig, head: Head, num_records: Sequence[int]
+) -> tf.data.Dataset:
+    """Endless shuffled (uint8 images, targets) batches of config.global_batch_size; `num_records` is
+    each shard's record count (the manifest's)."""
     batches = _batched_records(
         paths,
         config,
         config.global_batch_size,
         shuffle=True,
         subset=config.train_fraction,
-        stride=config.stream_stride,
+        num_records=num_records,
     )
-    return batches.map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
+    options = tf.data.Options()
+    options.deterministic = config.deterministic  # off: parallel steps hand on whatever is ready first
+    return (
+        batches.map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
+        .with_options(options)
+    )
 
 
 def validation_dataset(paths: Sequence[str], config: TrainConfig, head: Head, steps: int) -> tf.data.Dataset:

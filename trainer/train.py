@@ -287,7 +287,7 @@ def run(
         f"{config.global_batch_size} images"
         + (f"; resuming at epoch {initial_epoch + 1}" if initial_epoch else "")
     )
-    result = _fit(config, strategy, shards, skipped, initial_epoch, callbacks, echo)
+    result = _fit(config, info, strategy, shards, skipped, initial_epoch, callbacks, echo)
     result.metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     _write_json(os.path.join(config.output, METRICS_FILE), result.metrics)
     return result
@@ -295,6 +295,7 @@ def run(
 
 def _fit(
     config: TrainConfig,
+    info: schemas.DatasetInfo,
     strategy: Any,
     shards: dict[str, list[str]],
     skipped: list[str],
@@ -322,7 +323,16 @@ def _fit(
             optimizer=keras.optimizers.Adam(learning_rate), loss=head.loss(), metrics=head.metrics()
         )
 
-    train_data = data.training_dataset(shards["train"], config, head)
+    num_records = {
+        path: shard.num_records
+        for split in info.splits
+        for shard, path in zip(
+            info.splits[split].shards, info.shard_paths(config.records, split), strict=True
+        )
+    }
+    train_data = data.training_dataset(
+        shards["train"], config, head, [num_records[p] for p in shards["train"]]
+    )
     has_validation = bool(shards.get("validation")) and bool(config.validation_steps)
     validation_data = (
         data.validation_dataset(shards["validation"], config, head, config.validation_steps)
