@@ -1,32 +1,44 @@
-"""The records pipeline through Beam: Street View rotations per core vs the naive chain, MNIST 5k x 360.
+"""The records pipeline through Beam, side by side with rotnet 0.1's: Street View per core, MNIST 5k x 360,
+byte-identical reruns.
 
-    rotnet-bench pipeline            # full size (~5-10 minutes on 2 cores)
+    rotnet-bench pipeline            # full size (~15 minutes on 2 cores)
     rotnet-bench pipeline --quick    # smoke run
 
-* Street View: the 10 real samples (each copied under 20 placemark names in full mode, so that Beam's
-  fixed start-up cost is spread over 200 images) through `rotnet-pipeline`'s job with one in-process
+rotnet 0.1 (BASELINE_REVISION: Beam's FileBasedSink, round-robin shard keys, the angle-dependent warp)
+is checked out into a temporary git worktree and run with the same inputs, its runs and this
+checkout's taking turns (old, new, old, new, ...), so that both see the same machine; each figure is
+the median of the runs with their spread. Rates come from the job's own wall time (the summary line
+both versions print: Beam start-up included, interpreter start-up not).
+
+* Street View: the 10 real samples, each copied under several placemark names, with one in-process
   worker (one core), 224 px JPEG q95, all 360 angles: records/s/core from decoding to renamed shards.
-  In the same run, the naive chain on one core: decode, rotate at full resolution, crop, resize, encode,
-  serialize (RotNet's approach), per rotation. Targets: >= 10x and >= 2,000 records/s/core.
-* MNIST: the 5,000-digit subset x 360 angles through the local runner with 2 worker processes:
-  records/s and the time extrapolated to the full 70,000 digits (target <= 15 minutes on 2 cores).
-* Shard sizes and bytes per record for both, from the manifests.
+  Beside it, on one core without Beam, the naive chain (decode, rotate at full resolution, crop, resize,
+  encode, serialize: RotNet's approach) and the pipeline's own chain. Targets: >= 10x the naive chain
+  and >= 2,000 records/s/core.
+* MNIST: the 5,000-digit subset x 360 angles, local runner with 2 worker processes: records/s and the
+  time extrapolated to the full 70,000 digits (target <= 15 minutes on 2 cores).
+* Byte identity: a subset written with 1 and with 2 workers; the shard files' SHA-256s compared.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import logging
+import os
+import re
 import shutil
+import statistics
+import subprocess
+import sys
 import tempfile
-import time
 from pathlib import Path
 
 import cv2
 
 import schemas
-from benchmarks.common import best_of, shared_data_dir, street_view_samples
-from pipeline import codec, geometry, job, transforms
+from benchmarks.common import REPO_ROOT, best_of, shared_data_dir, street_view_samples
+from pipeline import codec, geometry, transforms
 from pipeline.config import PipelineConfig
 from pipeline.datasets.common import SourceImage
 from schemas import tfrecord_file
@@ -34,6 +46,9 @@ from schemas import tfrecord_file
 IMAGE_SIZE = 224
 JPEG_QUALITY = 95
 FULL_MNIST_IMAGES = 70_000
+# rotnet 0.1, the last commit before the shard writer and the layout changed.
+BASELINE_REVISION = "d22b00f"
+_WALL = re.compile(r"wall time ([0-9.]+) s; ([0-9,]+) records/s")
 
 
 def run(quick: bool = False) -> str:
@@ -41,34 +56,87 @@ def run(quick: bool = False) -> str:
     cv2.setNumThreads(1)
     scratch = Path(tempfile.mkdtemp(prefix="rotnet-bench-pipeline-"))
     try:
-        street = _street_view(scratch, quick)
-        mnist = _mnist(scratch, quick)
+        baseline = _baseline_checkout(scratch / "baseline")
+        lines = [
+            f"rotnet 0.1 = commit {BASELINE_REVISION}, run from a temporary git worktree"
+            if baseline
+            else f"rotnet 0.1 not measured: commit {BASELINE_REVISION} is not in this checkout's git history",
+            "",
+        ]
+        lines += _street_view(scratch, baseline, quick)
+        lines += ["", *_mnist(scratch, baseline, quick)]
+        lines += ["", *_identity(scratch, baseline, quick)]
     finally:
+        if (scratch / "baseline").exists():
+            subprocess.run(["git", "worktree", "remove", "--force", str(scratch / "baseline")], cwd=REPO_ROOT)
         shutil.rmtree(scratch, ignore_errors=True)
-    note = ["_Quick run: few images, so Beam's start-up (~3-6 s) dominates every rate below._", ""]
-    return "\n".join([*(note if quick else []), *street, "", *mnist])
+    note = ["_Quick run: few images and runs, so Beam's start-up (~3-6 s) dominates every rate below._", ""]
+    return "\n".join([*(note if quick else []), *lines])
 
 
-def _street_view(scratch: Path, quick: bool) -> list[str]:
+def _baseline_checkout(directory: Path) -> Path | None:
+    """rotnet 0.1's code in a temporary worktree (no build: it runs from the same environment)."""
+    added = subprocess.run(
+        ["git", "worktree", "add", "--detach", str(directory), BASELINE_REVISION],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+    )
+    return directory if added.returncode == 0 else None
+
+
+def pipeline_run(checkout: Path, arguments: list[str]) -> tuple[float, float]:
+    """(job wall seconds, records/s) of `rotnet-pipeline ARGUMENTS` run from `checkout`'s code."""
+    completed = subprocess.run(
+        [sys.executable, "-c", "from pipeline.cli import main; main()", *arguments, "--no-progress"],
+        cwd=checkout,
+        env={**os.environ, "PYTHONPATH": str(checkout)},
+        capture_output=True,
+        text=True,
+    )
+    found = _WALL.search(completed.stdout)
+    if completed.returncode != 0 or found is None:
+        raise RuntimeError(f"rotnet-pipeline from {checkout} failed: {completed.stderr[-2000:]}")
+    return float(found[1]), float(found[2].replace(",", ""))
+
+
+def alternating_runs(
+    checkouts: dict[str, Path | None], arguments: list[str], output: Path, repeats: int
+) -> dict:
+    """records/s of each checkout's runs, taken in turn (a, b, a, b, ...), each into a fresh directory."""
+    rates: dict[str, list[float]] = {name: [] for name, checkout in checkouts.items() if checkout}
+    for repeat in range(repeats):
+        for name in rates:
+            target = output / f"{name}-{repeat}"
+            rates[name].append(pipeline_run(checkouts[name], [*arguments, "--output-dir", str(target)])[1])
+            shutil.rmtree(target, ignore_errors=True)
+    return rates
+
+
+def _median_spread(rates: list[float], scale: float = 1.0) -> str:
+    values = [rate * scale for rate in rates]
+    return f"{statistics.median(values):,.0f} ({min(values):,.0f}-{max(values):,.0f})"
+
+
+def _street_view(scratch: Path, baseline: Path | None, quick: bool) -> list[str]:
     samples = street_view_samples()
-    copies = 1 if quick else 20
+    copies = 1 if quick else 10
     source_dir = scratch / "street_view"
     source_dir.mkdir()
     for copy in range(copies):
         for sample in samples:
             placemark, view = sample.stem.split("_")
             shutil.copy(sample, source_dir / f"{placemark}c{copy}_{view}.jpg")
-    angles = tuple(range(0, 360, 8 if quick else 1))
-    config = PipelineConfig(
-        dataset="street_view",
-        output_dir=str(scratch / "street_view_records"),
-        street_view_dir=str(source_dir),
-        angles_degrees=angles,
-    )
-    summary = job.run(config, ["--direct_num_workers", "1"], show_progress=False, log=lambda line: None)
-    beam_rate = summary.num_records / summary.wall_seconds
+    angles = "0-359:8" if quick else "all"
+    arguments = [
+        "--dataset", "street_view", "--street-view-dir", str(source_dir), "--angles", angles,
+        "--direct_num_workers", "1",
+    ]  # fmt: skip
+    repeats = 1 if quick else 3
+    rates = alternating_runs({"old": baseline, "new": REPO_ROOT}, arguments, scratch / "sv-runs", repeats)
+    num_angles = 45 if quick else 360
 
-    # The naive chain on the same photos, per rotation, on this one core.
+    # On one core without Beam: the naive chain per rotation, and the pipeline's own chain.
     reference_angles = list(range(0, 360, 90 if quick else 15))
     encoded = [path.read_bytes() for path in samples]
     template = schemas.Record(b"", "jpeg", IMAGE_SIZE, IMAGE_SIZE, 3, 0, "street_view", "train", "x")
@@ -84,62 +152,112 @@ def _street_view(scratch: Path, quick: bool) -> list[str]:
                 )
 
     reference_rate = len(encoded) * len(reference_angles) / best_of(1, reference)
-
-    # The pipeline's own per-image work without Beam: decode, prepare, every angle, serialize, frame.
+    config = PipelineConfig(
+        dataset="street_view", output_dir="-", angles_degrees=tuple(range(0, 360, 360 // num_angles))
+    )
     resolved = config.resolved()
 
     def without_beam() -> None:
         for index, data in enumerate(encoded):
-            pixels = codec.decode_source_image(data)
-            image = SourceImage("street_view", "train", f"{index}_1", pixels=pixels)
+            image = SourceImage("street_view", "train", f"{index}_1", pixels=codec.decode_source_image(data))
             for record in transforms.rotation_records(transforms.prepare(image, resolved), resolved):
                 tfrecord_file.frame_record(record)
 
-    core_rate = len(encoded) * len(angles) / best_of(1, without_beam)
-    return [
-        f"Street View: {summary.info.num_images_read} images ({len(samples)} real samples"
+    core_rate = len(encoded) * len(resolved.angles_degrees) / best_of(1, without_beam)
+    new = statistics.median(rates["new"])
+    lines = [
+        f"Street View: {len(samples) * copies} images ({len(samples)} real samples"
         + (f" x {copies} names" if copies > 1 else "")
-        + f"), {len(angles)} angles, {IMAGE_SIZE} px JPEG q{JPEG_QUALITY}, one in-process Beam worker (one core).",
+        + f"), {num_angles} angles, {IMAGE_SIZE} px JPEG q{JPEG_QUALITY}, one in-process Beam worker (one core); "
+        f"{repeats} run(s) of each version, median (min-max).",
         "",
         "| chain | records/s/core | vs naive |",
         "|---|---:|---:|",
-        f"| naive: decode once, then per angle rotate full-res, crop, resize, encode, serialize | "
-        f"{reference_rate:,.0f} | 1.0x |",
-        f"| the pipeline's chain without Beam (decode, prepare once, warp + encode + serialize per angle) | "
+        f"| naive: decode once, then per angle rotate full-res, crop, resize, encode, serialize | {reference_rate:,.0f} | 1.0x |",
+        f"| this version's chain without Beam (decode, prepare once, render + encode + serialize per record) | "
         f"{core_rate:,.0f} | {core_rate / reference_rate:.1f}x |",
-        f"| rotnet-pipeline through Beam (decode .. renamed shards, wall incl. start-up) | {beam_rate:,.0f} | "
-        f"{beam_rate / reference_rate:.1f}x |",
-        "",
-        "Targets: >= 10x and >= 2,000 records/s/core. " + _shards_line(summary.info, summary.output_dir),
     ]
+    if "old" in rates:
+        old = statistics.median(rates["old"])
+        lines.append(
+            f"| rotnet 0.1's rotnet-pipeline through Beam | {_median_spread(rates['old'])} | {old / reference_rate:.1f}x |"
+        )
+    lines += [
+        f"| this version's rotnet-pipeline through Beam (decode .. renamed shards) | {_median_spread(rates['new'])} | "
+        f"{new / reference_rate:.1f}x |",
+        "",
+        f"Targets: >= 10x the naive chain ({new / reference_rate:.1f}x: {'met' if new >= 10 * reference_rate else 'not met'}) "
+        f"and >= 2,000 records/s/core ({new:,.0f}: {'met' if new >= 2000 else 'not met'})"
+        + (
+            f"; this version runs at {new / statistics.median(rates['old']):.0%} of rotnet 0.1's rate."
+            if "old" in rates
+            else "."
+        ),
+    ]
+    return lines
 
 
-def _mnist(scratch: Path, quick: bool) -> list[str]:
+def _mnist(scratch: Path, baseline: Path | None, quick: bool) -> list[str]:
     mnist_dir = shared_data_dir() / "mnist-5k"
-    angles = tuple(range(0, 360, 10 if quick else 1))
-    config = PipelineConfig(
-        dataset="mnist",
-        output_dir=str(scratch / "mnist_records"),
-        mnist_dir=str(mnist_dir),
-        angles_degrees=angles,
-        subset_fraction=0.2 if quick else 1.0,
-    )
-    started = time.perf_counter()
-    summary = job.run(config, ["--direct_num_workers", "2"], show_progress=False, log=lambda line: None)
-    wall = time.perf_counter() - started
-    rate = summary.num_records / summary.wall_seconds
-    full_minutes = FULL_MNIST_IMAGES * 360 / rate / 60
-    info = summary.info
+    arguments = [
+        "--dataset", "mnist", "--mnist-dir", str(mnist_dir), "--direct_num_workers", "2",
+        "--angles", "0-359:10" if quick else "all", "--subset-fraction", "0.2" if quick else "1",
+    ]  # fmt: skip
+    repeats = 1 if quick else 3
+    rates = alternating_runs({"old": baseline, "new": REPO_ROOT}, arguments, scratch / "mnist-runs", repeats)
+    lines = [
+        f"MNIST: the 5k subset{' (a 0.2 subset, 36 angles)' if quick else ''} x 360 angles, 28 px PNG, local "
+        f"runner with 2 worker processes; {repeats} run(s) of each version, median (min-max).",
+        "",
+        "| version | records/s | full MNIST (70,000 x 360) extrapolated, minutes |",
+        "|---|---:|---:|",
+    ]
+    minutes = {
+        name: [FULL_MNIST_IMAGES * 360 / rate / 60 for rate in values] for name, values in rates.items()
+    }
+    for name, label in (("old", "rotnet 0.1"), ("new", "this version")):
+        if name in rates:
+            spread = (
+                f"{statistics.median(minutes[name]):.1f} ({min(minutes[name]):.1f}-{max(minutes[name]):.1f})"
+            )
+            lines.append(f"| {label} | {_median_spread(rates[name])} | {spread} |")
+    new_minutes = statistics.median(minutes["new"])
+    lines += [
+        "",
+        f"Target: full MNIST in <= 15 minutes on 2 cores ({new_minutes:.1f}: {'met' if new_minutes <= 15 else 'not met'}).",
+    ]
+    return lines
+
+
+def _shard_digests(directory: Path) -> list[str]:
+    return [hashlib.sha256(path.read_bytes()).hexdigest() for path in sorted(directory.glob("*.tfrecord"))]
+
+
+def _identity(scratch: Path, baseline: Path | None, quick: bool) -> list[str]:
+    mnist_dir = shared_data_dir() / "mnist-5k"
+    arguments = [
+        "--dataset", "mnist", "--mnist-dir", str(mnist_dir), "--angles", "0-359:10",
+        "--subset-fraction", "0.05" if quick else "0.2", "--num-shards", "4",
+    ]  # fmt: skip
+    rows = []
+    for label, checkout in (("rotnet 0.1", baseline), ("this version", REPO_ROOT)):
+        if checkout is None:
+            continue
+        digests = []
+        for workers in ("1", "2"):
+            target = scratch / f"identity-{label.replace(' ', '_')}-{workers}"
+            pipeline_run(checkout, [*arguments, "--output-dir", str(target), "--direct_num_workers", workers])
+            digests.append(_shard_digests(target))
+        same = sum(a == b for a, b in zip(*digests, strict=True))
+        rows.append(
+            f"| {label} | {same} of {len(digests[0])} | {'yes' if same == len(digests[0]) else 'no'} |"
+        )
     return [
-        f"MNIST: {info.num_images_read:,} digits of the 5k subset x {len(angles)} angles, 28 px PNG, "
-        "local runner with 2 worker processes.",
+        "Byte identity: the same MNIST subset (x 36 angles, 4 shards) written with 1 and with 2 worker processes.",
         "",
-        "| records | wall (job) | records/s | full MNIST (70,000 x 360) extrapolated |",
-        "|---:|---:|---:|---:|",
-        f"| {info.num_records:,} | {summary.wall_seconds:.1f} s (launcher {wall:.1f} s) | {rate:,.0f} | "
-        f"{full_minutes:.1f} min |",
-        "",
-        "Target: full MNIST in <= 15 minutes on 2 cores. " + _shards_line(info, summary.output_dir),
+        "| version | shard files with equal SHA-256 | reruns byte-identical |",
+        "|---|---:|---:|",
+        *rows,
     ]
 
 
