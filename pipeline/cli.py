@@ -42,8 +42,10 @@ Any other option is a Beam pipeline option, passed on unchanged, e.g.
   --runner FlinkRunner --flink_master host:8081
   --direct_num_workers 4 --direct_running_mode multi_threading
 Locally the pipeline runs on Beam's FnApiRunner with one worker process per core.
-Remote runners get --setup_file pyproject.toml (so workers install rotnet) unless
---setup_file, --extra_package or --sdk_container_image is given.
+Workers outside this environment (Dataflow, DOCKER environments) get rotnet's sdist as
+--extra_package unless --setup_file, --extra_package or --sdk_container_image is given;
+LOOPBACK, EXTERNAL and PROCESS workers must have rotnet installed already.
+--dry_run True with DataflowRunner builds and stages the job without submitting it.
 """
 
 
@@ -249,7 +251,10 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
     from pipeline import job, runner
 
     beam_args = list(ctx.args)
-    unknown = runner.unknown_beam_args(beam_args)
+    try:
+        unknown = runner.unknown_beam_args(beam_args)  # also resolves --runner: one line if it cannot
+    except JobError as error:
+        raise click.UsageError(str(error)) from None
     if unknown:
         raise click.UsageError(_unknown_message(ctx, unknown))
     logging.basicConfig(

@@ -31,7 +31,7 @@ import schemas
 from pipeline import datasets, output_dir, progress, runner
 from pipeline.config import JobError, PipelineConfig
 from pipeline.datasets.common import ERRORS, SourcePlan
-from schemas import paths, sharding, verify
+from schemas import gcs, paths, sharding, verify
 from schemas.manifest import manifest_path
 
 __all__ = ["JobError", "JobSummary", "build", "run"]
@@ -43,16 +43,41 @@ def run(
     *,
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
-) -> JobSummary:
-    """Run the pipeline for `config` with Beam arguments `beam_args`; raise JobError on failure."""
+) -> JobSummary | runner.DryRunSummary:
+    """Run the pipeline for `config` with Beam arguments `beam_args`; raise JobError on failure.
+    A failure to reach or use gs:// is one line naming the path (Beam's errors are tracebacks)."""
+    config = config.resolved()
+    remote = [path for path in (config.input_pattern, config.street_view_dir, config.output_dir) if path]
+    problem = gcs.storage_problem([*remote, *_gcs_options(beam_args)])
+    if problem:
+        raise JobError(problem)
+    try:
+        return _run(config, beam_args, show_progress, log or (lambda line: print(line, file=sys.stderr)))
+    except Exception as error:
+        failed = next((path for path in remote if gcs.is_gcs(path)), None)
+        if isinstance(error, JobError) or failed is None or not gcs.is_access_failure(error):
+            raise
+        raise JobError(gcs.access_failure_message(failed, error)) from None
+
+
+def _gcs_options(beam_args: Sequence[str]) -> list[str]:
+    return [arg.split("=", 1)[-1] for arg in beam_args if "gs://" in arg]
+
+
+def _run(
+    config: PipelineConfig, beam_args: Sequence[str], show_progress: bool, log: Callable[[str], None]
+) -> JobSummary | runner.DryRunSummary:
     import apache_beam as beam
 
-    log = log or (lambda line: print(line, file=sys.stderr))
-    config = config.resolved()
+    choice = runner.choose_runner(beam_args)
     unknown = runner.unknown_beam_args(beam_args)
     if unknown:
         raise JobError(f"unknown option(s) {' '.join(unknown)}: neither a rotnet-pipeline nor a Beam option")
-    options, local = runner.beam_options(beam_args)
+    problem = runner.local_path_problem(config, choice)
+    if problem:
+        raise JobError(problem)
+    options, local = runner.beam_options(beam_args, choice)
+    dry_run = runner.is_dry_run(options)
     run_id = uuid.uuid4().hex[:12]
     progress_dir = output_dir.progress_dir(config.output_dir, run_id) if local else None
 
@@ -62,7 +87,8 @@ def run(
     for note in plan.notes:
         log(note)
 
-    output_dir.prepare_output_dir(config.output_dir, config.overwrite)
+    if not dry_run:  # a dry run deletes nothing
+        output_dir.prepare_output_dir(config.output_dir, config.overwrite)
     if progress_dir:
         os.makedirs(progress_dir)
     temp_dir = output_dir.temp_dir(config.output_dir, run_id)
@@ -82,6 +108,8 @@ def run(
         with progress.ProgressMonitor(progress_dir or "", expected_records or None, show_progress and local):
             try:
                 result = pipeline.run()
+                if dry_run:
+                    return runner.dataflow_dry_run(result, options)
                 result.wait_until_finish()
             except Exception as error:
                 raise JobError(
@@ -94,6 +122,8 @@ def run(
             counters = dict(progress.read_progress(progress_dir))
         stats = read_stats(paths.join(temp_dir, output_dir.STATS_NAME))
         info = describe_outputs(config, plan, num_shards, stats, counters, options)
+        if progress.IMAGES_READ not in counters:  # e.g. a runner without metrics: no count is invented
+            info.config["nothing_lost"] = f"not verified: {choice.name} reported no metrics"
         publish(config, info, temp_dir, stats)
         check_outputs(config, info)
         schemas.write_manifest(config.output_dir, info)
@@ -273,9 +303,11 @@ class JobSummary:
         )
         fraction = info.num_errors / max(info.num_images_read, 1)
         rate = info.num_records / max(self.wall_seconds, 1e-9)
+        unverified = info.config.get("nothing_lost")
+        read = f"images read {info.num_images_read:,}" if not unverified else f"images read: {unverified}"
         lines += [
             "",
-            f"images read {info.num_images_read:,}; errors {info.num_errors:,} ({fraction:.2%})"
+            f"{read}; errors {info.num_errors:,} ({fraction:.2%})"
             + (f" in {', '.join(info.error_files)}" if info.num_errors else "")
             + f"; views dropped {self.counters.get(progress.VIEWS_DROPPED, 0):,}"
             f"; non-image files skipped {self.counters.get(progress.FILES_SKIPPED, 0):,}",

@@ -1,15 +1,23 @@
 """Beam options and runners: what the user's Beam arguments mean, and the local runner rotnet uses.
 
-* `unknown_beam_args`: arguments no Beam options class knows (a typo would otherwise be dropped).
+* `choose_runner`: the runner named by --runner, resolved as Beam resolves it (short names, any case),
+  where its workers run (this machine or not) and whether they need the rotnet package; Beam's
+  DaskRunner is refused (see REFUSED_RUNNERS).
+* `unknown_beam_args`: arguments no Beam options class knows (a typo would otherwise be dropped); the
+  runner's module is imported first, so options it defines (DaskOptions, ...) are known.
 * `beam_options`: the PipelineOptions, with local defaults (one worker process per core) and, for
-  remote runners, the package their workers install.
+  workers outside this environment, the rotnet sdist (pipeline/packaging.py) and no pickled main session.
+* `local_path_problem`: local paths a remote runner's workers cannot see.
 * `local_runner`: Beam's FnApiRunner set explicitly, worker processes' stderr to a log file.
 * `failure_message`, `metric_counters`: what went wrong in a job, and the rotnet counters of one that ran.
+* `dataflow_dry_run`: --dry_run True on DataflowRunner: stage the job and write its description, no submit.
 """
 
 from __future__ import annotations
 
-import importlib.util
+import atexit
+import importlib
+import io
 import os
 import re
 import shlex
@@ -18,14 +26,103 @@ import sys
 import tempfile
 from collections import Counter
 from collections.abc import Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 from pipeline import progress
-from pipeline.config import JobError
+from pipeline.config import JobError, PipelineConfig
+from schemas import paths
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_RUNNERS = ("directrunner", "direct", "fnapirunner")
+# Runners that would run but write wrong records. Beam 2.77's Dask ParDo hands every output of a
+# multi-output DoFn to every tagged output (runners/dask/transform_evaluator.py: one receiver list for
+# all tags), so images go to the errors file and errors to the shards; its results have no metrics.
+REFUSED_RUNNERS = {
+    "daskrunner": "Beam 2.77's DaskRunner sends every tagged output of a DoFn to all of them (rotnet's "
+    "images, splits and errors would be mixed up); use DirectRunner locally, or Flink/Spark/Dataflow"
+}
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+
+
+@dataclass(frozen=True)
+class RunnerChoice:
+    """The runner of a run and what that means for rotnet."""
+
+    name: str  # the class name, e.g. "DataflowRunner"
+    path: str  # its dotted path, "" for rotnet's local FnApiRunner
+    local: bool  # rotnet runs it itself (FnApiRunner, one worker process per core)
+    same_machine: bool  # workers see this machine's files (local, LOOPBACK, EXTERNAL on 127.0.0.1)
+    needs_package: bool  # workers are not this Python environment: they install rotnet's sdist
+
+
+def _arg_value(beam_args: Sequence[str], name: str) -> str | None:
+    value = None
+    for index, arg in enumerate(beam_args):
+        if arg == f"--{name}" and index + 1 < len(beam_args):
+            value = beam_args[index + 1]
+        elif arg.startswith(f"--{name}="):
+            value = arg.split("=", 1)[1]
+    return value
+
+
+def _known_runner_paths() -> dict[str, str]:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
+
+
+def choose_runner(beam_args: Sequence[str]) -> RunnerChoice:
+    """The runner --runner names (default DirectRunner), resolved the way Beam's create_runner does:
+    case-insensitive, "Runner" optional, or a dotted class path. One-line JobError otherwise."""
+    given = _arg_value(beam_args, "runner") or "DirectRunner"
+    key = given.rsplit(".", 1)[-1].lower()
+    for refused, reason in REFUSED_RUNNERS.items():
+        if key in (refused, refused.removesuffix("runner")):
+            raise JobError(f"--runner {given} is not supported: {reason}")
+    if key in LOCAL_RUNNERS:
+        return RunnerChoice("DirectRunner", "", local=True, same_machine=True, needs_package=False)
+    known = _known_runner_paths()
+    if "." in given:
+        path = given
+    else:
+        path = known.get(key) or known.get(key + "runner")
+        if path is None:
+            names = sorted({name.rsplit(".", 1)[-1] for name in known.values()})
+            raise JobError(f"--runner {given} is not a Beam runner; known runners: {', '.join(names)}")
+    name = path.rsplit(".", 1)[-1]
+    environment = (_arg_value(beam_args, "environment_type") or "").upper()
+    config = _arg_value(beam_args, "environment_config") or ""
+    host = config.rsplit(":", 1)[0] if ":" in config else config
+    if name == "DataflowRunner" or name == "TestDataflowRunner":
+        same_machine = False
+    else:
+        embedded = (_arg_value(beam_args, "job_endpoint") or "") == "embed"
+        same_machine = (
+            environment == "LOOPBACK"
+            or (environment == "EXTERNAL" and host in LOOPBACK_HOSTS)
+            or (environment == "PROCESS" and embedded)
+        )
+    # EXTERNAL and PROCESS workers are started by the user, in an environment that has rotnet (the
+    # Dockerfile image, or this one); Beam's plain worker pool would not install a staged package anyway.
+    needs_package = name in ("DataflowRunner", "TestDataflowRunner") or environment in ("", "DOCKER")
+    needs_package = needs_package and environment not in ("LOOPBACK", "EXTERNAL", "PROCESS")
+    return RunnerChoice(name, path, local=False, same_machine=same_machine, needs_package=needs_package)
+
+
+def import_runner_module(choice: RunnerChoice) -> None:
+    """Import the runner's module, so that the options classes it defines are registered."""
+    if not choice.path:
+        return
+    module = choice.path.rsplit(".", 1)[0]
+    try:
+        importlib.import_module(module)
+    except ImportError as error:
+        hint = " (pip install 'rotnet[gcp]')" if "dataflow" in module else ""
+        raise JobError(f"--runner {choice.name} cannot be loaded: {error}{hint}") from None
+    except Exception as error:  # a dotted path to something that is not a module
+        raise JobError(f"--runner {choice.path} cannot be loaded: {type(error).__name__}: {error}") from None
 
 
 def _flag_given(beam_args: Sequence[str], name: str) -> bool:
@@ -33,52 +130,99 @@ def _flag_given(beam_args: Sequence[str], name: str) -> bool:
 
 
 def unknown_beam_args(beam_args: Sequence[str]) -> list[str]:
-    """Arguments that no Beam PipelineOptions class knows (Beam would drop them with a warning)."""
+    """Arguments that no Beam PipelineOptions class knows (Beam would drop them with a warning).
+
+    Options classes register by being imported, and some live in their runner's module
+    (apache_beam.runners.dask.dask_runner.DaskOptions, ...): that module is imported first."""
     from apache_beam.options.pipeline_options import PipelineOptions, _BeamArgumentParser
 
+    import_runner_module(choose_runner(beam_args))
     parser = _BeamArgumentParser(allow_abbrev=False)
-    for cls in {str(cls): cls for cls in PipelineOptions.__subclasses__()}.values():
+    for cls in {str(cls): cls for cls in _all_subclasses(PipelineOptions)}.values():
         cls._add_argparse_args(parser)
     _, unknown = parser.parse_known_args(list(beam_args))
     return unknown
 
 
-def beam_options(beam_args: Sequence[str]) -> tuple[Any, bool]:
+def _all_subclasses(cls: type) -> list[type]:
+    found = []
+    for subclass in cls.__subclasses__():
+        found += [subclass, *_all_subclasses(subclass)]
+    return found
+
+
+def is_dry_run(options: Any) -> bool:
+    """--dry_run: Beam declares it untyped, so `--dry_run False` is the (true) string "False"."""
+    from apache_beam.options.pipeline_options import TestOptions
+
+    return str(options.view_as(TestOptions).dry_run).strip().lower() in ("true", "1", "yes")
+
+
+def beam_options(beam_args: Sequence[str], choice: RunnerChoice | None = None) -> tuple[Any, bool]:
     """(PipelineOptions, is_local). Local runs get direct_num_workers = cores and one process per
-    worker unless the arguments say otherwise; remote runs get --setup_file so workers install rotnet."""
+    worker unless the arguments say otherwise. Runners whose workers are not this environment get the
+    rotnet sdist as --extra_package (built once, outside the checkout) unless --setup_file,
+    --extra_package or --sdk_container_image says how they get it; remote runs do not pickle the
+    launcher's main session (rotnet's DoFns are importable from the package) unless asked to."""
     from apache_beam.options.pipeline_options import (
         DirectOptions,
         PipelineOptions,
         SetupOptions,
-        StandardOptions,
+        TestOptions,
         WorkerOptions,
     )
 
+    from pipeline import packaging
+
     beam_args = list(beam_args)
+    choice = choice or choose_runner(beam_args)
     options = PipelineOptions(beam_args)
-    runner = options.view_as(StandardOptions).runner or "DirectRunner"
-    local = runner.lower() in LOCAL_RUNNERS
-    if local:
+    options.view_as(TestOptions).dry_run = is_dry_run(options)
+    if choice.local:
+        if options.view_as(TestOptions).dry_run:
+            raise JobError("--dry_run is for DataflowRunner (it builds and stages the job, then stops)")
         direct = options.view_as(DirectOptions)
         if not _flag_given(beam_args, "direct_num_workers"):
             direct.direct_num_workers = os.cpu_count() or 1
         if not _flag_given(beam_args, "direct_running_mode"):
             direct.direct_running_mode = "multi_processing" if direct.direct_num_workers != 1 else "in_memory"
-    else:
-        setup = options.view_as(SetupOptions)
-        packaged = (
-            setup.setup_file or setup.extra_packages or options.view_as(WorkerOptions).sdk_container_image
+        return options, True
+    if options.view_as(TestOptions).dry_run and choice.name != "DataflowRunner":
+        raise JobError(f"--dry_run is for DataflowRunner; {choice.name} has no dry run in Beam 2.77")
+    setup = options.view_as(SetupOptions)
+    if not (_flag_given(beam_args, "save_main_session") or _flag_given(beam_args, "no_save_main_session")):
+        setup.save_main_session = False
+    packaged = setup.setup_file or setup.extra_packages or options.view_as(WorkerOptions).sdk_container_image
+    if choice.needs_package and not packaged:
+        out_dir = tempfile.mkdtemp(prefix="rotnet-sdist-")
+        atexit.register(shutil.rmtree, out_dir, True)  # Beam copies the sdist when it stages the job
+        try:
+            setup.extra_packages = [packaging.build_sdist(out_dir)]
+        except packaging.PackagingError as error:
+            raise JobError(
+                f"{error}. Or pass --sdk_container_image (the Dockerfile's dataflow target)"
+            ) from None
+    return options, False
+
+
+def local_path_problem(config: PipelineConfig, choice: RunnerChoice) -> str | None:
+    """A one-line refusal for local paths given to a runner whose workers do not see this machine."""
+    if choice.same_machine:
+        return None
+    where = f"{choice.name}'s workers do not see this machine's files"
+    for option, value in (
+        ("--output-dir", config.output_dir),
+        ("--input", config.input_pattern),
+        ("--street-view-dir", config.street_view_dir),
+    ):
+        if value and not paths.is_remote(value):
+            return f"{option} {value} is a local path, but {where}: give a gs:// path (e.g. gs://BUCKET/...)"
+    if config.mnist_dir:
+        return (
+            f"--mnist-dir {config.mnist_dir} (or ROTNET_MNIST_DIR) is a local directory, but {where}: leave "
+            "it out so that the workers download MNIST (--mnist-mirror for another source)"
         )
-        if not packaged:
-            # Workers need the rotnet package: Beam builds it from this checkout with `python -m build`.
-            if not (REPO_ROOT / "pyproject.toml").is_file() or importlib.util.find_spec("build") is None:
-                raise JobError(
-                    f"runner {runner} needs rotnet on its workers: pass --sdk_container_image (see the "
-                    "Dockerfile's dataflow target) or --setup_file path/to/rotnet/pyproject.toml, which needs "
-                    "`pip install build` in this environment"
-                )
-            setup.setup_file = str(REPO_ROOT / "pyproject.toml")
-    return options, local
+    return None
 
 
 def local_workers(options: Any) -> int:
@@ -160,3 +304,57 @@ def metric_counters(result: Any) -> dict[str, int]:
         value = counter.committed if counter.committed is not None else counter.attempted
         totals[counter.key.metric.name] += int(value or 0)
     return dict(totals)
+
+
+@dataclass
+class DryRunSummary:
+    """What `--dry_run True` on DataflowRunner built and staged, in place of a run's summary table."""
+
+    job_name: str
+    staging_location: str
+    staged: list[str]
+    job_file: str | None
+    transforms: list[str]
+
+    def table(self) -> str:
+        lines = [
+            f"dry run: Dataflow job {self.job_name} built and staged, not submitted",
+            f"staged in {self.staging_location}: {', '.join(self.staged)}",
+            f"job description: {self.job_file or '(not written: pass --dataflow_job_file PATH)'}",
+            f"steps: {' -> '.join(self.transforms)}",
+            "to run it: the same command without --dry_run",
+        ]
+        return "\n".join(lines)
+
+
+def dataflow_dry_run(result: Any, options: Any) -> DryRunSummary:
+    """Finish a DataflowRunner dry run the way a real submission starts.
+
+    With --dry_run True, Beam 2.77's DataflowRunner builds the job (apiclient.Job) and returns before
+    it stages anything or writes --dataflow_job_file. This does what `create_job` would do next, short
+    of submitting: stage the packages and the pipeline proto (DataflowApplicationClient
+    .create_job_description), then write the job description where --dataflow_job_file says.
+    """
+    from apache_beam.options.pipeline_options import DebugOptions, GoogleCloudOptions
+    from apache_beam.runners.dataflow.internal import apiclient
+
+    job = result.job
+    client = apiclient.DataflowApplicationClient(options, job.root_staging_location)
+    client.create_job_description(job)
+    job_file = options.view_as(DebugOptions).dataflow_job_file
+    if job_file:
+        directory, name = job_file.rsplit("/", 1) if "/" in job_file else (".", job_file)
+        client.stage_file_with_retry(directory, name, io.BytesIO(job.json().encode("utf-8")))
+    packages = job.proto.environment.workerPools[0].packages if job.proto.environment.workerPools else []
+    transforms = [
+        transform.unique_name
+        for transform in job.proto_pipeline.components.transforms.values()
+        if transform.unique_name and "/" not in transform.unique_name
+    ]
+    return DryRunSummary(
+        job_name=options.view_as(GoogleCloudOptions).job_name or job.proto.name,
+        staging_location=options.view_as(GoogleCloudOptions).staging_location,
+        staged=[package.name for package in packages],
+        job_file=job_file,
+        transforms=transforms,
+    )

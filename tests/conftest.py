@@ -57,3 +57,59 @@ def http_server(tmp_path: Path) -> Iterator[tuple[str, Path]]:
     finally:
         server.shutdown()
         server.server_close()
+
+
+# --- Scale-out servers (tests/servers.py): one of each per test session, all on 127.0.0.1 ----------
+
+
+@pytest.fixture(scope="session")
+def gcs_emulator(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """gcp-storage-emulator in a subprocess (in memory), stopped at the end of the session."""
+    from tests.servers import GcsEmulator
+
+    with GcsEmulator(log=tmp_path_factory.mktemp("gcs-emulator") / "emulator.log") as emulator:
+        yield emulator
+
+
+@pytest.fixture
+def gcs_bucket(gcs_emulator, monkeypatch: pytest.MonkeyPatch, request: pytest.FixtureRequest) -> str:
+    """A fresh bucket on the emulator, and this process pointed at it: yields "gs://BUCKET".
+
+    STORAGE_EMULATOR_HOST is set for the test (and the subprocesses it starts); credentials are what
+    the commands themselves choose (schemas.gcs.use_emulator_credentials), so the tests see the
+    user's path. The bucket name comes from the test's name, so tests never share objects.
+    """
+    import re
+
+    name = "rotnet-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:50]
+    gcs_emulator.create_bucket(name)
+    monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
+    # set, then deleted: monkeypatch then also removes what the commands set in this process
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", "")
+    monkeypatch.delenv("GOOGLE_APPLICATION_CREDENTIALS")
+    return f"gs://{name}"
+
+
+@pytest.fixture(scope="session")
+def googleapis_proxy(gcs_emulator, tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """The TLS-terminating proxy that takes TensorFlow's GCS client to the emulator."""
+    from tests.servers import GoogleApisProxy
+
+    with GoogleApisProxy(gcs_emulator.port, tmp_path_factory.mktemp("googleapis-ca")) as proxy:
+        yield proxy
+
+
+@pytest.fixture(scope="session")
+def beam_worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """Beam's Python worker pool (the EXTERNAL environment of Flink/Spark) on 127.0.0.1, with this
+    environment: rotnet importable, and this interpreter first on PATH (the pool starts its workers as
+    `python -c ...`, whatever `python` is first on PATH)."""
+    import sys
+
+    from tests.servers import BeamWorkerPool
+
+    env = dict(os.environ)
+    env["PATH"] = os.pathsep.join([os.path.dirname(sys.executable), env.get("PATH", "")])
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
+    with BeamWorkerPool(env, tmp_path_factory.mktemp("worker-pool") / "pool.log") as pool:
+        yield pool

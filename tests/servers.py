@@ -19,6 +19,7 @@ a CA made for the test, and pipes the decrypted HTTP to the emulator, which serv
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import os
 import select
@@ -82,7 +83,7 @@ class GcsEmulator:
     def __enter__(self) -> GcsEmulator:
         command = [sys.executable, "-m", "gcp_storage_emulator", "start", "--host", "127.0.0.1"]
         command += ["--port", str(self.port), "--in-memory", "--quiet"]
-        output = open(self._log, "wb") if self._log else subprocess.DEVNULL  # noqa: SIM115
+        output = open(self._log, "wb") if self._log else subprocess.DEVNULL
         try:
             self._process = subprocess.Popen(command, stdout=output, stderr=subprocess.STDOUT)
         finally:
@@ -320,10 +321,8 @@ class BeamWorkerPool:
     def __exit__(self, *exc: object) -> None:
         if self._process is not None and self._process.poll() is None:
             # The pool starts one SDK worker process per job, in its session: stop them all.
-            try:
+            with contextlib.suppress(ProcessLookupError):
                 os.killpg(self._process.pid, 15)
-            except ProcessLookupError:
-                pass
             try:
                 self._process.wait(timeout=10)
             except subprocess.TimeoutExpired:

@@ -144,6 +144,9 @@ def write_report(outcomes: Sequence[Outcome], directory: Path) -> tuple[Path, Pa
 
 def load_predictor(model: str):
     """The trained model behind MODEL (imports TensorFlow, so only once the arguments are sound)."""
+    from trainer.quiet import import_tensorflow
+
+    import_tensorflow()  # TensorFlow's start-up lines would come before the tool's own
     from trainer.predict import Predictor
 
     return Predictor.load(model)

@@ -15,7 +15,7 @@ import sys
 
 import click
 
-from schemas import ManifestError, angles, paths
+from schemas import ManifestError, angles, gcs, paths
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
 from trainer.config import HEADS, LR_SCHEDULES, MODELS, PRECISIONS, TrainConfig, TrainingError, check
 
@@ -209,7 +209,8 @@ def _removed(value: object, option: str) -> None:
     show_default=True,
     help="Write TensorBoard logs.",
 )
-def main(**options: object) -> None:
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own start-up and log messages.")
+def main(verbose: bool, **options: object) -> None:
     """Train a model to predict the rotation (0-359 degrees) of the images in --records.
 
     Streams the shards with tf.data (shuffled, interleaved, all rotations), keeps the model with the
@@ -225,8 +226,14 @@ def main(**options: object) -> None:
         raise click.UsageError("; ".join(problems))
     if not paths.is_remote(config.records) and not paths.exists(config.records):
         raise click.BadParameter(f"{config.records} does not exist", param_hint="--records")
+    problem = gcs.storage_problem([config.records])  # no credentials / no connection: a second, not minutes
+    if problem:
+        raise click.ClickException(problem)
 
-    from trainer import train  # imports TensorFlow: after the cheap checks
+    from trainer.quiet import import_tensorflow
+
+    import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
+    from trainer import train
 
     try:
         train.run(config, echo=lambda line: click.echo(line, err=True))
@@ -237,6 +244,10 @@ def main(**options: object) -> None:
     except train.TrainingInterruptedError as error:
         click.echo(str(error), err=True)
         sys.exit(143)
+    except Exception as error:
+        if not gcs.is_gcs(config.records) or not gcs.is_access_failure(error):
+            raise
+        raise click.ClickException(gcs.access_failure_message(config.records, error)) from None
 
 
 if __name__ == "__main__":

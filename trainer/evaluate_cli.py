@@ -67,6 +67,7 @@ def default_output(model: str, split: str, tta: int) -> str:
     default=None,
     help="Score only the first N records in shard order (a quick look; default: every record).",
 )
+@click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own start-up and log messages.")
 def main(
     model: str,
     records: str,
@@ -76,12 +77,16 @@ def main(
     batch_size: int,
     angles: list[int] | None,
     max_records: int | None,
+    verbose: bool,
 ) -> None:
     """Score a trained model on every record of a split: how many degrees off are its predictions?"""
     if not paths.is_remote(records) and not paths.exists(records):
         raise click.BadParameter(f"{records} does not exist", param_hint="--records")
     from tqdm import tqdm
 
+    from trainer.quiet import import_tensorflow
+
+    import_tensorflow(verbose)
     from trainer.evaluate import EvaluationError, evaluate, write_outputs
 
     try:

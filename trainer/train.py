@@ -263,6 +263,10 @@ def run(
 
     import tensorflow as tf
 
+    if "://" in config.records:  # TensorFlow's own GCS client reads the shards: fail now if it cannot
+        first_split = next(iter(info.splits))
+        tf.io.gfile.stat(info.shard_paths(config.records, first_split)[0])
+
     tf_config = os.environ.get("TF_CONFIG")
     num_gpus = len(tf.config.list_physical_devices("GPU"))
     config.strategy = choose_strategy_kind(num_gpus, tf_config)
