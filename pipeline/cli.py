@@ -275,6 +275,12 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         raise click.UsageError(str(error)) from None
     _check_local_paths(config)
     try:
+        problem = runner.local_path_problem(config, runner.choose_runner(beam_args))
+    except JobError as error:
+        problem = str(error)
+    if problem:
+        raise click.UsageError(problem)
+    try:
         summary = job.run(
             config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
         )

@@ -18,6 +18,7 @@ from __future__ import annotations
 import atexit
 import importlib
 import io
+import json
 import os
 import re
 import shlex
@@ -341,11 +342,12 @@ def dataflow_dry_run(result: Any, options: Any) -> DryRunSummary:
     job = result.job
     client = apiclient.DataflowApplicationClient(options, job.root_staging_location)
     client.create_job_description(job)
+    description = job.json()
     job_file = options.view_as(DebugOptions).dataflow_job_file
     if job_file:
         directory, name = job_file.rsplit("/", 1) if "/" in job_file else (".", job_file)
-        client.stage_file_with_retry(directory, name, io.BytesIO(job.json().encode("utf-8")))
-    packages = job.proto.environment.workerPools[0].packages if job.proto.environment.workerPools else []
+        client.stage_file_with_retry(directory, name, io.BytesIO(description.encode("utf-8")))
+    pools = json.loads(description)["environment"].get("workerPools", [])
     transforms = [
         transform.unique_name
         for transform in job.proto_pipeline.components.transforms.values()
@@ -354,7 +356,7 @@ def dataflow_dry_run(result: Any, options: Any) -> DryRunSummary:
     return DryRunSummary(
         job_name=options.view_as(GoogleCloudOptions).job_name or job.proto.name,
         staging_location=options.view_as(GoogleCloudOptions).staging_location,
-        staged=[package.name for package in packages],
+        staged=[package["name"] for pool in pools for package in pool.get("packages", [])],
         job_file=job_file,
         transforms=transforms,
     )
