@@ -293,6 +293,51 @@ class GoogleApisProxy:
                 (upstream if source is tls else tls).sendall(data)
 
 
+class ForbiddenServer:
+    """An HTTP server on 127.0.0.1 that answers every request as GCS does a caller without access (403,
+    GCS's JSON error): the upstream for "unauthorised" cases, for Beam (as STORAGE_EMULATOR_HOST) and for
+    TensorFlow (behind a GoogleApisProxy)."""
+
+    BODY = (
+        b'{"error": {"code": 403, "message": "rotnet-test@example.com does not have storage.objects.get '
+        b'access to the Google Cloud Storage object.", "errors": [{"reason": "forbidden"}]}}'
+    )
+
+    def __init__(self) -> None:
+        import http.server
+
+        body = self.BODY
+
+        class Handler(http.server.BaseHTTPRequestHandler):
+            def _forbid(self) -> None:
+                length = int(self.headers.get("Content-Length") or 0)
+                if length:
+                    self.rfile.read(length)
+                self.send_response(403)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(body)))
+                self.end_headers()
+                self.wfile.write(body)
+
+            do_GET = do_POST = do_PUT = do_DELETE = do_PATCH = _forbid  # noqa: N815 (http.server's names)
+
+            def log_message(self, format: str, *args: object) -> None:
+                pass
+
+        self._server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.port = self._server.server_address[1]
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._thread = threading.Thread(target=self._server.serve_forever, daemon=True)
+
+    def __enter__(self) -> ForbiddenServer:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._server.shutdown()
+        self._server.server_close()
+
+
 class BeamWorkerPool:
     """`python -m apache_beam.runners.worker.worker_pool_main` on 127.0.0.1: the EXTERNAL environment
     Flink and Spark use for Python workers, in a subprocess with its own environment variables."""
