@@ -74,6 +74,12 @@ def _known_runner_paths() -> dict[str, str]:
     return {path.rsplit(".", 1)[-1].lower(): path for path in StandardOptions.ALL_KNOWN_RUNNERS}
 
 
+def _beam_local_runners() -> tuple[str, ...]:
+    from apache_beam.options.pipeline_options import StandardOptions
+
+    return tuple(name for name in StandardOptions.LOCAL_RUNNERS if name != "PrismRunner")  # Prism: a binary
+
+
 def choose_runner(beam_args: Sequence[str]) -> RunnerChoice:
     """The runner --runner names (default DirectRunner), resolved the way Beam's create_runner does:
     case-insensitive, "Runner" optional, or a dotted class path. One-line JobError otherwise."""
@@ -96,6 +102,8 @@ def choose_runner(beam_args: Sequence[str]) -> RunnerChoice:
     environment = (_arg_value(beam_args, "environment_type") or "").upper()
     config = _arg_value(beam_args, "environment_config") or ""
     host = config.rsplit(":", 1)[0] if ":" in config else config
+    if name in _beam_local_runners():  # Beam's other in-process runners (BundleBasedDirectRunner, ...)
+        return RunnerChoice(name, path, local=False, same_machine=True, needs_package=False)
     if name == "DataflowRunner" or name == "TestDataflowRunner":
         same_machine = False
     else:
@@ -348,15 +356,14 @@ def dataflow_dry_run(result: Any, options: Any) -> DryRunSummary:
         directory, name = job_file.rsplit("/", 1) if "/" in job_file else (".", job_file)
         client.stage_file_with_retry(directory, name, io.BytesIO(description.encode("utf-8")))
     pools = json.loads(description)["environment"].get("workerPools", [])
-    transforms = [
-        transform.unique_name
-        for transform in job.proto_pipeline.components.transforms.values()
-        if transform.unique_name and "/" not in transform.unique_name
-    ]
+    components = job.proto_pipeline.components
+    roots = [components.transforms[root] for root in job.proto_pipeline.root_transform_ids]
+    # The graph's steps in the order they were applied: the children of Beam's unnamed root transform.
+    steps = [components.transforms[child].unique_name for root in roots for child in root.subtransforms]
     return DryRunSummary(
         job_name=options.view_as(GoogleCloudOptions).job_name or job.proto.name,
-        staging_location=options.view_as(GoogleCloudOptions).staging_location,
-        staged=[package["name"] for pool in pools for package in pool.get("packages", [])],
+        staging_location=job.google_cloud_options.staging_location,
+        staged=[package["name"] for pool in pools for package in pool.get("packages", [])] + ["pipeline.pb"],
         job_file=job_file,
-        transforms=transforms,
+        transforms=steps,
     )

@@ -5,11 +5,9 @@
 
 from __future__ import annotations
 
-import importlib.util
-
 import pytest
 
-from pipeline import runner
+from pipeline import packaging, runner
 from pipeline.config import JobError
 
 
@@ -36,11 +34,12 @@ def test_unknown_beam_args_are_found_and_known_ones_pass() -> None:
         ["--runner", "DataflowRunner", "--sdk_container_image", "r/rotnet:1"]
     )
     assert not local and options.get_all_options()["setup_file"] is None
-    if importlib.util.find_spec("build") is None:
+    if packaging.missing_build_tools() is not None:
         with pytest.raises(JobError, match="--sdk_container_image"):
             runner.beam_options(["--runner", "DataflowRunner", "--project", "p"])
-    else:
+    else:  # the workers get the sdist built from a copy of the checkout, not --setup_file
         options, _ = runner.beam_options(["--runner", "DataflowRunner", "--project", "p"])
-        assert options.get_all_options()["setup_file"].endswith("pyproject.toml")
+        [sdist] = options.get_all_options()["extra_packages"]
+        assert sdist.endswith(".tar.gz") and options.get_all_options()["setup_file"] is None
     options, local = runner.beam_options([])
     assert local and options.get_all_options()["direct_running_mode"] in ("multi_processing", "in_memory")

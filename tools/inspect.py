@@ -24,7 +24,7 @@ import click
 from tqdm import tqdm
 
 import schemas
-from schemas import paths, sharding, tfrecord_file
+from schemas import gcs, paths, sharding, tfrecord_file
 from schemas.angles import describe_angles
 from schemas.record import SchemaError, decode_fields
 from schemas.verify import check_shards
@@ -217,6 +217,26 @@ def main(
     summarize it: images, records, shards and bytes per split; with --verify, every record is read."""
     if not paths.is_remote(records) and not os.path.isdir(paths.local_path(records)):
         raise click.BadParameter(f"{records} is not a directory", param_hint="RECORDS")
+    problem = gcs.storage_problem([records])  # no credentials / no connection: a second, not minutes
+    if problem:
+        raise click.ClickException(problem)
+    try:
+        _inspect(records, verify, sheet, num_samples, seed, as_json, no_progress)
+    except Exception as error:
+        if not gcs.is_gcs(records) or not gcs.is_access_failure(error):
+            raise
+        raise click.ClickException(gcs.access_failure_message(records, error)) from None
+
+
+def _inspect(
+    records: str,
+    verify: bool,
+    sheet: Path | None,
+    num_samples: int,
+    seed: int,
+    as_json: bool,
+    no_progress: bool,
+) -> None:
     try:
         info = schemas.load_manifest(records)
     except schemas.ManifestError as error:
