@@ -77,11 +77,13 @@ def gcs_bucket(gcs_emulator, monkeypatch: pytest.MonkeyPatch, request: pytest.Fi
 
     STORAGE_EMULATOR_HOST is set for the test (and the subprocesses it starts); credentials are what
     the commands themselves choose (schemas.gcs.use_emulator_credentials), so the tests see the
-    user's path. The bucket name comes from the test's name, so tests never share objects.
+    user's path. The bucket is named after the test (plus a random suffix), so tests never share objects.
     """
     import re
+    import uuid
 
-    name = "rotnet-" + re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:50]
+    readable = re.sub(r"[^a-z0-9]+", "-", request.node.name.lower()).strip("-")[:40].strip("-")
+    name = f"rotnet-{readable}-{uuid.uuid4().hex[:8]}"  # at most 63 characters, as GCS requires
     gcs_emulator.create_bucket(name)
     monkeypatch.setenv("STORAGE_EMULATOR_HOST", gcs_emulator.url)
     # set, then deleted: monkeypatch then also removes what the commands set in this process
