@@ -44,24 +44,13 @@ def run(
     show_progress: bool = True,
     log: Callable[[str], None] | None = None,
 ) -> JobSummary | runner.DryRunSummary:
-    """Run the pipeline for `config` with Beam arguments `beam_args`; raise JobError on failure.
-    A failure to reach or use gs:// is one line naming the path (Beam's errors are tracebacks)."""
+    """Run the pipeline for `config` with Beam arguments `beam_args`; raise JobError on failure
+    (one line for a gs:// path that cannot be reached or used, not Beam's traceback)."""
     config = config.resolved()
-    remote = [path for path in (config.input_pattern, config.street_view_dir, config.output_dir) if path]
-    problem = gcs.storage_problem([*remote, *_gcs_options(beam_args)])
-    if problem:
-        raise JobError(problem)
-    try:
+    remote = [config.input_pattern, config.street_view_dir, config.output_dir]
+    remote += [arg.split("=", 1)[-1] for arg in beam_args if "gs://" in arg]  # --temp_location, ...
+    with gcs.failures_in_one_line(remote, JobError):
         return _run(config, beam_args, show_progress, log or (lambda line: print(line, file=sys.stderr)))
-    except Exception as error:
-        failed = next((path for path in remote if gcs.is_gcs(path)), None)
-        if isinstance(error, JobError) or failed is None or not gcs.is_access_failure(error):
-            raise
-        raise JobError(gcs.access_failure_message(failed, error)) from None
-
-
-def _gcs_options(beam_args: Sequence[str]) -> list[str]:
-    return [arg.split("=", 1)[-1] for arg in beam_args if "gs://" in arg]
 
 
 def _run(
@@ -69,13 +58,7 @@ def _run(
 ) -> JobSummary | runner.DryRunSummary:
     import apache_beam as beam
 
-    choice = runner.choose_runner(beam_args)
-    unknown = runner.unknown_beam_args(beam_args)
-    if unknown:
-        raise JobError(f"unknown option(s) {' '.join(unknown)}: neither a rotnet-pipeline nor a Beam option")
-    problem = runner.local_path_problem(config, choice)
-    if problem:
-        raise JobError(problem)
+    choice = runner.check_arguments(config, beam_args)
     options, local = runner.beam_options(beam_args, choice)
     dry_run = runner.is_dry_run(options)
     run_id = uuid.uuid4().hex[:12]
@@ -303,11 +286,11 @@ class JobSummary:
         )
         fraction = info.num_errors / max(info.num_images_read, 1)
         rate = info.num_records / max(self.wall_seconds, 1e-9)
-        unverified = info.config.get("nothing_lost")
-        read = f"images read {info.num_images_read:,}" if not unverified else f"images read: {unverified}"
+        unverified = info.config.get("nothing_lost")  # the runner reported no metrics: no count to show
         lines += [
             "",
-            f"{read}; errors {info.num_errors:,} ({fraction:.2%})"
+            (f"images read: {unverified}" if unverified else f"images read {info.num_images_read:,}")
+            + f"; errors {info.num_errors:,} ({fraction:.2%})"
             + (f" in {', '.join(info.error_files)}" if info.num_errors else "")
             + f"; views dropped {self.counters.get(progress.VIEWS_DROPPED, 0):,}"
             f"; non-image files skipped {self.counters.get(progress.FILES_SKIPPED, 0):,}",

@@ -7,7 +7,7 @@
   runner's module is imported first, so options it defines (DaskOptions, ...) are known.
 * `beam_options`: the PipelineOptions, with local defaults (one worker process per core) and, for
   workers outside this environment, the rotnet sdist (pipeline/packaging.py) and no pickled main session.
-* `local_path_problem`: local paths a remote runner's workers cannot see.
+* `local_path_problem`: local paths a remote runner's workers cannot see; `check_arguments` both checks.
 * `local_runner`: Beam's FnApiRunner set explicitly, worker processes' stderr to a log file.
 * `failure_message`, `metric_counters`: what went wrong in a job, and the rotnet counters of one that ran.
 * `dataflow_dry_run`: --dry_run True on DataflowRunner: stage the job and write its description, no submit.
@@ -212,6 +212,19 @@ def beam_options(beam_args: Sequence[str], choice: RunnerChoice | None = None) -
                 f"{error}. Or pass --sdk_container_image (the Dockerfile's dataflow target)"
             ) from None
     return options, False
+
+
+def check_arguments(config: PipelineConfig, beam_args: Sequence[str]) -> RunnerChoice:
+    """The runner of `beam_args`, once the arguments make sense for it: every option known to Beam and
+    no local path its workers cannot see; JobError (one line) otherwise."""
+    choice = choose_runner(beam_args)
+    unknown = unknown_beam_args(beam_args)
+    if unknown:
+        raise JobError(f"unknown option(s) {' '.join(unknown)}: neither a rotnet-pipeline nor a Beam option")
+    problem = local_path_problem(config, choice)
+    if problem:
+        raise JobError(problem)
+    return choice
 
 
 def local_path_problem(config: PipelineConfig, choice: RunnerChoice) -> str | None:

@@ -15,13 +15,14 @@ not. Against real GCS nothing changes: without STORAGE_EMULATOR_HOST this module
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
 import socket
 import tempfile
 import urllib.parse
-from collections.abc import MutableMapping, Sequence
+from collections.abc import Iterator, MutableMapping, Sequence
 
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 CREDENTIALS_VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
@@ -115,6 +116,25 @@ def storage_problem(
             + "; check the network, or use local paths"
         )
     return None
+
+
+@contextlib.contextmanager
+def failures_in_one_line(paths: Sequence[str | None], error_type: type[Exception]) -> Iterator[None]:
+    """Check `paths` first (`storage_problem`), then turn a failure to reach or use gs:// inside the block
+    into `error_type` with one line naming the path and the fix, instead of Beam's, google-cloud's or
+    TensorFlow's traceback. Other errors, and `error_type` itself, pass through."""
+    problem = storage_problem(paths)
+    if problem:
+        raise error_type(problem)
+    try:
+        yield
+    except error_type:
+        raise
+    except Exception as error:
+        failed = next((path for path in paths if is_gcs(path)), None)
+        if failed is None or not is_access_failure(error):
+            raise
+        raise error_type(access_failure_message(failed, error)) from None
 
 
 def _can_connect(url: str, timeout_s: float = 3.0) -> bool:

@@ -25,14 +25,9 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 # Every step of the graph (pipeline/job.py build): the top-level transforms of the staged pipeline.
 STEPS = (
-    "Read",
-    "DecodeImages",
-    "PrepareRotations",
-    "WriteRotations",
-    "FlattenErrors",
-    "WriteErrors",
-    "CountShards",
-)
+    "Read", "DecodeImages", "PrepareRotations", "WriteShards", "FlattenErrors", "WriteErrors", "FlattenStats",
+    "WriteStats",
+)  # fmt: skip
 
 
 def dataflow_args(bucket: str) -> list[str]:

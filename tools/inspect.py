@@ -217,15 +217,8 @@ def main(
     summarize it: images, records, shards and bytes per split; with --verify, every record is read."""
     if not paths.is_remote(records) and not os.path.isdir(paths.local_path(records)):
         raise click.BadParameter(f"{records} is not a directory", param_hint="RECORDS")
-    problem = gcs.storage_problem([records])  # no credentials / no connection: a second, not minutes
-    if problem:
-        raise click.ClickException(problem)
-    try:
+    with gcs.failures_in_one_line([records], click.ClickException):  # seconds, not Beam's minutes
         _inspect(records, verify, sheet, num_samples, seed, as_json, no_progress)
-    except Exception as error:
-        if not gcs.is_gcs(records) or not gcs.is_access_failure(error):
-            raise
-        raise click.ClickException(gcs.access_failure_message(records, error)) from None
 
 
 def _inspect(

@@ -226,28 +226,21 @@ def main(verbose: bool, **options: object) -> None:
         raise click.UsageError("; ".join(problems))
     if not paths.is_remote(config.records) and not paths.exists(config.records):
         raise click.BadParameter(f"{config.records} does not exist", param_hint="--records")
-    problem = gcs.storage_problem([config.records])  # no credentials / no connection: a second, not minutes
-    if problem:
-        raise click.ClickException(problem)
-
     from trainer.quiet import import_tensorflow
 
-    import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
-    from trainer import train
+    with gcs.failures_in_one_line([config.records], click.ClickException):  # seconds, not minutes
+        import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
+        from trainer import train
 
-    try:
-        train.run(config, echo=lambda line: click.echo(line, err=True))
-    except ManifestError as error:
-        raise click.BadParameter(str(error), param_hint="--records") from None
-    except TrainingError as error:
-        raise click.ClickException(str(error)) from None
-    except train.TrainingInterruptedError as error:
-        click.echo(str(error), err=True)
-        sys.exit(143)
-    except Exception as error:
-        if not gcs.is_gcs(config.records) or not gcs.is_access_failure(error):
-            raise
-        raise click.ClickException(gcs.access_failure_message(config.records, error)) from None
+        try:
+            train.run(config, echo=lambda line: click.echo(line, err=True))
+        except ManifestError as error:
+            raise click.BadParameter(str(error), param_hint="--records") from None
+        except TrainingError as error:
+            raise click.ClickException(str(error)) from None
+        except train.TrainingInterruptedError as error:
+            click.echo(str(error), err=True)
+            sys.exit(143)
 
 
 if __name__ == "__main__":
