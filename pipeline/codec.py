@@ -4,12 +4,15 @@
 * `decode_source_image`: any input photo or scan a user might have (EXIF orientation applied, CMYK,
   16-bit, alpha and palette images converted), with a decompression-bomb guard. Every failure is a
   `BadImageError` whose message is the reason written to the pipeline's errors file.
+* `check_image_header`: the same format and pixel-cap checks from a file's header alone, so that
+  `pipeline.inputs` can refuse a bomb before reading the rest of the file.
 """
 
 from __future__ import annotations
 
 import io
 import warnings
+from typing import IO
 
 import cv2
 import numpy as np
@@ -86,6 +89,37 @@ def _to_uint8(image: Image.Image) -> Image.Image:
     return image
 
 
+def _open_header(stream: IO[bytes], max_pixels: int) -> Image.Image:
+    """PIL's lazy open: the header only, with the pixel cap checked before any pixel is decoded.
+
+    Callers turn DecompressionBombWarning into an error (warnings.catch_warnings) around this call.
+    """
+    try:
+        image = Image.open(stream)
+    except UnidentifiedImageError:
+        raise BadImageError("not an image file (unknown format)") from None
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
+        raise BadImageError(f"decompression bomb guard: {error}") from None
+    except Exception as error:
+        raise BadImageError(f"unreadable image header ({type(error).__name__}: {error})") from None
+    width, height = image.size
+    if width * height > max_pixels:
+        raise BadImageError(
+            f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
+            "(decompression bomb guard; raise --max-pixels if the image is genuine)"
+        )
+    return image
+
+
+def check_image_header(stream: IO[bytes], max_pixels: int = DEFAULT_MAX_PIXELS) -> tuple[int, int]:
+    """(width, height) from an image file's header, read lazily from `stream` (left at an unknown
+    position). Raises BadImageError, with the reason decode_source_image would give, for a file that is
+    no image or claims more than `max_pixels`: such a file is refused before the rest of it is read."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", Image.DecompressionBombWarning)
+        return _open_header(stream, max_pixels).size
+
+
 def decode_source_image(
     data: bytes, channels: int = 3, max_pixels: int = DEFAULT_MAX_PIXELS, apply_exif: bool = True
 ) -> np.ndarray:
@@ -98,20 +132,7 @@ def decode_source_image(
         raise BadImageError("empty file (0 bytes)")
     with warnings.catch_warnings():
         warnings.simplefilter("error", Image.DecompressionBombWarning)
-        try:
-            image = Image.open(io.BytesIO(data))
-        except UnidentifiedImageError:
-            raise BadImageError("not an image file (unknown format)") from None
-        except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:
-            raise BadImageError(f"decompression bomb guard: {error}") from None
-        except Exception as error:
-            raise BadImageError(f"unreadable image header ({type(error).__name__}: {error})") from None
-        width, height = image.size
-        if width * height > max_pixels:
-            raise BadImageError(
-                f"image is {width}x{height} = {width * height:,} pixels, over the limit of {max_pixels:,} "
-                "(decompression bomb guard; raise --max-pixels if the image is genuine)"
-            )
+        image = _open_header(io.BytesIO(data), max_pixels)
         try:
             image.load()
             if apply_exif:

@@ -24,6 +24,7 @@ import dataclasses
 import json
 import os
 import re
+import stat
 import tempfile
 from dataclasses import dataclass, field
 from typing import Any
@@ -38,6 +39,101 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 class ManifestError(ValueError):
     """A manifest that is missing, unreadable, of another schema version, or inconsistent."""
+
+
+# A manifest lists a few thousand shards at most (~200 bytes each); anything far larger is not one.
+MAX_MANIFEST_BYTES = 64 * 2**20
+_DAMAGED_FIX = (
+    "the manifest is damaged or was edited by hand: restore it, or re-run rotnet-pipeline into this "
+    "directory with --overwrite"
+)
+
+# The manifest's fields and their JSON types, checked before any of them is used (a string where a
+# count should be would otherwise surface as a TypeError deep inside a reader). "count" = an integer
+# >= 0, "positive" = an integer >= 1; a trailing "?" marks a field that may be missing.
+_TOP_FIELDS = {
+    "dataset": "string",
+    "image": "object",
+    "angles_degrees": "list",
+    "splits": "object",
+    "num_images_read": "count",
+    "num_errors": "count?",
+    "error_files": "list?",
+    "compression": "string?",
+    "config": "object?",
+    "package_version": "string?",
+}
+_IMAGE_FIELDS = {"height": "positive", "width": "positive", "channels": "positive", "format": "string"}
+_SPLIT_FIELDS = {"num_images": "count", "num_records": "count", "shards": "list"}
+_SHARD_FIELDS = {"name": "string", "num_records": "count", "num_bytes": "count", "sha256": "string"}
+_TYPE_WORDS = {
+    "string": "a string",
+    "object": "a JSON object",
+    "list": "a list",
+    "count": "an integer >= 0",
+    "positive": "an integer >= 1",
+}
+
+
+def _type_problem(value: Any, kind: str) -> bool:
+    """True when `value` is not of the schema `kind` (JSON booleans are not integers here)."""
+    if kind == "string":
+        return not isinstance(value, str)
+    if kind == "object":
+        return not isinstance(value, dict)
+    if kind == "list":
+        return not isinstance(value, list)
+    if isinstance(value, bool) or not isinstance(value, int):
+        return True
+    return value < (1 if kind == "positive" else 0)
+
+
+def _describe(value: Any) -> str:
+    shown = json.dumps(value)
+    return f"{shown[:40]}{'...' if len(shown) > 40 else ''} ({type(value).__name__})"
+
+
+def _check_fields(data: Any, fields: dict[str, str], where: str, found: list[str]) -> None:
+    for name, kind in fields.items():
+        optional = kind.endswith("?")
+        kind = kind.rstrip("?")
+        label = f"{where}{name}"
+        if name not in data:
+            if not optional:
+                found.append(f"field {label} is missing")
+            continue
+        if _type_problem(data[name], kind):
+            found.append(f"field {label} must be {_TYPE_WORDS[kind]}, not {_describe(data[name])}")
+
+
+def schema_problems(data: dict[str, Any]) -> list[str]:
+    """Every field of a parsed manifest that is missing or of the wrong type, by its dotted name."""
+    found: list[str] = []
+    _check_fields(data, _TOP_FIELDS, "", found)
+    if isinstance(data.get("image"), dict):
+        _check_fields(data["image"], _IMAGE_FIELDS, "image.", found)
+    angles = data.get("angles_degrees")
+    if isinstance(angles, list):
+        for index, angle in enumerate(angles):
+            if _type_problem(angle, "count"):
+                found.append(f"field angles_degrees[{index}] must be an integer >= 0, not {_describe(angle)}")
+                break
+    if isinstance(data.get("error_files"), list) and not all(isinstance(n, str) for n in data["error_files"]):
+        found.append("field error_files must be a list of file names (strings)")
+    splits = data.get("splits")
+    for split_name, split in splits.items() if isinstance(splits, dict) else ():
+        where = f"splits.{split_name}."
+        if not isinstance(split, dict):
+            found.append(f"field splits.{split_name} must be a JSON object, not {_describe(split)}")
+            continue
+        _check_fields(split, _SPLIT_FIELDS, where, found)
+        shards = split.get("shards")
+        for index, shard in enumerate(shards if isinstance(shards, list) else ()):
+            if not isinstance(shard, dict):
+                found.append(f"field {where}shards[{index}] must be a JSON object, not {_describe(shard)}")
+            else:
+                _check_fields(shard, _SHARD_FIELDS, f"{where}shards[{index}].", found)
+    return found
 
 
 @dataclass
@@ -171,11 +267,15 @@ class DatasetInfo:
                 f"schema_version {SCHEMA_VERSION}: re-run rotnet-pipeline with this version, or install the "
                 f"rotnet version that wrote it (package {data.get('package_version', 'unknown')})"
             )
+        problems = schema_problems(data)
+        if problems:
+            shown = "; ".join(problems[:3]) + (f"; and {len(problems) - 3} more" if len(problems) > 3 else "")
+            raise ManifestError(f"{source}: {shown}; {_DAMAGED_FIX}")
         try:
             info = cls(
                 dataset=data["dataset"],
                 image=ImageSpec(**data["image"]),
-                angles_degrees=[int(angle) for angle in data["angles_degrees"]],
+                angles_degrees=list(data["angles_degrees"]),
                 splits={
                     name: SplitInfo(
                         num_images=split["num_images"],
@@ -210,8 +310,24 @@ def load_manifest(records: str) -> DatasetInfo:
             f"no {MANIFEST_NAME} in {records}: either this is not a records directory or the pipeline "
             "did not finish (it writes the manifest last); run rotnet-pipeline --output-dir to (re)create it"
         )
+    if not paths.is_remote(path):
+        status = os.stat(paths.local_path(path))  # follows a symlink: a linked manifest is fine
+        if not stat.S_ISREG(status.st_mode) or status.st_size > MAX_MANIFEST_BYTES:
+            raise ManifestError(
+                f"{path} is not a regular file of at most {MAX_MANIFEST_BYTES:,} bytes, so it is not read; "
+                + _DAMAGED_FIX
+            )
     with paths.open_binary(path) as handle:
-        return DatasetInfo.from_json(handle.read().decode("utf-8"), source=path)
+        data = handle.read(MAX_MANIFEST_BYTES + 1)
+    if len(data) > MAX_MANIFEST_BYTES:
+        raise ManifestError(
+            f"{path} is over {MAX_MANIFEST_BYTES:,} bytes, so it is not read; " + _DAMAGED_FIX
+        )
+    try:
+        text = data.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise ManifestError(f"{path} is not UTF-8 text ({error}); {_DAMAGED_FIX}") from None
+    return DatasetInfo.from_json(text, source=path)
 
 
 def write_manifest(records: str, info: DatasetInfo) -> str:

@@ -79,7 +79,7 @@ def test_inputs_from_dirs_files_and_globs_never_collide(tmp_path: Path) -> None:
     found = correct.collect_inputs(
         [str(tmp_path / "album"), str(tmp_path / "loose" / "a.jpg"), str(tmp_path / "*.png")]
     )
-    assert [(str(src.relative_to(tmp_path)), str(dst)) for src, dst in found] == [
+    assert [(str(item.file.relative_to(tmp_path)), str(item.relative)) for item in found] == [
         ("album/a.jpg", "a.jpg"),
         ("album/sub/b.PNG", "sub/b.PNG"),
         ("loose/a.jpg", "a-1.jpg"),
@@ -112,7 +112,12 @@ def test_command_corrects_good_images_and_reports_bad_ones(tmp_path: Path, input
     assert result.exit_code == 0, result.output
     assert "corrected 1 of 3 images, 2 skipped" in result.output
     np.testing.assert_array_equal(np.asarray(Image.open(out / "turned.png")), upright_photo())
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "predictions.json", "turned.png"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".rotnet-correct.json",
+        "predictions.csv",
+        "predictions.json",
+        "turned.png",
+    ]
     rows = {
         Path(row["path"]).name: row
         for row in csv.DictReader((out / "predictions.csv").read_text().splitlines())
@@ -128,7 +133,11 @@ def test_dry_run_writes_only_the_report(tmp_path: Path, inputs: Path, monkeypatc
     result = run(tmp_path, monkeypatch, str(inputs / "turned.png"), "-o", str(out), "--dry-run")
     assert result.exit_code == 0, result.output
     assert "predicted 1 of 1 images, 0 skipped" in result.output
-    assert sorted(p.name for p in out.iterdir()) == ["predictions.csv", "predictions.json"]
+    assert sorted(p.name for p in out.iterdir()) == [
+        ".rotnet-correct.json",
+        "predictions.csv",
+        "predictions.json",
+    ]
 
 
 def test_every_input_failing_exits_1_and_usage_errors_exit_2(

@@ -99,7 +99,7 @@ def test_schema_version_mismatch_says_what_to_do(tmp_path: Path) -> None:
         (lambda d: d.update(angles_degrees=[0, 90, 180, 360]), "0..359"),
         (lambda d: d.update(dataset="CIFAR 10"), "dataset 'CIFAR 10'"),
         (lambda d: d["image"].update(format="gif"), "image format 'gif'"),
-        (lambda d: d.pop("splits"), "lacks or mistypes field 'splits'"),
+        (lambda d: d.pop("splits"), "field splits is missing"),
     ],
 )
 def test_inconsistent_manifests_are_refused(mutate, message: str) -> None:

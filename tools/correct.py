@@ -18,6 +18,18 @@ angle (clockwise) at full resolution:
 Outputs keep their file format (JPEG q95, PNG, ...) and their path below the input directory.
 `OUT/predictions.csv` and `OUT/predictions.json` list every input with the predicted angle and
 confidence, or the reason it was skipped: an unreadable file is reported, never fatal.
+
+The inputs are never touched (`tools.safe_output`, `pipeline.inputs`):
+
+* OUT may not be an input, lie inside one, or contain one (outputs keep their path below the input, so
+  an input inside OUT could be written over by another input's output, and a rerun would read outputs).
+* Each output is written to a temporary file beside it and renamed into place; never through a symlink
+  (OUT itself may be one; nothing below it may); never over a file rotnet-correct did not write: the
+  ledger `OUT/.rotnet-correct.json` records the SHA-256 of every file it wrote, and only a file that
+  still has it is replaced. Any other output that cannot be written is an error line in the report, and
+  the run goes on; the report is written even when the run stops early.
+* Inputs are read as `rotnet-pipeline` reads them: regular files only (or symlinks to them), at most
+  `--max-file-bytes`, the pixel cap checked from the header before decoding.
 Exit status: 0 when at least one image was corrected (or there was nothing to do), 1 when every input
 failed, 2 for usage errors.
 """
@@ -32,18 +44,22 @@ import os
 from collections.abc import Iterator, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import NamedTuple
 
 import click
 import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import geometry
+from pipeline import codec, geometry
+from pipeline import inputs as input_files
 from pipeline.codec import IMAGE_EXTENSIONS, BadImageError, decode_source_image
+from tools.safe_output import OutputRefusedError, OutputTree
 
 # Pillow's save() needs the format for each extension; JPEG keeps the pipeline's q95.
 SAVE_OPTIONS = {".jpg": {"quality": 95}, ".jpeg": {"quality": 95}, ".webp": {"quality": 95}}
 REPORT_NAME = "predictions"
+LEDGER_NAME = ".rotnet-correct.json"
 GREY_MODES = ("1", "L", "LA", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")
 
 
@@ -72,40 +88,95 @@ def corrected(
     return geometry.rotate(image, -angle_degrees, expand=not keep_size)
 
 
-def collect_inputs(inputs: Sequence[str]) -> list[tuple[Path, Path]]:
-    """(file, output path relative to OUT) for every image file named by INPUTS, in a stable order.
+class InputFile(NamedTuple):
+    """One input: the file to read, its output path relative to OUT, and why it cannot be read, if known
+    before reading (a directory that cannot be listed, a symlinked directory already read)."""
 
-    A directory contributes its image files recursively, keeping their path below it; a file or a glob
-    match contributes its base name. Two inputs that would land on the same output name get `-1`,
-    `-2`, ... suffixes, so nothing is overwritten. Raises click.BadParameter for an input that names
-    nothing.
+    file: Path
+    relative: Path
+    problem: str | None = None
+
+
+def collect_inputs(specs: Sequence[str]) -> list[InputFile]:
+    """Every image file named by INPUTS, in a stable order, with its output path relative to OUT.
+
+    A path that exists is taken literally, even if it holds glob characters (`photos[2020]`); only a
+    path that does not exist is read as a glob. A directory contributes every entry with an image
+    extension below it, whatever its kind (a FIFO or a dangling link named .jpg is reported when it is
+    read, not skipped), keeping its path below the directory; symlinked directories are followed once.
+    A file or a glob match contributes its base name. Two inputs that would land on the same output
+    name get `-1`, `-2`, ... suffixes. Raises click.BadParameter for an input that names nothing.
     """
-    found: list[tuple[Path, Path]] = []
-    for spec in inputs:
+    found: list[InputFile] = []
+    for spec in specs:
         path = Path(spec)
         if path.is_dir():
-            files = sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_EXTENSIONS)
-            found += [(file, file.relative_to(path)) for file in files]
-        elif path.is_file():
-            found.append((path, Path(path.name)))
+            entries = sorted(input_files.walk_directory(spec), key=lambda entry: entry.relative)
+            found += [
+                InputFile(Path(entry.path), Path(entry.relative), entry.problem)
+                for entry in entries
+                if entry.problem or entry.relative.lower().endswith(IMAGE_EXTENSIONS)
+            ]
+        elif os.path.lexists(spec):
+            found.append(InputFile(path, Path(path.name)))
         else:
             matches = sorted(Path(match) for match in glob.glob(spec, recursive=True))
-            files = [match for match in matches if match.is_file()]
+            files = [match for match in matches if not match.is_dir()]
             if not files:
                 raise click.BadParameter(
-                    f"{spec!r} is no file, directory or matching glob", param_hint="INPUTS"
+                    f"{input_files.printable_name(spec)!r} is no file, directory or matching glob",
+                    param_hint="INPUTS",
                 )
-            found += [(file, Path(file.name)) for file in files]
+            found += [InputFile(file, Path(file.name)) for file in files]
     taken: set[Path] = set()
     unique = []
-    for file, relative in found:
-        candidate, counter = relative, 0
+    for item in found:
+        candidate, counter = item.relative, 0
         while candidate in taken:
             counter += 1
-            candidate = relative.with_name(f"{relative.stem}-{counter}{relative.suffix}")
+            candidate = item.relative.with_name(f"{item.relative.stem}-{counter}{item.relative.suffix}")
         taken.add(candidate)
-        unique.append((file, candidate))
+        unique.append(item._replace(relative=candidate))
     return unique
+
+
+def _inside(path: str, directory: str) -> bool:
+    """True when `path` is `directory` or below it (both absolute and normalised)."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def output_overlap(specs: Sequence[str], files: Sequence[InputFile], output: Path) -> str | None:
+    """Why OUT may not be used with these inputs (one line), or None.
+
+    Refused: OUT equal to or inside an input (outputs would be written among the originals), and an
+    input inside OUT (an output keeps its path below its input, so it can land on another input's name,
+    and a rerun would read outputs as inputs). Compared both as given and with symlinks resolved.
+    """
+    out_paths = {os.path.abspath(output), os.path.realpath(output)}
+    for spec in specs:
+        if not os.path.lexists(spec):
+            continue  # a glob: its matches are checked below
+        shown = input_files.printable_name(spec)
+        for root in {os.path.abspath(spec), os.path.realpath(spec)}:
+            for out in out_paths:
+                if _inside(out, root):
+                    return (
+                        f"-o {input_files.printable_name(str(output))} is the input {shown} or inside it: the "
+                        "originals would be overwritten; choose an output directory outside every input"
+                    )
+                if _inside(root, out):
+                    return (
+                        f"the input {shown} is inside -o {input_files.printable_name(str(output))}: outputs "
+                        "could land on inputs; choose an output directory outside every input"
+                    )
+    for item in files:
+        for file in {os.path.abspath(item.file), os.path.realpath(item.file)}:
+            if any(_inside(file, out) for out in out_paths):
+                return (
+                    f"the input {input_files.printable_name(str(item.file))} is inside -o "
+                    f"{input_files.printable_name(str(output))}; choose an output directory outside every input"
+                )
+    return None
 
 
 def _is_grey(data: bytes) -> bool:
@@ -116,13 +187,15 @@ def _is_grey(data: bytes) -> bool:
         return False
 
 
-def _save(image: np.ndarray, path: Path) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
+def encoded_output(image: np.ndarray, suffix: str) -> bytes:
+    """The corrected image's file bytes in the format its name says (JPEG q95, PNG, ...)."""
     picture = Image.fromarray(image[:, :, 0] if image.shape[2] == 1 else image)
-    suffix = path.suffix.lower()
+    suffix = suffix.lower()
     if suffix == ".gif":
         picture = picture.convert("P")  # GIF holds a palette, not RGB
-    picture.save(path, **SAVE_OPTIONS.get(suffix, {}))
+    buffer = io.BytesIO()
+    picture.save(buffer, format=Image.registered_extensions()[suffix], **SAVE_OPTIONS.get(suffix, {}))
+    return buffer.getvalue()
 
 
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
@@ -130,16 +203,17 @@ def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
         yield items[start : start + size]
 
 
-def write_report(outcomes: Sequence[Outcome], directory: Path) -> tuple[Path, Path]:
-    directory.mkdir(parents=True, exist_ok=True)
-    csv_path, json_path = directory / f"{REPORT_NAME}.csv", directory / f"{REPORT_NAME}.json"
+def report_files(outcomes: Sequence[Outcome]) -> dict[str, bytes]:
+    """{file name: bytes} of predictions.csv and predictions.json (names escaped to valid UTF-8)."""
     rows = [asdict(outcome) for outcome in outcomes]
-    with open(csv_path, "w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=list(Outcome.__dataclass_fields__))
-        writer.writeheader()
-        writer.writerows(rows)
-    json_path.write_text(json.dumps(rows, indent=2) + "\n")
-    return csv_path, json_path
+    text = io.StringIO()
+    writer = csv.DictWriter(text, fieldnames=list(Outcome.__dataclass_fields__), lineterminator="\r\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return {
+        f"{REPORT_NAME}.csv": text.getvalue().encode("utf-8"),
+        f"{REPORT_NAME}.json": (json.dumps(rows, indent=2) + "\n").encode("utf-8"),
+    }
 
 
 def load_predictor(model: str):
@@ -184,6 +258,20 @@ def load_predictor(model: str):
     show_default=True,
     help="Images per prediction batch.",
 )
+@click.option(
+    "--max-file-bytes",
+    type=click.IntRange(1),
+    default=input_files.DEFAULT_MAX_FILE_BYTES,
+    show_default=True,
+    help="Larger input files are reported, not read.",
+)
+@click.option(
+    "--max-pixels",
+    type=click.IntRange(1),
+    default=codec.DEFAULT_MAX_PIXELS,
+    show_default=True,
+    help="Images whose header claims more pixels are reported before they are decoded.",
+)
 @click.option("--dry-run", is_flag=True, help="Only predict and write the report; write no images.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def main(
@@ -194,6 +282,8 @@ def main(
     keep_size: bool,
     tta: str,
     batch_size: int,
+    max_file_bytes: int,
+    max_pixels: int,
     dry_run: bool,
     no_progress: bool,
 ) -> None:
@@ -202,36 +292,42 @@ def main(
     if not os.path.exists(model):
         raise click.BadParameter(f"{model} does not exist", param_hint="MODEL")
     files = collect_inputs(inputs)
+    overlap = output_overlap(inputs, files, output)
+    if overlap:
+        raise click.UsageError(overlap)
     try:
         predictor = load_predictor(model)
     except (OSError, ValueError) as error:
         raise click.ClickException(f"cannot load model {model}: {error}") from None
-    outcomes: list[Outcome] = []
-    with tqdm(total=len(files), unit="img", disable=no_progress, desc="correct") as bar:
-        for batch in _batches(files, batch_size):
-            loaded = []
-            for file, relative in batch:
-                outcome = Outcome(path=str(file))
-                outcomes.append(outcome)
-                try:
-                    data = file.read_bytes()
-                    image = decode_source_image(data, channels=1 if _is_grey(data) else 3)
-                except (BadImageError, OSError) as error:
-                    outcome.error = str(error)
-                    continue
-                loaded.append((outcome, relative, image))
-            if loaded:
-                prepared = [predictor.prepare(image) for _, _, image in loaded]
-                prediction = predictor.predict(prepared, batch_size=batch_size, tta=int(tta))
-                for index, (outcome, relative, image) in enumerate(loaded):
-                    outcome.angle_degrees = int(prediction.angles_degrees[index])
-                    outcome.confidence = round(float(prediction.confidence[index]), 4)
+    try:
+        tree = OutputTree(output, "rotnet-correct", LEDGER_NAME)
+        for name in report_files([]):
+            tree.check_replaceable(name)
+    except OutputRefusedError as error:
+        raise click.UsageError(str(error)) from None
+    outcomes = [Outcome(path=input_files.printable_name(str(item.file))) for item in files]
+    with tree:
+        try:
+            with tqdm(total=len(files), unit="img", disable=no_progress, desc="correct") as bar:
+                for batch in _batches(list(zip(files, outcomes, strict=True)), batch_size):
+                    _correct_batch(
+                        batch, predictor, tree, crop, keep_size, int(tta), dry_run, max_file_bytes, max_pixels
+                    )
                     if not dry_run:
-                        target = output / relative
-                        _save(corrected(image, outcome.angle_degrees, crop, keep_size), target)
-                        outcome.output = str(target)
-            bar.update(len(batch))
-    csv_path, _ = write_report(outcomes, output)
+                        tree.save_ledger()  # a killed run still proves which outputs are its own
+                    bar.update(len(batch))
+        finally:
+            # Also after a crash or Ctrl-C: every input gets its line, and the report is written.
+            for outcome in outcomes:
+                if not (outcome.error or outcome.angle_degrees is not None):
+                    outcome.error = "not processed: the run stopped before this image"
+            try:
+                for name, data in report_files(outcomes).items():
+                    tree.write(name, data)
+                tree.save_ledger()
+            except OutputRefusedError as error:
+                raise click.ClickException(f"the report was not written: {error}") from None
+    csv_path = output / f"{REPORT_NAME}.csv"
     failed = [outcome for outcome in outcomes if outcome.error]
     for outcome in failed:
         click.echo(f"skipped  {outcome.path}: {outcome.error}", err=True)
@@ -240,3 +336,55 @@ def main(
     click.echo(f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped; report: {csv_path}")
     if outcomes and not done:
         raise SystemExit(1)
+
+
+def _correct_batch(
+    batch: Sequence[tuple[InputFile, Outcome]],
+    predictor,
+    tree: OutputTree,
+    crop: bool,
+    keep_size: bool,
+    tta: int,
+    dry_run: bool,
+    max_file_bytes: int,
+    max_pixels: int,
+) -> None:
+    """Read, predict and write one batch; each input's failure is its outcome's error, never the run's."""
+    loaded = []
+    for item, outcome in batch:
+        if item.problem:
+            outcome.error = item.problem
+            continue
+        try:
+            data = input_files.read_input_file(str(item.file), max_file_bytes, max_pixels)
+            image = decode_source_image(data, channels=1 if _is_grey(data) else 3, max_pixels=max_pixels)
+        except BadImageError as error:
+            outcome.error = str(error)
+            continue
+        except Exception as error:  # an undiagnosed decoder failure is this image's error
+            outcome.error = f"cannot decode ({type(error).__name__}: {error})"
+            continue
+        loaded.append((item, outcome, image))
+    if not loaded:
+        return
+    try:
+        prepared = [predictor.prepare(image) for _, _, image in loaded]
+        prediction = predictor.predict(prepared, batch_size=len(prepared), tta=tta)
+    except Exception as error:
+        for _, outcome, _ in loaded:
+            outcome.error = f"prediction failed for this batch ({type(error).__name__}: {error})"
+        return
+    for index, (item, outcome, image) in enumerate(loaded):
+        outcome.angle_degrees = int(prediction.angles_degrees[index])
+        outcome.confidence = round(float(prediction.confidence[index]), 4)
+        if dry_run:
+            continue
+        try:
+            data = encoded_output(
+                corrected(image, outcome.angle_degrees, crop, keep_size), item.relative.suffix
+            )
+            outcome.output = input_files.printable_name(str(tree.write(item.relative.as_posix(), data)))
+        except OutputRefusedError as error:
+            outcome.error = f"not written: {error}"
+        except Exception as error:  # one image's failure to encode is its own line, not the run's end
+            outcome.error = f"not written: {type(error).__name__}: {error}"
