@@ -44,8 +44,8 @@ class ManifestError(ValueError):
 # A manifest lists a few thousand shards at most (~200 bytes each); anything far larger is not one.
 MAX_MANIFEST_BYTES = 64 * 2**20
 _DAMAGED_FIX = (
-    "the manifest is damaged or was edited by hand: restore it, or re-run rotnet-pipeline into this "
-    "directory with --overwrite"
+    "the manifest is damaged or was edited by hand: restore it, or write the records again with "
+    "rotnet-pipeline into a new --output-dir"
 )
 
 # The manifest's fields and their JSON types, checked before any of them is used (a string where a

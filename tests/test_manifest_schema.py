@@ -17,7 +17,7 @@ from click.testing import CliRunner
 import schemas
 from tests.factories import write_records_dir
 
-FIX = "restore it, or re-run rotnet-pipeline into this directory with --overwrite"
+FIX = "restore it, or write the records again with rotnet-pipeline into a new --output-dir"
 
 
 def _set(path: str, value) -> Callable[[dict], None]:
