@@ -24,7 +24,14 @@ from pathlib import Path
 import click
 
 from pipeline import datasets
-from pipeline.config import ConfigError, JobError, PipelineConfig
+from pipeline.config import (
+    DUPLICATE_ID_POLICIES,
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    ConfigError,
+    JobError,
+    PipelineConfig,
+)
 from pipeline.geometry import CROP_POSITIONS
 from schemas import angles
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
@@ -149,7 +156,7 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
 )
 @click.option(
     "--image-size",
-    type=click.IntRange(1, 4096),
+    type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
     help="Output side in pixels (square). Default: 28 for MNIST, 224 for photos.",
 )
 @click.option(
@@ -235,7 +242,27 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     type=click.IntRange(1),
     help="Source images with more pixels are refused before decoding (decompression-bomb guard).",
 )
-@click.option("--overwrite", is_flag=True, help="Replace a finished dataset already in --output-dir.")
+@click.option(
+    "--max-file-bytes",
+    default=DEFAULT["max_file_bytes"],
+    show_default=True,
+    type=click.IntRange(1),
+    help="Larger input files are errors-file lines, never read (checked before and while reading).",
+)
+@click.option(
+    "--duplicate-ids",
+    type=click.Choice(DUPLICATE_ID_POLICIES),
+    default=DEFAULT["duplicate_ids"],
+    show_default=True,
+    help="Two source images with one image id (e.g. a/x_1.jpg and b/x_1.jpg in Street View): fail the "
+    "run listing them, or give each a stable suffix (~ and 8 hex digits of its source's SHA-256).",
+)
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Replace a finished dataset in --output-dir (only the files its manifest lists are removed), or "
+    "write beside files that are not rotnet's (they are left as they are).",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the live progress bar.")
 @click.option("-v", "--verbose", is_flag=True, help="Show Beam's own log messages.")
 @click.pass_context
@@ -248,7 +275,7 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
     (views 1-4) and your own images are split train/validation by a hash of the file name. The manifest
     dataset_info.json is written last, only when every image is accounted for.
     """
-    from pipeline import job, runner
+    from pipeline import job, output_dir, runner
 
     beam_args = list(ctx.args)
     try:
@@ -284,9 +311,17 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         summary = job.run(
             config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
         )
+    except output_dir.OutputDirError as error:
+        raise RefusedError(str(error)) from None
     except JobError as error:
         raise click.ClickException(str(error)) from None
     click.echo(summary.table())
+
+
+class RefusedError(click.ClickException):
+    """An output directory the run may not use: a usage error (exit 2) in one line, no usage text."""
+
+    exit_code = 2
 
 
 def _check_local_paths(config: PipelineConfig) -> None:

@@ -21,6 +21,7 @@ from typing import Any
 from pipeline import datasets
 from pipeline.codec import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
 from pipeline.geometry import CROP_POSITIONS
+from pipeline.inputs import DEFAULT_MAX_FILE_BYTES
 from schemas.angles import NUM_ANGLES
 from schemas.record import IMAGE_FORMATS
 from schemas.sharding import COMPRESSION_SUFFIXES
@@ -37,6 +38,11 @@ RECORD_OVERHEAD_BYTES = 220
 
 # An image whose short side is below this cannot give a meaningful rotation (a 1x1 image is an error).
 DEFAULT_MIN_IMAGE_SIDE = 16
+# Records smaller than this are not images a model can learn a rotation from (and --image-size 1 was
+# accepted); larger than MAX_IMAGE_SIZE is far beyond any model's input.
+MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
+# What a run does when two source images get the same id: fail (listing them), or add a stable suffix.
+DUPLICATE_ID_POLICIES = ("fail", "suffix")
 
 
 class ConfigError(ValueError):
@@ -73,6 +79,8 @@ class PipelineConfig:
     crop_largest_rect: bool | None = None  # crop the largest fill-free rectangle after rotating
     min_image_side: int = DEFAULT_MIN_IMAGE_SIDE  # smaller sources are errors, not records
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard for source images
+    max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # larger input files are errors, never read
+    duplicate_ids: str = "fail"  # fail | suffix: two source images with one id (DUPLICATE_ID_POLICIES)
 
     # --- encoding and output ---------------------------------------------------------------
     image_format: str | None = None  # png | jpeg | raw
@@ -108,8 +116,8 @@ class PipelineConfig:
         problems = datasets.get(self.dataset).check(self)
         if not self.output_dir:
             problems.append("an output directory is required (--output-dir)")
-        if self.image_size is not None and not 1 <= self.image_size <= 4096:
-            problems.append(f"image size {self.image_size} must be in 1..4096")
+        if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
+            problems.append(f"image size {self.image_size} must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
         if not self.angles_degrees or any(not 0 <= a < NUM_ANGLES for a in self.angles_degrees):
             problems.append("angles must be a non-empty set of integers in 0..359")
         if self.crop_position not in CROP_POSITIONS:
@@ -128,8 +136,12 @@ class PipelineConfig:
             problems.append(f"compression {self.compression!r} is not one of {sorted(COMPRESSION_SUFFIXES)}")
         if not 0.0 <= self.max_error_fraction <= 1.0:
             problems.append(f"max error fraction {self.max_error_fraction} must be in [0, 1]")
-        if self.min_image_side < 1 or self.max_pixels < 1:
-            problems.append("the minimum image side and the pixel limit must be positive")
+        if self.min_image_side < 1 or self.max_pixels < 1 or self.max_file_bytes < 1:
+            problems.append(
+                "the minimum image side, the pixel limit and the file size limit must be positive"
+            )
+        if self.duplicate_ids not in DUPLICATE_ID_POLICIES:
+            problems.append(f"duplicate ids {self.duplicate_ids!r} is not one of {DUPLICATE_ID_POLICIES}")
         if problems:
             raise ConfigError("; ".join(problems))
 

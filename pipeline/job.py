@@ -8,7 +8,9 @@ build and run the Beam graph, verify what it wrote, and only then write the mani
     print(summary.table())     # 5,000 images read -> ~4,500 train + ~500 validation images x 360 records
 
 Each step is a call into the module that owns it: pipeline/datasets/NAME.py plans its source,
-pipeline/output_dir.py clears what an unfinished run left, pipeline/runner.py turns the Beam arguments
+pipeline/output_dir.py checks, locks and claims the output directory (the run ledger is written
+before anything else, and only what an earlier run's manifest or ledger names is removed),
+pipeline/runner.py turns the Beam arguments
 into options and a runner, pipeline/transforms.py holds the shared transforms, schemas/verify.py checks
 the shards. Every source image must be accounted for (images read = images written + errors) and the
 error fraction within --max-error-fraction before `dataset_info.json` is written: a directory without
@@ -28,9 +30,10 @@ from dataclasses import dataclass
 from typing import Any
 
 import schemas
-from pipeline import datasets, output_dir, progress, runner
+from pipeline import datasets, image_ids, output_dir, progress, runner
 from pipeline.config import JobError, PipelineConfig
 from pipeline.datasets.common import ERRORS, SourcePlan
+from pipeline.run_ledger import RunLedger
 from schemas import gcs, paths, sharding, verify
 from schemas.manifest import manifest_path
 
@@ -62,6 +65,7 @@ def _run(
     options, local = runner.beam_options(beam_args, choice)
     dry_run = runner.is_dry_run(options)
     run_id = uuid.uuid4().hex[:12]
+    output_dir.check_location(config.output_dir, output_dir.input_roots(config))  # before anything
     progress_dir = output_dir.progress_dir(config.output_dir, run_id) if local else None
 
     plan = datasets.get(config.dataset).plan(config, progress_dir)
@@ -70,51 +74,64 @@ def _run(
     for note in plan.notes:
         log(note)
 
-    if not dry_run:  # a dry run deletes nothing
-        output_dir.prepare_output_dir(config.output_dir, config.overwrite)
-    if progress_dir:
-        os.makedirs(progress_dir)
-    temp_dir = output_dir.temp_dir(config.output_dir, run_id)
-    try:
-        worker_log = os.path.join(progress_dir, "workers.log") if progress_dir else None
-        pipeline = beam.Pipeline(
-            runner=runner.local_runner(options, worker_log) if local else None, options=options
-        )
-        build(pipeline, config, plan, num_shards, temp_dir, progress_dir)
-        log(
-            f"writing {config.dataset} to {config.output_dir}: splits {', '.join(plan.splits)}, "
-            f"{len(config.angles_degrees)} angles, {config.image_size} px {config.image_format}, "
-            f"shards {num_shards}"
-        )
-        expected_records = int(sum(plan.expected_images.values()) * len(config.angles_degrees))
-        started = time.perf_counter()
-        with progress.ProgressMonitor(progress_dir or "", expected_records or None, show_progress and local):
-            try:
-                result = pipeline.run()
-                if dry_run:
-                    return runner.dataflow_dry_run(result, options)
-                result.wait_until_finish()
-            except Exception as error:
-                raise JobError(
-                    f"the Beam job failed: {runner.failure_message(error)}{runner.kept_worker_log(progress_dir)}"
-                ) from error
-        wall_seconds = time.perf_counter() - started
-
-        counters = runner.metric_counters(result)
-        if local and not counters:
-            counters = dict(progress.read_progress(progress_dir))
-        stats = read_stats(paths.join(temp_dir, output_dir.STATS_NAME))
-        info = describe_outputs(config, plan, num_shards, stats, counters, options)
-        if progress.IMAGES_READ not in counters:  # e.g. a runner without metrics: no count is invented
-            info.config["nothing_lost"] = f"not verified: {choice.name} reported no metrics"
-        publish(config, info, temp_dir, stats)
-        check_outputs(config, info)
-        schemas.write_manifest(config.output_dir, info)
-        return JobSummary(info, config.output_dir, wall_seconds, counters)
-    finally:
-        output_dir.remove_temp_dir(temp_dir)
+    # The ledger names everything this run may create, and is written before any of it; a dry run
+    # writes and deletes nothing, so it neither locks nor claims the directory.
+    planned = output_dir.planned_files(plan.splits, num_shards, config.compression)
+    ledger = RunLedger.new(run_id, planned, local_progress=local and not paths.is_remote(config.output_dir))
+    with (
+        output_dir.unclaimed(config, ledger)
+        if dry_run
+        else output_dir.claimed(config, ledger, log) as claimed
+    ):
         if progress_dir:
-            shutil.rmtree(progress_dir, ignore_errors=True)
+            os.makedirs(progress_dir)
+        temp_dir = claimed.temp_dir
+        try:
+            worker_log = os.path.join(progress_dir, "workers.log") if progress_dir else None
+            pipeline = beam.Pipeline(
+                runner=runner.local_runner(options, worker_log) if local else None, options=options
+            )
+            build(pipeline, config, plan, num_shards, claimed, progress_dir)
+            log(
+                f"writing {config.dataset} to {config.output_dir}: splits {', '.join(plan.splits)}, "
+                f"{len(config.angles_degrees)} angles, {config.image_size} px {config.image_format}, "
+                f"shards {num_shards}"
+            )
+            expected_records = int(sum(plan.expected_images.values()) * len(config.angles_degrees))
+            started = time.perf_counter()
+            with progress.ProgressMonitor(
+                progress_dir or "", expected_records or None, show_progress and local
+            ):
+                try:
+                    result = pipeline.run()
+                    if dry_run:
+                        return runner.dataflow_dry_run(result, options)
+                    result.wait_until_finish()
+                except Exception as error:
+                    raise JobError(
+                        f"the Beam job failed: {runner.failure_message(error)}{runner.kept_worker_log(progress_dir)}"
+                    ) from error
+            wall_seconds = time.perf_counter() - started
+
+            counters = runner.metric_counters(result)
+            if local and not counters:
+                counters = dict(progress.read_progress(progress_dir))
+            stats = read_stats(claimed.stats_path)
+            info = describe_outputs(config, plan, num_shards, stats, counters, options)
+            if progress.IMAGES_READ not in counters:  # e.g. a runner without metrics: no count is invented
+                info.config["nothing_lost"] = f"not verified: {choice.name} reported no metrics"
+            image_ids.check_unique(claimed.duplicates_path)
+            claimed.check_free(info)
+            publish(config, info, temp_dir, stats)
+            check_outputs(config, info)
+            schemas.write_manifest(config.output_dir, info)  # only now: every shard verified in place
+            claimed.finish()
+            return JobSummary(info, config.output_dir, wall_seconds, counters)
+        finally:
+            if not dry_run:
+                claimed.remove_temp_dir()  # ours whatever is in it; the ledger names what was published
+            if progress_dir:
+                shutil.rmtree(progress_dir, ignore_errors=True)
 
 
 def build(
@@ -122,30 +139,33 @@ def build(
     config: PipelineConfig,
     plan: SourcePlan,
     num_shards: dict[str, int],
-    temp_dir: str,
+    claimed: output_dir.RunOutput,
     progress_dir: str | None,
 ) -> None:
-    """Wire source -> decode -> prepare -> shards + errors file -> their stats onto `pipeline`; every
-    file goes to `temp_dir`."""
+    """Wire source -> ids checked -> decode -> prepare -> shards + errors file -> their stats onto
+    `pipeline`; every file goes to the claimed directory's temp dir."""
     import apache_beam as beam
 
     from pipeline import transforms
 
     source = pipeline | "Read" >> plan.source
-    decoded = source["images"] | "DecodeImages" >> transforms.DecodeImages(config, progress_dir)
+    images = source["images"]
+    if config.duplicate_ids == "suffix":
+        images = images | "MakeIdsUnique" >> image_ids.MakeIdsUnique(config)
+    images | "FindDuplicateIds" >> image_ids.FindDuplicateIds(claimed.duplicates_path)
+    decoded = images | "DecodeImages" >> transforms.DecodeImages(config, progress_dir)
     prepared = decoded.images | "PrepareRotations" >> transforms.PrepareRotations(
         config, plan.splits, progress_dir
     )
     shards = {split: prepared[split] for split in plan.splits} | "WriteShards" >> transforms.WriteShards(
-        config, num_shards, temp_dir, progress_dir
+        config, num_shards, claimed.temp_dir, progress_dir
     )
     errors = (source[ERRORS], decoded[ERRORS], prepared[ERRORS]) | "FlattenErrors" >> beam.Flatten()
-    errors_file = errors | "WriteErrors" >> transforms.WriteErrors(temp_dir)
-    stats_path = paths.join(temp_dir, output_dir.STATS_NAME)
+    errors_file = errors | "WriteErrors" >> transforms.WriteErrors(claimed.temp_dir)
     (
         (shards, errors_file)
         | "FlattenStats" >> beam.Flatten()
-        | "WriteStats" >> transforms.WriteStats(stats_path)
+        | "WriteStats" >> transforms.WriteStats(claimed.stats_path)
     )
 
 

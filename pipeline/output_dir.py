@@ -1,89 +1,371 @@
-"""The output directory of a run: what a run leaves there besides the records, and clearing it.
+"""The output directory of a run: refused where writing is unsafe, locked, claimed by a ledger, and cleared
+of exactly the files earlier rotnet runs can be shown to have written.
 
-OUTPUT_DIR/.rotnet-tmp-RUN/             the shards and errors file as written, and stats.json (the
-                                        per-file counts the workers measured); renamed into place
-                                        once checked, then deleted
-OUTPUT_DIR/.rotnet-progress-RUN/        local runs: the DoFns' live counts (deleted at the end)
+    OUTPUT_DIR/.rotnet-lock              one writer at a time (pipeline.output_lock)
+    OUTPUT_DIR/.rotnet-run.json          the run ledger, written first: what this run may create
+                                         (pipeline.run_ledger); deleted once the manifest is written
+    OUTPUT_DIR/.rotnet-tmp-RUN/          the shards and errors file while they are written, the workers'
+                                         per-file counts (stats.json) and duplicate ids; deleted at the end
+    OUTPUT_DIR/.rotnet-progress-RUN/     local runs: the DoFns' live counts (deleted at the end)
+
+The rules (issue 10):
+
+* The tool deletes only what it can prove it wrote: the files the previous run's manifest lists (with
+  --overwrite) and the names the previous run's ledger lists (always: that run did not finish). Never
+  anything found by a name pattern, never anything below a directory the ledger does not name.
+* A directory that is not empty and holds neither a manifest nor a ledger is refused unless
+  --overwrite; even then its files stay untouched, and a file at a name this run would write stops the
+  run instead of being replaced.
+* `/`, the home directory, a file, the input, a directory containing the input or inside it are refused.
+
+Every refusal is an `OutputDirError` (exit 2) saying what is there and how to proceed.
 """
 
 from __future__ import annotations
 
+import contextlib
 import os
+import re
 import shutil
+import stat
 import tempfile
-from pathlib import Path
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass, field
 
 import schemas
-from pipeline.config import JobError
-from pipeline.datasets.common import match
+from pipeline import output_lock
+from pipeline.config import JobError, PipelineConfig
+from pipeline.inputs import InputFileError, read_input_file
+from pipeline.run_ledger import LEDGER_NAME, PROGRESS_PREFIX, LedgerError, RunLedger
 from schemas import paths, sharding
-from schemas.manifest import manifest_path
 
-_TEMP_PREFIX = ".rotnet-tmp-"
-STATS_NAME = "stats.json"
-
-
-def temp_dir(output_dir: str, run_id: str) -> str:
-    """Where a run's workers write its files before the launcher renames them into place."""
-    return paths.join(output_dir, _TEMP_PREFIX + run_id)
-
-
-_PROGRESS_PREFIX = ".rotnet-progress-"
+STATS_NAME = "stats.json"  # inside the run's temp dir
+DUPLICATES_NAME = "duplicates.json"  # inside the run's temp dir
+_SHOWN_ENTRIES = 4  # names listed in a refusal
+# The one errors file a run writes (transforms.WriteErrors), and the form a manifest may list.
+ERRORS_FILE = f"{sharding.ERRORS_PREFIX}-00000-of-00001{sharding.ERRORS_SUFFIX}"
+_ERRORS_NAME = re.compile(
+    rf"^{sharding.ERRORS_PREFIX}-\d{{5}}-of-\d{{5}}{re.escape(sharding.ERRORS_SUFFIX)}$"
+)
 
 
-def remove_temp_dir(path: str) -> None:
-    """Delete a run's temporary directory (whatever its files: only this run wrote there)."""
-    if not paths.is_remote(path):
-        shutil.rmtree(paths.local_path(path), ignore_errors=True)
-        return
-    from apache_beam.io.filesystems import FileSystems
-
-    leftovers = [item.path for item in match(paths.join(path, "*"))]
-    if leftovers:
-        FileSystems.delete(leftovers)
+class OutputDirError(JobError):
+    """The output directory cannot be used as asked (a usage error, exit 2); the message says why and
+    how to proceed."""
 
 
 def progress_dir(output_dir: str, run_id: str) -> str:
-    """Where a local run's DoFns leave their counts: inside a local output directory (a killed run's
-    leftovers are then cleaned by the rerun), else in the system's temporary directory."""
+    """Where a local run's DoFns leave their counts: inside a local output directory (named by the
+    ledger, so a killed run's leftovers are removed by the rerun), else in the system's temp directory."""
     if paths.is_remote(output_dir):
         return os.path.join(tempfile.gettempdir(), f"rotnet-progress-{run_id}")
-    return os.path.join(paths.local_path(output_dir), _PROGRESS_PREFIX + run_id)
+    return os.path.join(paths.local_path(output_dir), PROGRESS_PREFIX + run_id)
 
 
-def prepare_output_dir(output_dir: str, overwrite: bool) -> None:
-    """Refuse to replace a finished dataset unless asked; remove what an unfinished run left behind.
+def planned_files(splits: Iterable[str], num_shards: dict[str, int], compression: str) -> list[str]:
+    """The final names a run writes: every shard of every split, the errors file and the manifest."""
+    shards = [
+        name for split in splits for name in sharding.shard_names(split, num_shards[split], compression)
+    ]
+    return [*shards, ERRORS_FILE, schemas.MANIFEST_NAME]
 
-    The manifest goes first, so that a crash in between never leaves a manifest beside missing shards.
-    """
+
+# --- Where the records may not go ----------------------------------------------------------------
+
+
+def input_roots(config: PipelineConfig) -> list[str]:
+    """The local directories (or files) a run reads: --input (a glob's fixed part), --mnist-dir,
+    --street-view-dir."""
+    roots = []
+    for given in (config.input_pattern, config.mnist_dir, config.street_view_dir):
+        if not given or paths.is_remote(given):
+            continue
+        if not os.path.lexists(given) and paths.has_pattern_characters(given):
+            fixed = given[: min(given.index(c) for c in "*?[" if c in given)]
+            given = os.path.dirname(fixed) or "."
+        roots.append(given)
+    return roots
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def check_location(output_dir: str, inputs: Sequence[str]) -> None:
+    """Refuse an --output-dir where writing (and later cleaning) could hurt what rotnet did not make."""
+    if paths.is_remote(output_dir):
+        scheme, _, rest = output_dir.partition("://")
+        if not rest.strip("/") or "/" not in rest.strip("/"):
+            raise OutputDirError(
+                f"--output-dir {output_dir} is a bucket's root: give a prefix for the records, e.g. "
+                f"{scheme}://{rest.strip('/') or 'BUCKET'}/records/NAME"
+            )
+        return
+    local = paths.local_path(output_dir)
+    real = os.path.realpath(local)
+    shown = f"--output-dir {output_dir}"
+    if real == os.path.realpath(os.sep):
+        raise OutputDirError(
+            f"{shown} is the root directory: choose a directory for the records, e.g. data/records/NAME"
+        )
+    if real == os.path.realpath(os.path.expanduser("~")):
+        raise OutputDirError(
+            f"{shown} is your home directory: choose a directory for the records, e.g. ~/records/NAME"
+        )
+    if os.path.lexists(local) and not os.path.isdir(local):
+        raise OutputDirError(f"{shown} is a file, not a directory: choose a directory for the records")
+    for given in inputs:
+        source = os.path.realpath(given)
+        if real == source:
+            problem = f"is the input {given}"
+        elif _inside(source, real):
+            problem = f"contains the input {given}"
+        elif _inside(real, source):
+            problem = f"is inside the input {given}"
+        else:
+            continue
+        raise OutputDirError(
+            f"{shown} {problem}: the records would be written among the files being read; choose a "
+            "directory outside the input"
+        )
+
+
+# --- Storage: the few operations the rules need, local or remote ----------------------------------
+
+
+def _names_in(output_dir: str) -> set[str]:
+    """The entries directly in the directory (for gs://, the first path component of every object)."""
+    if not paths.is_remote(output_dir):
+        try:
+            return set(os.listdir(paths.local_path(output_dir)))
+        except FileNotFoundError:
+            return set()
     from apache_beam.io.filesystems import FileSystems
 
-    manifest = manifest_path(output_dir)
-    if paths.exists(manifest):
-        if not overwrite:
-            raise JobError(
-                f"{output_dir} already holds a finished dataset ({schemas.MANIFEST_NAME}); "
-                "pass --overwrite to replace it, or choose another --output-dir"
-            )
-        FileSystems.delete([manifest])
-    patterns = [
-        sharding.shard_glob("*", "none"),
-        sharding.shard_glob("*", "gzip"),
-        sharding.errors_glob(),
-        "beam-temp-*",
-        "beam-temp-*/*",
-        _TEMP_PREFIX + "*/*",
-    ]
-    stale = {item.path for pattern in patterns for item in match(paths.join(output_dir, pattern))}
-    if stale:
-        FileSystems.delete(sorted(stale))
+    prefix = output_dir.rstrip("/") + "/"
+    try:
+        found = FileSystems.match([paths.literal_pattern(prefix) + "**"])[0].metadata_list
+    except Exception:  # BeamIOError for an empty prefix on some filesystems
+        return set()
+    return {item.path[len(prefix) :].split("/", 1)[0] for item in found if item.path.startswith(prefix)}
+
+
+def _remove(output_dir: str, name: str) -> None:
+    """Remove OUTPUT_DIR/name: a file or link (never followed), or a directory with all it holds."""
+    path = paths.join(output_dir, name)
     if not paths.is_remote(output_dir):
-        local = Path(paths.local_path(output_dir))
-        # Beam's local match lists files, not directories.
-        for directory in [
-            *local.glob("beam-temp-*"),
-            *local.glob(_PROGRESS_PREFIX + "*"),
-            *local.glob(_TEMP_PREFIX + "*"),
-        ]:
-            shutil.rmtree(directory, ignore_errors=True)
-        local.mkdir(parents=True, exist_ok=True)
+        try:
+            status = os.lstat(path)
+        except FileNotFoundError:
+            return
+        if stat.S_ISDIR(status.st_mode):
+            shutil.rmtree(path)  # refuses a symlink itself; below it nothing is followed
+        else:
+            os.unlink(path)
+        return
+    below = [item.path for item in _match_literal(path + "/", "**")]  # a "directory" of objects
+    for found in [path, *below]:
+        paths.delete(found)
+
+
+def _match_literal(path: str, pattern_suffix: str = "") -> list:
+    from apache_beam.io.filesystems import FileSystems
+
+    try:
+        return FileSystems.match([paths.literal_pattern(path) + pattern_suffix])[0].metadata_list
+    except Exception:
+        return []
+
+
+def _read_small(path: str, limit: int = 16 * 2**20) -> str:
+    if not paths.is_remote(path):
+        return read_input_file(paths.local_path(path), limit).decode("utf-8", "replace")
+    with paths.open_binary(path) as handle:
+        return handle.read(limit).decode("utf-8", "replace")
+
+
+def _write_atomically(path: str, text: str) -> None:
+    """Write a small file whole (temp file + rename locally; one object write on gs://)."""
+    data = text.encode("utf-8")
+    if paths.is_remote(path):
+        with paths.open_binary(path, "wb") as handle:
+            handle.write(data)
+        return
+    local = paths.local_path(path)
+    temporary = f"{local}.{os.getpid()}.tmp"
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
+    with os.fdopen(descriptor, "wb") as handle:
+        handle.write(data)
+    os.replace(temporary, local)
+
+
+# --- Claiming the directory -------------------------------------------------------------------------
+
+
+@dataclass
+class RunOutput:
+    """An output directory claimed by a run: locked, its ledger written, earlier leftovers removed."""
+
+    output_dir: str
+    ledger: RunLedger
+    lock: object
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def temp_dir(self) -> str:
+        """Where this run's writers put their files before they are renamed to their final names."""
+        return paths.join(self.output_dir, self.ledger.temp_dir)
+
+    @property
+    def stats_path(self) -> str:
+        return paths.join(self.temp_dir, STATS_NAME)
+
+    @property
+    def duplicates_path(self) -> str:
+        return paths.join(self.temp_dir, DUPLICATES_NAME)
+
+    def check_free(self, info: schemas.DatasetInfo) -> None:
+        """Before the files are renamed into place: no name the manifest will list appeared during the
+        run (the claim made them free; a file someone put there since is theirs, not replaced)."""
+        names = [shard.name for split in info.splits.values() for shard in split.shards] + info.error_files
+        taken = [name for name in names if paths.exists(paths.join(self.output_dir, name))]
+        if taken:
+            raise JobError(
+                f"{paths.join(self.output_dir, taken[0])} appeared while the run wrote its records; it is left "
+                "as it is and the manifest was not written: move it away and rerun"
+            )
+
+    def remove_temp_dir(self) -> None:
+        """The run's temp dir with whatever is in it (only this run wrote there)."""
+        _remove(self.output_dir, self.ledger.temp_dir, tree=True)
+
+    def finish(self) -> None:
+        """After the manifest is written: the temp dir and the ledger go (the manifest now proves
+        which files are rotnet's)."""
+        self.remove_temp_dir()
+        _remove(self.output_dir, LEDGER_NAME)
+
+    def release(self) -> None:
+        """Drop the lock (always, also after a failure; the ledger then stays and names the leftovers)."""
+        self.lock.release()
+
+
+def _foreign_listing(output_dir: str, names: set[str]) -> str:
+    shown = sorted(names, key=lambda name: (name.startswith("."), name))[:_SHOWN_ENTRIES]  # visible first
+    more = f" and {len(names) - len(shown)} more" if len(names) > len(shown) else ""
+    return ", ".join(shown) + more
+
+
+def _owned_by_manifest(info: schemas.DatasetInfo) -> set[str]:
+    """The files a finished run's manifest lists (names validated: plain names of rotnet's own form)."""
+    names = {shard.name for split in info.splits.values() for shard in split.shards}
+    names |= {name for name in info.error_files if _ERRORS_NAME.match(name)}
+    return names | {schemas.MANIFEST_NAME}
+
+
+def claim(
+    config: PipelineConfig, ledger: RunLedger, log: Callable[[str], None] = lambda line: None
+) -> RunOutput:
+    """Check, lock and claim `config.output_dir` for the run `ledger` describes; remove what the
+    previous run provably wrote. Raises OutputDirError (exit 2) for every refusal."""
+    output_dir = config.output_dir
+    check_location(output_dir, input_roots(config))
+    if not paths.is_remote(output_dir):
+        os.makedirs(paths.local_path(output_dir), exist_ok=True)
+    lock = output_lock.lock_for(output_dir, ledger.run_id)
+    try:
+        stale = lock.acquire()
+    except output_lock.LockHeldError as error:
+        raise OutputDirError(str(error)) from None
+    try:
+        run = RunOutput(output_dir, ledger, lock)
+        if stale is not None:
+            run.notes.append(f"a run that was killed ({stale.describe()}) held {output_dir}; taken over")
+        _clear(run, config.overwrite)
+        _write_atomically(paths.join(output_dir, LEDGER_NAME), ledger.to_json())
+    except BaseException:
+        lock.release()
+        raise
+    for note in run.notes:
+        log(note)
+    return run
+
+
+def _clear(run: RunOutput, overwrite: bool) -> None:
+    """Remove what the previous run's manifest (with --overwrite) and ledger name; refuse the rest."""
+    output_dir = run.output_dir
+    present = _names_in(output_dir) - {output_lock.LOCK_NAME}
+    owned: set[str] = set()
+    info = None
+    if schemas.MANIFEST_NAME in present:
+        try:
+            info = schemas.load_manifest(output_dir)
+        except schemas.ManifestError as error:
+            raise OutputDirError(
+                f"{error} -- so nothing in {output_dir} can be shown to be rotnet's and nothing is "
+                "touched: move that directory away or choose another --output-dir"
+            ) from None
+        if not overwrite:
+            raise OutputDirError(
+                f"{output_dir} already holds a finished dataset ({schemas.MANIFEST_NAME}); pass --overwrite "
+                "to replace it (only the files its manifest lists are removed), or choose another --output-dir"
+            )
+        owned |= _owned_by_manifest(info)
+    previous = None
+    if LEDGER_NAME in present:
+        try:
+            previous = RunLedger.from_json(_read_small(paths.join(output_dir, LEDGER_NAME)))
+        except (LedgerError, InputFileError) as error:
+            raise OutputDirError(
+                f"{paths.join(output_dir, LEDGER_NAME)} is not a run ledger rotnet can use ({error}): move it "
+                "away, or choose another --output-dir"
+            ) from None
+        owned |= {*previous.names, LEDGER_NAME}
+    foreign = present - owned
+    if foreign and info is None and previous is None and not overwrite:
+        raise OutputDirError(
+            f"{output_dir} is not empty ({_foreign_listing(output_dir, foreign)}) and holds no rotnet manifest "
+            "or run ledger: choose an empty or new --output-dir, or pass --overwrite to write the records "
+            "beside these files (rotnet leaves them as they are)"
+        )
+    colliding = sorted(foreign & {*run.ledger.names, LEDGER_NAME})
+    if colliding:
+        raise OutputDirError(
+            f"{paths.join(output_dir, colliding[0])} is not rotnet's (no rotnet manifest or run ledger in "
+            f"{output_dir} names it) and this run would write that name: move it away, or choose another "
+            "--output-dir"
+        )
+    if previous is not None:
+        run.notes.append(
+            f"the unfinished run {previous.run_id} ({previous.pid} on {previous.host}, started "
+            f"{previous.started}) left files here; removing what its ledger names"
+        )
+    # The manifest first: a crash in between never leaves a manifest beside missing shards; the old
+    # ledger last: until then it still names what is left to remove.
+    ordered = [schemas.MANIFEST_NAME] * (schemas.MANIFEST_NAME in owned) + sorted(
+        owned - {schemas.MANIFEST_NAME, LEDGER_NAME}
+    )
+    for name in [*ordered, LEDGER_NAME]:
+        if name in present:
+            _remove(output_dir, name)
+
+
+class _NoLock:
+    def release(self) -> None:
+        pass
+
+
+@contextlib.contextmanager
+def unclaimed(config: PipelineConfig, ledger: RunLedger):
+    """The paths a run would use, without locking, clearing or writing anything (a dry run)."""
+    yield RunOutput(config.output_dir, ledger, _NoLock())
+
+
+@contextlib.contextmanager
+def claimed(config: PipelineConfig, ledger: RunLedger, log: Callable[[str], None] = lambda line: None):
+    """`claim` as a context: the lock is released when the block ends, however it ends."""
+    run = claim(config, ledger, log)
+    try:
+        yield run
+    finally:
+        run.release()

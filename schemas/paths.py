@@ -3,7 +3,9 @@ unless a remote path is actually used."""
 
 from __future__ import annotations
 
+import contextlib
 import os
+import warnings
 from typing import IO
 
 
@@ -80,11 +82,47 @@ def size(path: str) -> int | None:
     try:
         from apache_beam.io.filesystems import FileSystems
 
-        found = FileSystems.match([path])[0].metadata_list
-        return found[0].size_in_bytes if found else None
+        # An exact lookup: FileSystems.match would read a '[' or '*' in the path as a pattern.
+        return FileSystems.get_filesystem(path).metadata(path).size_in_bytes
     except ImportError:
         import tensorflow as tf
 
         return tf.io.gfile.stat(path).length if tf.io.gfile.exists(path) else None
     except Exception:  # Beam raises BeamIOError for a path that matches nothing on some filesystems
         return None
+
+
+_PATTERN_CHARACTERS = {"*": "[*]", "?": "[?]", "[": "[[]"}
+# Python's re warns that `[[]` might one day read as a nested set; today (3.11-3.13) it is the class
+# holding '[', which Beam's pattern translation produces from it.
+warnings.filterwarnings("ignore", message="Possible nested set", category=FutureWarning)
+
+
+def literal_pattern(path: str) -> str:
+    """`path` as a Beam FileSystems.match pattern that matches exactly `path`.
+
+    Paths from users are literal: a directory named `photos[2020]` is that directory, not a glob that
+    also matches `photos2`. Beam's match has no quoting, but a one-character class is literal:
+    `[*]`, `[?]`, `[[]` (a `]` outside a class is already literal).
+    """
+    return "".join(_PATTERN_CHARACTERS.get(character, character) for character in path)
+
+
+def has_pattern_characters(path: str) -> bool:
+    return any(character in path for character in _PATTERN_CHARACTERS)
+
+
+def delete(path: str) -> None:
+    """Delete exactly the file `path` (nothing if it is missing).
+
+    Not FileSystems.delete(path): Beam matches the path as a pattern, local and gs:// alike, so
+    deleting `od/ds[1]/x` would delete `od/ds1/x`.
+    """
+    if not is_remote(path):
+        with contextlib.suppress(FileNotFoundError):
+            os.unlink(local_path(path))
+        return
+    from apache_beam.io.filesystems import FileSystems
+
+    if FileSystems.exists(path):
+        FileSystems.delete([literal_pattern(path)])

@@ -75,12 +75,17 @@ def test_relative_id_and_input_resolution(tmp_path: Path) -> None:
     assert common.relative_id("/elsewhere/b.jpg", "/data") == "b.jpg"
     (tmp_path / "sub").mkdir()
     (tmp_path / "sub" / "x.png").write_bytes(b"")
-    assert images.resolve_input(str(tmp_path)) == (str(tmp_path / "**"), str(tmp_path))
-    assert images.resolve_input(str(tmp_path / "sub" / "x.png")) == (
-        str(tmp_path / "sub" / "x.png"),
-        str(tmp_path / "sub"),
+    (tmp_path / "sub" / "y.jpg").write_bytes(b"")
+    directory = images.resolve_input(str(tmp_path))
+    assert (directory.base, directory.pattern, directory.listed()) == (
+        str(tmp_path),
+        None,
+        ["sub/x.png", "sub/y.jpg"],
     )
-    assert images.resolve_input(f"{tmp_path}/s*/*.png") == (f"{tmp_path}/s*/*.png", str(tmp_path))
+    single = images.resolve_input(str(tmp_path / "sub" / "x.png"))
+    assert (single.base, single.listed()) == (str(tmp_path / "sub"), ["x.png"])
+    glob = images.resolve_input(f"{tmp_path}/s*/*.png")
+    assert (glob.base, glob.listed()) == (str(tmp_path), ["sub/x.png"])
     with pytest.raises(JobError, match="does not exist"):
         images.resolve_input(str(tmp_path / "missing"))
 
@@ -111,7 +116,7 @@ def test_read_decode_prepare_routes_images_by_split_and_bad_files_to_errors(tmp_
 
     pipeline = in_process_pipeline()
     read = pipeline | "Read" >> common.ReadFiles(
-        config, str(tmp_path / "**"), str(tmp_path), images.identify_file
+        config, common.list_files(str(tmp_path)), images.identify_file
     )
     decoded = read["images"] | transforms.DecodeImages(config)
     prepared = decoded.images | transforms.PrepareRotations(config, splits)

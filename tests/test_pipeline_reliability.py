@@ -80,9 +80,9 @@ def test_bad_inputs_become_records_or_errors_and_counts_add_up(tmp_path: Path, s
     stored = codec.decode_source_image((inputs / "exif_rotated.jpg").read_bytes(), apply_exif=False)
     assert upright.shape == (96, 72, 3) and stored.shape == (72, 96, 3)
 
-    # A finished directory is not replaced without --overwrite (checked before Beam starts).
+    # A finished directory is not replaced without --overwrite (checked before Beam starts): a usage error.
     again = run_cli(*arguments, "--output-dir", str(output), *LOCAL_ONE_WORKER)
-    assert again.exit_code == 1 and "--overwrite" in again.output
+    assert again.exit_code == 2 and "--overwrite" in again.output
 
     # With the default --max-error-fraction (1%) the run fails: exit 1, errors listed, no manifest.
     failed = tmp_path / "failed"
@@ -151,8 +151,8 @@ def test_killed_pipeline_leaves_no_partial_shard_and_a_rerun_writes_the_same_rec
 
     result = run_cli(*arguments)
     assert result.exit_code == 0, result.output
-    assert not list(output.glob(".rotnet-tmp-*")), "the interrupted run's temporary files were not cleaned"
-    assert not list(output.glob(".rotnet-*")), "progress or stats files were left behind"
+    assert not list(output.glob(".rotnet-*")), "temporary, progress, ledger or lock files were left behind"
+    assert "removing what its ledger names" in result.output, "the killed run's leftovers are reported"
     info = schemas.load_manifest(str(output))
     train = mnist_subset(offline / "train-images-idx3-ubyte.gz", offline / "train-labels-idx1-ubyte.gz", 0.1)
     assert info.num_images_read == len(train)

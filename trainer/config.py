@@ -133,8 +133,9 @@ def check(config: TrainConfig) -> list[str]:
         problems.append(f"lr schedule {config.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
     if config.weights not in (None, "none") and config.model not in PRETRAINED_BACKBONES:
         problems.append(f"--weights applies to {', '.join(PRETRAINED_BACKBONES)}, not {config.model}")
-    if config.sigma_degrees <= 0:
-        problems.append("sigma must be positive (degrees)")
+    # `not x > 0` rather than `x <= 0`: NaN fails every comparison, so `nan <= 0` would let it through.
+    if not (math.isfinite(config.sigma_degrees) and config.sigma_degrees > 0):
+        problems.append(f"--sigma must be a positive, finite number of degrees, not {config.sigma_degrees}")
     if config.angles is not None:
         if not config.angles:
             problems.append("angles must not be empty")
@@ -142,7 +143,7 @@ def check(config: TrainConfig) -> list[str]:
             problems.append("angles must be in 0..359")
         if len(set(config.angles)) != len(config.angles):
             problems.append("angles must not repeat")
-    if config.max_images is not None and config.max_images <= 0:
+    if config.max_images is not None and not (math.isfinite(config.max_images) and config.max_images > 0):
         problems.append("max-images must be positive (a count, or a fraction <= 1)")
     for name in ("epochs", "batch_size", "shuffle_buffer", "cycle_length"):
         if getattr(config, name) < 1:
@@ -151,8 +152,8 @@ def check(config: TrainConfig) -> list[str]:
         value = getattr(config, name)
         if value is not None and value < 1:
             problems.append(f"{name.replace('_', '-')} must be at least 1")
-    if config.learning_rate <= 0:
-        problems.append("lr must be positive")
+    if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
+        problems.append(f"--lr must be a positive, finite number (e.g. 1e-3), not {config.learning_rate}")
     return problems
 
 

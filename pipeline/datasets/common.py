@@ -8,7 +8,9 @@ dataset.
 from __future__ import annotations
 
 import json
+import os
 import posixpath
+import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,8 +19,10 @@ import apache_beam as beam
 import numpy as np
 from apache_beam.io import fileio
 
-from pipeline import progress
+from pipeline import codec, inputs, progress
 from pipeline.config import PipelineConfig
+from pipeline.inputs import DirectoryEntry
+from schemas import paths
 from schemas.splits import assign_split, in_subset
 
 ERRORS = "errors"  # the tag of every transform's error output: one JSON line per failed source image
@@ -38,6 +42,7 @@ class SourceImage:
     label: int = -1
     encoded: bytes | None = None
     pixels: np.ndarray | None = None
+    source: str = ""  # where it came from ("part1.zip:x/a_1.jpg", "2020/a.jpg"): named if ids collide
 
 
 @dataclass
@@ -107,8 +112,87 @@ class CountingDoFn(beam.DoFn):
 Identify = Callable[[str, str], tuple[str | None, str | None]]
 
 
+@dataclass(frozen=True)
+class FileSource:
+    """The files a dataset reads, as the plan found them.
+
+    Local files are listed at plan time (`list_local_files`): every entry, whatever it is, becomes an
+    element, so FIFOs, links and unreadable names are read (refused) one by one and counted, never left
+    out by a listing that skips them. Remote (gs://) files are matched inside the job by `pattern`,
+    which holds user paths only through `schemas.paths.literal_pattern`.
+    """
+
+    base: str
+    entries: tuple[DirectoryEntry, ...] = ()
+    pattern: str | None = None
+
+    def listed(self) -> list[str]:
+        """Paths below the base of the files to read (remote: matched now, for the plan's counts)."""
+        if self.pattern is not None:
+            return [relative_id(item.path, self.base) for item in match(self.pattern)]
+        return [entry.relative for entry in self.entries if entry.problem is None]
+
+    @property
+    def problems(self) -> list[DirectoryEntry]:
+        """Local entries that stand for something that could not be listed (reported, counted)."""
+        return [entry for entry in self.entries if entry.problem]
+
+
+def list_files(given: str) -> FileSource:
+    """The files a path names, local (`list_local_files`) or gs:// (`remote_files`)."""
+    return remote_files(given) if paths.is_remote(given) else list_local_files(given)
+
+
+def list_local_files(given: str) -> FileSource:
+    """The local directory (walked, symlinked directories once), file, or glob (when no such path
+    exists: Beam's pattern syntax, `**` recursing) that --input or --street-view-dir names."""
+    from apache_beam.io.filesystem import FileSystem
+
+    if os.path.isdir(given):
+        return FileSource(given, tuple(inputs.walk_directory(given)))
+    if os.path.lexists(given):
+        return FileSource(os.path.dirname(given) or ".", (DirectoryEntry(given, os.path.basename(given)),))
+    fixed = given[: min((given.index(c) for c in "*?[" if c in given), default=len(given))]
+    base = os.path.dirname(fixed) or "."
+    if not os.path.isdir(base):
+        return FileSource(base)
+    matches = re.compile(FileSystem.translate_pattern(given)).match
+    entries = []
+    for entry in inputs.walk_directory(base):
+        path = entry.path if base != "." else entry.relative
+        if matches(path):
+            entries.append(entry)
+    return FileSource(base, tuple(entries))
+
+
+def remote_files(given: str) -> FileSource:
+    """A gs:// directory prefix (every object below it), object, or glob (when neither exists)."""
+    prefix = given.rstrip("/")
+    if given.endswith("/") or match(paths.literal_pattern(prefix) + "/*"):
+        return FileSource(prefix, pattern=paths.literal_pattern(prefix) + "/**")
+    if paths.exists(given):
+        return FileSource(prefix.rsplit("/", 1)[0], pattern=paths.literal_pattern(given))
+    fixed = given[: min((given.index(c) for c in "*?[" if c in given), default=len(given))]
+    return FileSource(fixed.rsplit("/", 1)[0], pattern=given)
+
+
+def read_bounded_file(path: str, max_bytes: int) -> bytes:
+    """A whole local (regular, pipeline.inputs) or remote file of at most `max_bytes`."""
+    if not paths.is_remote(path):
+        return inputs.read_input_file(paths.local_path(path), max_bytes)
+    with paths.open_binary(path) as handle:
+        return inputs.read_bounded(handle, max_bytes, paths.size(path))
+
+
+_NOT_UTF8 = (
+    "file name is not valid UTF-8 (shown with \\x escapes), so it cannot be an image id: rename the "
+    "file (e.g. `convmv -f latin1 -t utf-8 --notest NAME`)"
+)
+
+
 class _ReadFileFn(CountingDoFn):
-    """fileio.ReadableFile -> SourceImage with the file's bytes; `identify` names it (or skips it)."""
+    """A local DirectoryEntry or a remote fileio.ReadableFile -> SourceImage with the file's bytes, or
+    one errors-file line; `identify` names it (or skips it, counted)."""
 
     def __init__(
         self, config: PipelineConfig, base: str, identify: Identify, progress_dir: str | None
@@ -117,28 +201,51 @@ class _ReadFileFn(CountingDoFn):
         self.base = base.rstrip("/")
         self.identify = identify
 
-    def process(self, readable: fileio.ReadableFile) -> Iterator[Any]:
+    def process(self, element: DirectoryEntry | fileio.ReadableFile) -> Iterator[Any]:
         config = self.config
-        path = readable.metadata.path
-        image_id, skipped = self.identify(path, relative_id(path, self.base))
+        if isinstance(element, DirectoryEntry):
+            path, relative, problem = element.path, element.relative, element.problem
+        else:
+            path, relative, problem = (
+                element.metadata.path,
+                relative_id(element.metadata.path, self.base),
+                None,
+            )
+        if problem is not None and "already read" in problem:
+            self.counters.add(**{progress.FILES_SKIPPED: 1})  # its files are read under their first path
+            return
+        image_id, skipped = (relative, None) if problem else self.identify(path, relative)
         if image_id is None:
             if skipped:
                 self.counters.add(**{skipped: 1})
             return
+        reason = problem or (None if inputs.is_utf8_name(image_id) else _NOT_UTF8)
+        image_id = inputs.printable_name(image_id)
         if config.subset_fraction < 1.0 and not in_subset(image_id, config.subset_fraction):
             return
         split = train_split(image_id, config)
         self.counters.add(**{progress.IMAGES_READ: 1})
-        try:
-            data = readable.read()
-        except Exception as error:  # any filesystem's read failure becomes an errors-file line
-            self.counters.add(**{progress.IMAGE_ERRORS: 1})
-            reason = f"unreadable file ({type(error).__name__}: {error})"
-            yield beam.pvalue.TaggedOutput(
-                ERRORS, error_entry(config.dataset, split, image_id, "read", reason)
-            )
-            return
-        yield SourceImage(config.dataset, split, image_id, encoded=data)
+        stage = "read"
+        if reason is None:
+            try:
+                if isinstance(element, DirectoryEntry):
+                    data = inputs.read_input_file(path, config.max_file_bytes, config.max_pixels)
+                else:
+                    with element.open() as handle:
+                        data = inputs.read_bounded(
+                            handle, config.max_file_bytes, element.metadata.size_in_bytes
+                        )
+            except inputs.InputFileError as error:
+                reason = str(error)
+            except codec.BadImageError as error:  # from the header: not an image, or too many pixels
+                reason, stage = str(error), "decode"
+            except Exception as error:  # any filesystem's read failure becomes an errors-file line
+                reason = f"unreadable file ({type(error).__name__}: {error})"
+            else:
+                yield SourceImage(config.dataset, split, image_id, encoded=data, source=relative)
+                return
+        self.counters.add(**{progress.IMAGE_ERRORS: 1})
+        yield beam.pvalue.TaggedOutput(ERRORS, error_entry(config.dataset, split, image_id, stage, reason))
 
 
 def relative_id(path: str, base: str) -> str:
@@ -151,30 +258,35 @@ def relative_id(path: str, base: str) -> str:
 
 
 class ReadFiles(beam.PTransform):
-    """Files matching `pattern` (local or gs://, `**` recurses) -> SourceImage, split by a hash of the id
-    that `identify` gives each file. Returns {"images": ..., ERRORS: ...}."""
+    """The files of a FileSource -> SourceImage, split by a hash of the id that `identify` gives each
+    file. Returns {"images": ..., ERRORS: ...}."""
 
     def __init__(
         self,
         config: PipelineConfig,
-        pattern: str,
-        base: str,
+        files: FileSource,
         identify: Identify,
         progress_dir: str | None = None,
     ) -> None:
         super().__init__()
-        self.config, self.pattern, self.base, self.progress_dir = config, pattern, base, progress_dir
+        self.config, self.files, self.progress_dir = config, files, progress_dir
         self.identify = identify
 
     def expand(self, pbegin: beam.pvalue.PBegin):
-        read = (
-            pbegin
-            | "MatchFiles" >> fileio.MatchFiles(self.pattern)
-            | "SpreadFiles" >> beam.Reshuffle()
-            | "ReadMatches" >> fileio.ReadMatches(skip_directories=True)
-            | "ReadBytes"
-            >> beam.ParDo(_ReadFileFn(self.config, self.base, self.identify, self.progress_dir)).with_outputs(
-                ERRORS, main="images"
+        if self.files.pattern is None:
+            listed = pbegin | "ListFiles" >> beam.Create(list(self.files.entries))
+        else:
+            listed = (
+                pbegin
+                | "MatchFiles" >> fileio.MatchFiles(self.files.pattern)
+                | "ReadMatches" >> fileio.ReadMatches(skip_directories=True)
             )
+        read = (
+            listed
+            | "SpreadFiles" >> beam.Reshuffle()
+            | "ReadBytes"
+            >> beam.ParDo(
+                _ReadFileFn(self.config, self.files.base, self.identify, self.progress_dir)
+            ).with_outputs(ERRORS, main="images")
         )
         return {"images": read.images, ERRORS: read[ERRORS]}

@@ -10,17 +10,13 @@ are skipped and counted; files that are images by name but cannot be decoded bec
 from __future__ import annotations
 
 import os
-import re
 
 from pipeline import progress
 from pipeline.codec import IMAGE_EXTENSIONS
 from pipeline.config import JobError, PipelineConfig
-from pipeline.datasets.common import ReadFiles, SourcePlan, match, train_and_validation
-from schemas import paths
+from pipeline.datasets.common import FileSource, ReadFiles, SourcePlan, list_files, train_and_validation
 
 DEFAULTS = {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True}
-
-_GLOB_CHARACTERS = re.compile(r"[*?\[]")
 
 
 def check(config: PipelineConfig) -> list[str]:
@@ -28,21 +24,13 @@ def check(config: PipelineConfig) -> list[str]:
     return [] if config.input_pattern else ["--dataset images needs --input DIR_OR_GLOB"]
 
 
-def resolve_input(pattern: str) -> tuple[str, str]:
-    """(glob, base directory) for --input: a directory reads everything below it (recursively)."""
-    if _GLOB_CHARACTERS.search(pattern):
-        head = _GLOB_CHARACTERS.split(pattern, maxsplit=1)[0]
-        base = head.rsplit("/", 1)[0] if "/" in head else "."
-        return pattern, base
-    if paths.is_remote(pattern):
-        if pattern.endswith("/") or len(match(pattern.rstrip("/") + "/*")) > 0:
-            return pattern.rstrip("/") + "/**", pattern.rstrip("/")
-        return pattern, pattern.rsplit("/", 1)[0]
-    if os.path.isdir(pattern):
-        return os.path.join(pattern, "**"), pattern
-    if os.path.isfile(pattern):
-        return pattern, os.path.dirname(pattern) or "."
-    raise JobError(f"--input {pattern} does not exist (give a directory, a file or a glob)")
+def resolve_input(given: str) -> FileSource:
+    """The files --input names. A path that exists is literal, even with glob characters in it (a
+    directory `photos[2020]` is read, not `photos2`); only a path that does not exist is a glob."""
+    files = list_files(given)
+    if files.pattern is None and not files.entries and not os.path.lexists(given):
+        raise JobError(f"--input {given} does not exist (give a directory, a file or a glob)")
+    return files
 
 
 def identify_file(path: str, relative: str) -> tuple[str | None, str | None]:
@@ -54,16 +42,17 @@ def identify_file(path: str, relative: str) -> tuple[str | None, str | None]:
 
 def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     """The files --input names, split train/validation by a hash of their ids."""
-    pattern, base = resolve_input(config.input_pattern)
-    matched = [item.path for item in match(pattern)]
-    images = [path for path in matched if path.lower().endswith(IMAGE_EXTENSIONS)]
-    if not images:
+    files = resolve_input(config.input_pattern)
+    listed, problems = files.listed(), files.problems
+    images = [name for name in listed if name.lower().endswith(IMAGE_EXTENSIONS)]
+    if not images and not problems:
         raise JobError(
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) match --input {config.input_pattern} "
-            f"({len(matched)} other file(s))"
+            f"({len(listed)} other file(s))"
         )
     notes = [
-        f"images: {len(images):,} image file(s) under {base}, {len(matched) - len(images):,} other file(s)"
+        f"images: {len(images):,} image file(s) under {files.base}, {len(listed) - len(images):,} other file(s)"
     ]
-    source = ReadFiles(config, pattern, base, identify_file, progress_dir)
+    notes += [f"{files.base}/{entry.relative}: {entry.problem}" for entry in problems]
+    source = ReadFiles(config, files, identify_file, progress_dir)
     return SourcePlan(source, train_and_validation(config, len(images) * config.subset_fraction), notes)

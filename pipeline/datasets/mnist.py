@@ -34,10 +34,11 @@ from pipeline.datasets.common import (
     CountingDoFn,
     SourceImage,
     SourcePlan,
+    read_bounded_file,
     train_and_validation,
     train_split,
 )
-from schemas import paths
+from pipeline.inputs import InputFileError
 from schemas.splits import in_subset
 
 # RotNet's setup: 28 px grey, lossless PNG, no largest-rect crop (the black background hides the
@@ -242,7 +243,13 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
         except FileNotFoundError as error:
             raise JobError(str(error)) from None
         offline = {split: (str(images), str(labels)) for split, (images, labels) in found.items()}
-        sizes = {split: len(read_idx(Path(labels).read_bytes())) for split, (_, labels) in found.items()}
+        try:
+            sizes = {
+                split: len(read_idx(read_bounded_file(str(labels), config.max_file_bytes)))
+                for split, (_, labels) in found.items()
+            }
+        except InputFileError as error:
+            raise JobError(f"--mnist-dir {config.mnist_dir}: {error}") from None
         missing = [split for split in SPLIT_FILES if split not in found]
         notes.append(
             f"MNIST offline copy {config.mnist_dir}: found "
@@ -282,10 +289,10 @@ class _LoadMnistSplitFn(CountingDoFn):
                 str(download_file(name, config.download_dir, mirrors, config.mnist_checksums))
                 for name in SPLIT_FILES[source_split]
             )
-        with paths.open_binary(images_path) as images_file:
-            images_bytes = images_file.read()
-        with paths.open_binary(labels_path) as labels_file:
-            labels_bytes = labels_file.read()
+        # Bounded reads of regular files only: a FIFO or a device named like an IDX file fails the job
+        # with the reason instead of blocking it or filling the memory.
+        images_bytes = read_bounded_file(images_path, config.max_file_bytes)
+        labels_bytes = read_bounded_file(labels_path, config.max_file_bytes)
         images, labels = load_split(images_bytes, labels_bytes)
         read = 0
         for index in range(len(images)):

@@ -36,15 +36,17 @@ from typing import IO, Any, NamedTuple
 
 import apache_beam as beam
 
-from pipeline import progress
+from pipeline import inputs, progress
 from pipeline.config import JobError, PipelineConfig
 from pipeline.datasets.common import (
     ERRORS,
     CountingDoFn,
+    FileSource,
     ReadFiles,
     SourceImage,
     SourcePlan,
     error_entry,
+    list_files,
     match,
     train_and_validation,
     train_split,
@@ -96,11 +98,13 @@ class CorruptMemberError(ValueError):
 
 @dataclass(frozen=True)
 class ZipImage:
-    """One kept image: id "008922_1", view 1-4 and the encoded JPEG bytes as stored in the zip."""
+    """One kept image: id "008922_1", view 1-4, the encoded JPEG bytes as stored in the zip, and the
+    member's name (two members of one id, in different folders, are told apart by it)."""
 
     image_id: str
     view: int
     data: bytes
+    member: str = ""
 
 
 @dataclass
@@ -239,7 +243,7 @@ def iter_zip_images(
                 yield error
                 continue
             counts.kept += 1
-            yield ZipImage(image_id=image_id, view=view, data=data)
+            yield ZipImage(image_id=image_id, view=view, data=data, member=info.filename)
     return counts
 
 
@@ -300,11 +304,20 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     directory = config.street_view_dir.rstrip("/")
     if not paths.is_remote(directory) and not os.path.isdir(directory):
         raise JobError(f"--street-view-dir {directory} is not a directory")
-    zips = sorted(item.path for item in match(paths.join(directory, "*.zip")))
+    files = list_files(directory)  # the literal directory: every file below it, links followed once
+    if paths.is_remote(directory):
+        zips = sorted(item.path for item in match(paths.literal_pattern(directory) + "/*.zip"))
+    else:
+        zips = [paths.join(directory, name) for name in files.listed() if _is_part(name)]
+        for path in zips:
+            try:  # zipfile would block on a FIFO named part1.zip, or read a device forever
+                inputs.check_regular_file(path)
+            except inputs.InputFileError as error:
+                raise JobError(f"--street-view-dir: {path} is not read: {error}") from None
     loose = [
-        path
-        for path in (item.path for item in match(paths.join(directory, "**")))
-        if not path.endswith(".zip") and parse_member_name(os.path.basename(path))
+        name
+        for name in files.listed()
+        if not name.endswith(".zip") and parse_member_name(posixpath.basename(name))
     ]
     if not zips and not loose:
         raise JobError(
@@ -315,17 +328,16 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
         if paths.is_remote(path):  # not worth reading remote central directories for a shard estimate
             kept += KEPT_IMAGES / NUM_PARTS
         else:
-            with zipfile.ZipFile(path) as archive:
-                kept += _kept_views(archive.namelist())
+            try:
+                with zipfile.ZipFile(path) as archive:
+                    kept += _kept_views(archive.namelist())
+            except (zipfile.BadZipFile, OSError):  # the job's read of the part says what is wrong
+                kept += KEPT_IMAGES / NUM_PARTS
     notes.append(
         f"Street View offline copy {directory}: {len(zips)} zip part(s), {len(loose)} loose image file(s)"
     )
     source = ReadStreetView(
-        config,
-        [(os.path.basename(path), path) for path in zips],
-        loose_pattern=paths.join(directory, "**") if loose else None,
-        loose_base=directory,
-        progress_dir=progress_dir,
+        config, [(os.path.basename(path), path) for path in zips], files if loose else None, progress_dir
     )
     return SourcePlan(source, train_and_validation(config, kept * config.subset_fraction), notes)
 
@@ -336,10 +348,15 @@ def _kept_views(names: Sequence[str]) -> int:
     return sum(1 for item in parsed if item and item[1] in KEEP_VIEWS)
 
 
+def _is_part(relative: str) -> bool:
+    """A zip part is a `.zip` directly in --street-view-dir (deeper ones are not parts)."""
+    return "/" not in relative and relative.lower().endswith(".zip")
+
+
 def identify_loose_file(path: str, relative: str) -> tuple[str | None, str | None]:
     """A loose file's image id (its stem), or why it is skipped: zip parts are read as parts, views
     0/5 are dropped by design and other names are not Street View images (both counted)."""
-    if path.lower().endswith(".zip"):
+    if _is_part(relative):
         return None, None
     parsed = parse_member_name(posixpath.basename(relative))
     if parsed is None:
@@ -373,7 +390,8 @@ class _ReadZipPartFn(CountingDoFn):
                 )
                 self.counters.add(**{progress.IMAGE_ERRORS: 1})
             else:
-                yield SourceImage("street_view", split, image_id, encoded=item.data)
+                source = f"{part_name}:{item.member}"
+                yield SourceImage("street_view", split, image_id, encoded=item.data, source=source)
         self.counters.add(
             **{
                 progress.IMAGES_READ: read,
@@ -389,7 +407,7 @@ class ReadStreetView(beam.PTransform):
     """The GMCP zip parts -> SourceImage per side view (views 1-4), split by hash of the file name.
 
     `parts` are (part name, path) pairs with path None to download the part inside the job (each part
-    on its own worker); `loose_pattern` also reads unzipped `<placemark>_<view>.jpg` files beside them.
+    on its own worker); `loose_files` also reads unzipped `<placemark>_<view>.jpg` files beside them.
     Returns {"images": ..., ERRORS: ...} (errors: corrupt zip members, unreadable files).
     """
 
@@ -397,13 +415,12 @@ class ReadStreetView(beam.PTransform):
         self,
         config: PipelineConfig,
         parts: Sequence[tuple[str, str | None]] = (),
-        loose_pattern: str | None = None,
-        loose_base: str = "",
+        loose_files: FileSource | None = None,
         progress_dir: str | None = None,
     ) -> None:
         super().__init__()
         self.config, self.parts, self.progress_dir = config, list(parts), progress_dir
-        self.loose_pattern, self.loose_base = loose_pattern, loose_base
+        self.loose_files = loose_files
 
     def expand(self, pbegin: beam.pvalue.PBegin):
         images, errors = [], []
@@ -419,9 +436,9 @@ class ReadStreetView(beam.PTransform):
             )
             images.append(from_zips.images | "SpreadImages" >> beam.Reshuffle())
             errors.append(from_zips[ERRORS])
-        if self.loose_pattern:
+        if self.loose_files is not None:
             loose = pbegin | "ReadLooseFiles" >> ReadFiles(
-                self.config, self.loose_pattern, self.loose_base, identify_loose_file, self.progress_dir
+                self.config, self.loose_files, identify_loose_file, self.progress_dir
             )
             images.append(loose["images"])
             errors.append(loose[ERRORS])

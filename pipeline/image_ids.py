@@ -1,0 +1,153 @@
+"""Duplicate image ids: found, reported, or made unique by a stable suffix -- never silent (finding 7).
+
+An image id names a source image in every record and decides its split and shard. Street View ids
+are file stems, so zip members `x/dup_1.jpg`, `y/dup_1.jpg` and a loose `dup_1.jpg` (three different
+photos) all get id `dup_1`; TFDS fails a build on duplicate keys, and so does rotnet-pipeline:
+
+* `FindDuplicateIds`: (split, id) -> how many source images have it and where they came from (the
+  first few `SourceImage.source`s), written as JSON for the launcher, which fails the run with
+  `duplicates_message` before writing the manifest.
+* `MakeIdsUnique` (`--duplicate-ids suffix`): every image of a shared id gets
+  `suffixed_id(id, source)` = `id~` + 8 hex digits of its source's SHA-256, the same on every run and
+  machine; its split is drawn again from the new id. It groups the images by id, a shuffle of the
+  images' bytes, so it runs only when asked.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+from collections.abc import Iterable, Iterator
+from typing import Any
+
+import apache_beam as beam
+
+from pipeline.config import JobError, PipelineConfig
+from pipeline.datasets.common import SourceImage, train_split
+
+_SOURCES_KEPT = 3  # sources named per duplicate id in the message
+_IDS_SHOWN = 5
+
+
+def suffixed_id(image_id: str, source: str) -> str:
+    """The unique id of one of several images sharing `image_id`: stable, derived from its source."""
+    return f"{image_id}~{hashlib.sha256(source.encode('utf-8')).hexdigest()[:8]}"
+
+
+def check_unique(duplicates_path: str) -> None:
+    """Fail the run (JobError listing them) when FindDuplicateIds found source images sharing an id."""
+    from schemas import paths
+
+    if not paths.exists(duplicates_path):
+        raise JobError(f"the job finished without writing its id check ({duplicates_path}); rerun it")
+    with paths.open_binary(duplicates_path) as handle:
+        duplicates = json.loads(handle.read().decode("utf-8"))
+    if duplicates:
+        raise JobError(duplicates_message(duplicates))
+
+
+def duplicates_message(duplicates: list[dict[str, Any]]) -> str:
+    """One line: which ids are shared, by how many images from where, and the two ways out."""
+    duplicates = sorted(duplicates, key=lambda item: item["image_id"])
+    shown = "; ".join(
+        f"{item['image_id']} ({item['count']} sources: {', '.join(item['sources'])}"
+        + (", ..." if item["count"] > len(item["sources"]) else "")
+        + ")"
+        for item in duplicates[:_IDS_SHOWN]
+    )
+    more = f"; and {len(duplicates) - _IDS_SHOWN} more" if len(duplicates) > _IDS_SHOWN else ""
+    count = len(duplicates)
+    return (
+        f"{count} image id{' is' if count == 1 else 's are'} shared by several source images: {shown}{more}. "
+        "The records were written but the manifest was not: rename or remove the duplicates, or pass "
+        "--duplicate-ids suffix to give each a stable unique id (id~ + 8 hex digits of its source's SHA-256)"
+    )
+
+
+class _CountSources(beam.CombineFn):
+    """(number of images, the first sources in sorted order) of one id."""
+
+    def create_accumulator(self) -> tuple[int, list[str]]:
+        return 0, []
+
+    def add_input(self, accumulator: tuple[int, list[str]], source: str) -> tuple[int, list[str]]:
+        count, sources = accumulator
+        return count + 1, sorted([*sources, source])[:_SOURCES_KEPT]
+
+    def merge_accumulators(self, accumulators: Iterable[tuple[int, list[str]]]) -> tuple[int, list[str]]:
+        total, merged = 0, []
+        for count, sources in accumulators:
+            total += count
+            merged = sorted([*merged, *sources])[:_SOURCES_KEPT]
+        return total, merged
+
+    def extract_output(self, accumulator: tuple[int, list[str]]) -> tuple[int, list[str]]:
+        return accumulator
+
+
+def _write_duplicates(found: list[dict[str, Any]], path: str) -> None:
+    from apache_beam.io.filesystems import FileSystems
+
+    with FileSystems.create(path) as handle:
+        handle.write(json.dumps(sorted(found, key=lambda item: item["image_id"])).encode("utf-8"))
+
+
+class FindDuplicateIds(beam.PTransform):
+    """SourceImage -> a JSON file at `path` listing every (split, id) held by more than one image
+    (an empty list when ids are unique). Only ids and source names travel, not the images."""
+
+    def __init__(self, path: str) -> None:
+        super().__init__()
+        self.path = path
+
+    def expand(self, images: beam.PCollection) -> beam.PCollection:
+        return (
+            images
+            | "IdAndSource" >> beam.Map(lambda image: (_id_key(image), image.source))
+            | "CountPerId" >> beam.CombinePerKey(_CountSources())
+            | "Shared" >> beam.Filter(lambda item: item[1][0] > 1)
+            | "Describe"
+            >> beam.Map(lambda item: {"image_id": item[0][1], "count": item[1][0], "sources": item[1][1]})
+            | "OneList" >> beam.combiners.ToList()
+            | "Write" >> beam.Map(_write_duplicates, self.path)
+        )
+
+
+def _id_key(image: SourceImage) -> tuple[str, str]:
+    """Images that share this key share an id. A train/validation split is drawn from the id, so it is
+    left out of the key (the renamed images draw theirs again); a source's own split (MNIST test) is
+    kept, since its ids are counted apart from train's."""
+    return ("" if image.split in ("train", "validation") else image.split, image.image_id)
+
+
+def _unique(
+    keyed: tuple[tuple[str, str], Iterable[SourceImage]], config: PipelineConfig
+) -> Iterator[SourceImage]:
+    (_, image_id), group = keyed
+    images = list(group)
+    if len(images) == 1:
+        yield images[0]
+        return
+    for image in sorted(images, key=lambda item: item.source):
+        new_id = suffixed_id(image_id, image.source)
+        # A split drawn by hash (train/validation) follows the id; a source's own split (MNIST test) stays.
+        split = train_split(new_id, config) if image.split in ("train", "validation") else image.split
+        yield dataclasses.replace(image, image_id=new_id, split=split)
+
+
+class MakeIdsUnique(beam.PTransform):
+    """SourceImage -> the same images, those sharing an id renamed by `suffixed_id` (--duplicate-ids
+    suffix)."""
+
+    def __init__(self, config: PipelineConfig) -> None:
+        super().__init__()
+        self.config = config
+
+    def expand(self, images: beam.PCollection) -> beam.PCollection:
+        return (
+            images
+            | "ById" >> beam.Map(lambda image: (_id_key(image), image))
+            | "GroupById" >> beam.GroupByKey()
+            | "Rename" >> beam.FlatMap(_unique, self.config)
+        )
