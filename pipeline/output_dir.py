@@ -150,22 +150,30 @@ def _names_in(output_dir: str) -> set[str]:
     return {item.path[len(prefix) :].split("/", 1)[0] for item in found if item.path.startswith(prefix)}
 
 
-def _remove(output_dir: str, name: str) -> None:
-    """Remove OUTPUT_DIR/name: a file or link (never followed), or a directory with all it holds."""
+def _remove(output_dir: str, name: str, tree: bool = False) -> None:
+    """Remove OUTPUT_DIR/name: a file or a link (never followed); with `tree`, a directory with all it
+    holds (only the run's own temp and progress dirs, whose names carry its run id)."""
     path = paths.join(output_dir, name)
     if not paths.is_remote(output_dir):
         try:
             status = os.lstat(path)
         except FileNotFoundError:
             return
-        if stat.S_ISDIR(status.st_mode):
-            shutil.rmtree(path)  # refuses a symlink itself; below it nothing is followed
-        else:
+        if not stat.S_ISDIR(status.st_mode):
             os.unlink(path)
+        elif tree:
+            shutil.rmtree(path)  # refuses a symlink itself; below it nothing is followed
         return
-    below = [item.path for item in _match_literal(path + "/", "**")]  # a "directory" of objects
+    below = [item.path for item in _match_literal(path + "/", "**")] if tree else []  # objects "in" it
     for found in [path, *below]:
         paths.delete(found)
+
+
+def _is_directory(output_dir: str, name: str) -> bool:
+    path = paths.join(output_dir, name)
+    if not paths.is_remote(output_dir):
+        return os.path.isdir(path) and not os.path.islink(path)
+    return bool(_match_literal(path + "/", "**"))
 
 
 def _match_literal(path: str, pattern_suffix: str = "") -> list:
@@ -337,8 +345,15 @@ def _clear(run: RunOutput, overwrite: bool) -> None:
         )
     if previous is not None:
         run.notes.append(
-            f"the unfinished run {previous.run_id} ({previous.pid} on {previous.host}, started "
+            f"the unfinished run {previous.run_id} (pid {previous.pid} on host {previous.host}, started "
             f"{previous.started}) left files here; removing what its ledger names"
+        )
+    directories = set(previous.directories) if previous is not None else set()
+    in_the_way = sorted(name for name in (owned & present) - directories if _is_directory(output_dir, name))
+    if in_the_way:
+        raise OutputDirError(
+            f"{paths.join(output_dir, in_the_way[0])} is a directory where rotnet wrote a file: it is not "
+            "rotnet's to remove; move it away, or choose another --output-dir"
         )
     # The manifest first: a crash in between never leaves a manifest beside missing shards; the old
     # ledger last: until then it still names what is left to remove.
@@ -347,7 +362,7 @@ def _clear(run: RunOutput, overwrite: bool) -> None:
     )
     for name in [*ordered, LEDGER_NAME]:
         if name in present:
-            _remove(output_dir, name)
+            _remove(output_dir, name, tree=name in directories)
 
 
 class _NoLock:

@@ -273,3 +273,18 @@ def test_an_unreadable_previous_manifest_is_not_trusted_to_name_files(tmp_path: 
     line = one_error_line(result.output)
     assert "splits.train.num_records" in line and "move" in line, line
     assert tree_digest(output) == before
+
+
+def test_a_directory_at_a_name_the_old_manifest_lists_is_not_removed(tmp_path: Path) -> None:
+    """The manifest names files; a user's directory put at such a name is not rotnet's to delete."""
+    output = tmp_path / "out"
+    write_records_dir(output)
+    (output / "train-00000-of-00002.tfrecord").unlink()
+    (output / "train-00000-of-00002.tfrecord").mkdir()
+    (output / "train-00000-of-00002.tfrecord" / "mine.txt").write_text("a user's file")
+    before = tree_digest(output)
+    result = images_run(photos(tmp_path / "in"), output, "--overwrite")
+    assert result.exit_code == 2, result.output
+    line = one_error_line(result.output)
+    assert "train-00000-of-00002.tfrecord is a directory where rotnet wrote a file" in line, line
+    assert tree_digest(output) == before

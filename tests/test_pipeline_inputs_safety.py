@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 # method="thread": if a FIFO were opened, the reading thread would block in open(); the timeout then
 # ends the whole test process (xdist starts a new worker) instead of hanging CI.
-@pytest.mark.timeout(120, method="thread")
+@pytest.mark.timeout(60, method="thread")
 def test_hostile_inputs_each_become_records_or_one_error_line(tmp_path: Path) -> None:
     planted = plant_hostile_inputs(tmp_path / "in", tmp_path / "outside")
     before = tree_digest(tmp_path / "in")

@@ -1,0 +1,150 @@
+"""The output-directory rules on gs:// (issue 10), against gcp-storage-emulator on 127.0.0.1.
+
+A gs:// path is literal too (`gs://bucket/od/ds[1]` is not a pattern matching `od/ds1`), cleanup removes
+only what the old manifest lists, the ledger, temp and lock objects are gone after a run, and the
+manifest verifies against the objects. The lock's create-only-if-absent precondition is not tested
+here: the emulator ignores `ifGenerationMatch` (tests/test_output_lock.py uses a stand-in instead).
+
+The emulator fixture is local to this module (the scale-out work brings a shared one); Beam's credential
+lookup is pointed at a token-only file so that it does not retry for ~23 s.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+import schemas
+from schemas import verify
+from tests.factories import write_records_dir
+from tests.hostile_inputs import small_jpeg
+from tests.pipeline_helpers import LOCAL_ONE_WORKER, run_cli
+
+pytestmark = pytest.mark.slow
+BUCKET = "rotnet-safety"
+
+
+@pytest.fixture(scope="module")
+def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    """gs:// on an emulator: yields the bucket URL; the environment points Beam and the client at it."""
+    pytest.importorskip("gcp_storage_emulator")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    server = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "gcp_storage_emulator",
+            "start",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--in-memory",
+            "--quiet",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    credentials = tmp_path_factory.mktemp("gcs") / "token.json"
+    credentials.write_text(
+        json.dumps({"type": "authorized_user", "client_id": "-", "client_secret": "-", "refresh_token": "-",
+                    "token": "emulator", "expiry": "2999-01-01T00:00:00Z"})
+    )  # fmt: skip
+    saved = {key: os.environ.get(key) for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
+    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
+    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
+    try:
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                request = urllib.request.Request(
+                    f"http://127.0.0.1:{port}/storage/v1/b?project=test",
+                    data=json.dumps({"name": BUCKET}).encode(),
+                    headers={"Content-Type": "application/json"},
+                    method="POST",
+                )
+                urllib.request.urlopen(request, timeout=2)
+                break
+            except OSError:
+                assert server.poll() is None and time.monotonic() < deadline, "the emulator did not start"
+                time.sleep(0.1)
+        yield f"gs://{BUCKET}"
+    finally:
+        server.kill()
+        server.wait(timeout=10)
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+
+
+def objects(prefix: str) -> dict[str, str]:
+    """{object path: SHA-256 of its bytes} below `prefix` (a literal prefix)."""
+    from apache_beam.io.filesystems import FileSystems
+
+    found = FileSystems.match([schemas.paths.literal_pattern(prefix.rstrip("/") + "/") + "**"])[
+        0
+    ].metadata_list
+    digests = {}
+    for item in found:
+        with schemas.paths.open_binary(item.path) as handle:
+            digests[item.path] = hashlib.sha256(handle.read()).hexdigest()
+    return digests
+
+
+def upload(local: Path, prefix: str) -> None:
+    for path in sorted(local.rglob("*")):
+        if path.is_file():
+            with schemas.paths.open_binary(f"{prefix}/{path.relative_to(local)}", "wb") as handle:
+                handle.write(path.read_bytes())
+
+
+def test_gs_paths_are_literal_and_overwrite_removes_only_the_manifest_s_files(
+    gcs: str, tmp_path: Path
+) -> None:
+    write_records_dir(tmp_path / "ds1")
+    upload(tmp_path / "ds1", f"{gcs}/od/ds1")  # a finished dataset that `ds[1]` as a pattern matches
+    write_records_dir(tmp_path / "old", num_shards=3)
+    (tmp_path / "old" / "notes.txt").write_text("the user's, beside the old dataset")
+    (tmp_path / "old" / "train-00007-of-00009.tfrecord").write_bytes(b"named like a shard, not rotnet's")
+    output = f"{gcs}/od/ds[1]"
+    upload(tmp_path / "old", output)
+    neighbour = objects(f"{gcs}/od/ds1")
+    user = {
+        path: digest
+        for path, digest in objects(output).items()
+        if path.endswith(("notes.txt", "00009.tfrecord"))
+    }
+    inputs = tmp_path / "in"
+    inputs.mkdir()
+    for seed, name in enumerate(("a.jpg", "b.jpg")):
+        (inputs / name).write_bytes(small_jpeg(seed))
+
+    args = ["--dataset", "images", "--input", str(inputs), "--output-dir", output, "--angles", "0,90"]
+    args += ["--image-size", "16", "--num-shards", "1", *LOCAL_ONE_WORKER]
+    refused = run_cli(*args)
+    assert refused.exit_code == 2 and "already holds a finished dataset" in refused.output, refused.output
+    result = run_cli(*args, "--overwrite")
+    assert result.exit_code == 0, result.output
+
+    assert objects(f"{gcs}/od/ds1") == neighbour, "the dataset the pattern would match is untouched"
+    after = objects(output)
+    assert {path: after.get(path) for path in user} == user, "the user's objects are untouched"
+    info = schemas.load_manifest(output)
+    assert verify.check_shards(info, output, read_records=True) == []
+    listed = {f"{output}/{shard.name}" for split in info.splits.values() for shard in split.shards}
+    listed |= {f"{output}/{name}" for name in [*info.error_files, schemas.MANIFEST_NAME]}
+    assert set(after) == listed | set(user), "old shards gone; no ledger, lock or temp object left"
