@@ -6,15 +6,16 @@ directory before the first shard, stats or progress file:
 
     {"tool": "rotnet-pipeline", "version": 1, "run_id": "3f2a9c1b7e40", "host": "worker-7", "pid": 4242,
      "started": "2026-05-09T07:35:25+00:00",
-     "temp_dir": ".rotnet-tmp-3f2a9c1b7e40",          # where shards are written before they are renamed
+     "temp_dir": ".rotnet-tmp-3f2a9c1b7e40",          # shards, errors file and stats as written,
+                                                       # before they are renamed into place
      "progress_dir": ".rotnet-progress-3f2a9c1b7e40",  # local runs' live counts (or null)
      "planned_files": ["train-00000-of-00002.tfrecord", ..., "errors-00000-of-00001.jsonl",
-                       ".rotnet-stats-3f2a9c1b7e40.json", "dataset_info.json"]}
+                       "dataset_info.json"]}
 
 The next run removes exactly these names (and the directories' contents, which carry this run's id),
 never anything found by a pattern. Every name is a single path component below the output directory;
-a ledger naming anything else is refused as not rotnet's. Whatever writes the shards (Beam's sink, or
-the stable-hash writer of issue 12) writes them under `temp_dir` and renames them to `planned_files`.
+a ledger naming anything else is refused as not rotnet's. Whatever writes the shards (today
+transforms.WriteShards) writes them under `temp_dir`; the launcher renames them to `planned_files`.
 Pure: no Beam, no filesystem access.
 """
 
@@ -31,16 +32,10 @@ TOOL = "rotnet-pipeline"
 VERSION = 1
 TEMP_PREFIX = ".rotnet-tmp-"
 PROGRESS_PREFIX = ".rotnet-progress-"
-STATS_PREFIX = ".rotnet-stats-"
 
 
 class LedgerError(ValueError):
     """A `.rotnet-run.json` that is not a rotnet-pipeline ledger (so nothing it names is deleted)."""
-
-
-def stats_name(run_id: str) -> str:
-    """The per-file counts the workers write for the launcher (read, then deleted)."""
-    return f"{STATS_PREFIX}{run_id}.json"
 
 
 def _plain_name(name: object) -> bool:
@@ -72,10 +67,10 @@ class RunLedger:
 
     @classmethod
     def new(cls, run_id: str, planned_files: list[str], local_progress: bool) -> RunLedger:
-        """The ledger of a new run: its temp dir, stats file and (local runs) progress dir by run id."""
-        files = [*planned_files, stats_name(run_id)]
+        """The ledger of a new run: its final file names, its temp dir and (a progress dir inside a
+        local output directory) its progress dir, both named by the run id."""
         progress = PROGRESS_PREFIX + run_id if local_progress else None
-        return cls(run_id, TEMP_PREFIX + run_id, list(dict.fromkeys(files)), progress)
+        return cls(run_id, TEMP_PREFIX + run_id, list(dict.fromkeys(planned_files)), progress)
 
     @property
     def directories(self) -> list[str]:

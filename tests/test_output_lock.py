@@ -142,7 +142,8 @@ def test_gcs_lock_uses_a_create_only_if_absent_object(monkeypatch) -> None:
 def test_ledger_round_trips_and_refuses_names_outside_its_directory() -> None:
     ledger = run_ledger.RunLedger.new("abc123", ["train-00000-of-00001.tfrecord", "dataset_info.json"], True)
     assert ledger.temp_dir == ".rotnet-tmp-abc123" and ledger.progress_dir == ".rotnet-progress-abc123"
-    assert ledger.planned_files[-1] == ".rotnet-stats-abc123.json"
+    assert ledger.planned_files == ["train-00000-of-00001.tfrecord", "dataset_info.json"]
+    assert ledger.names == [*ledger.planned_files, ".rotnet-tmp-abc123", ".rotnet-progress-abc123"]
     assert run_ledger.RunLedger.from_json(ledger.to_json()) == ledger
     for bad in ("../elsewhere", "/etc/passwd", "sub/file", "", ".."):
         data = json.loads(ledger.to_json())
