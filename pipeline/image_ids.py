@@ -151,3 +151,18 @@ class MakeIdsUnique(beam.PTransform):
             | "GroupById" >> beam.GroupByKey()
             | "Rename" >> beam.FlatMap(_unique, self.config)
         )
+
+
+class CheckIds(beam.PTransform):
+    """SourceImage -> the same images, their ids made unique first with `--duplicate-ids suffix`, and
+    the ids that are still shared written to `duplicates_path` (for `check_unique`)."""
+
+    def __init__(self, config: PipelineConfig, duplicates_path: str) -> None:
+        super().__init__()
+        self.config, self.duplicates_path = config, duplicates_path
+
+    def expand(self, images: beam.PCollection) -> beam.PCollection:
+        if self.config.duplicate_ids == "suffix":
+            images = images | "MakeIdsUnique" >> MakeIdsUnique(self.config)
+        images | "FindDuplicateIds" >> FindDuplicateIds(self.duplicates_path)
+        return images

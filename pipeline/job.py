@@ -8,11 +8,9 @@ build and run the Beam graph, verify what it wrote, and only then write the mani
     print(summary.table())     # 5,000 images read -> ~4,500 train + ~500 validation images x 360 records
 
 Each step is a call into the module that owns it: pipeline/datasets/NAME.py plans its source,
-pipeline/output_dir.py checks, locks and claims the output directory (the run ledger is written
-before anything else, and only what an earlier run's manifest or ledger names is removed),
-pipeline/runner.py turns the Beam arguments
-into options and a runner, pipeline/transforms.py holds the shared transforms, schemas/verify.py checks
-the shards. Every source image must be accounted for (images read = images written + errors) and the
+pipeline/output_dir.py locks and claims the output directory (its ledger first; it removes only what an
+earlier run provably wrote), pipeline/runner.py turns the Beam arguments into options and a runner,
+pipeline/transforms.py holds the shared transforms, schemas/verify.py checks the shards. Every source image must be accounted for (images read = images written + errors) and the
 error fraction within --max-error-fraction before `dataset_info.json` is written: a directory without
 it is an unfinished run.
 """
@@ -21,7 +19,6 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import sys
 import time
 import uuid
@@ -33,7 +30,6 @@ import schemas
 from pipeline import datasets, image_ids, output_dir, progress, runner
 from pipeline.config import JobError, PipelineConfig
 from pipeline.datasets.common import ERRORS, SourcePlan
-from pipeline.run_ledger import RunLedger
 from schemas import gcs, paths, sharding, verify
 from schemas.manifest import manifest_path
 
@@ -74,64 +70,46 @@ def _run(
     for note in plan.notes:
         log(note)
 
-    # The ledger names everything this run may create, and is written before any of it; a dry run
-    # writes and deletes nothing, so it neither locks nor claims the directory.
-    planned = output_dir.planned_files(plan.splits, num_shards, config.compression)
-    ledger = RunLedger.new(run_id, planned, local_progress=local and not paths.is_remote(config.output_dir))
-    with (
-        output_dir.unclaimed(config, ledger)
-        if dry_run
-        else output_dir.claimed(config, ledger, log) as claimed
-    ):
-        if progress_dir:
-            os.makedirs(progress_dir)
-        temp_dir = claimed.temp_dir
-        try:
-            worker_log = os.path.join(progress_dir, "workers.log") if progress_dir else None
-            pipeline = beam.Pipeline(
-                runner=runner.local_runner(options, worker_log) if local else None, options=options
-            )
-            build(pipeline, config, plan, num_shards, claimed, progress_dir)
-            log(
-                f"writing {config.dataset} to {config.output_dir}: splits {', '.join(plan.splits)}, "
-                f"{len(config.angles_degrees)} angles, {config.image_size} px {config.image_format}, "
-                f"shards {num_shards}"
-            )
-            expected_records = int(sum(plan.expected_images.values()) * len(config.angles_degrees))
-            started = time.perf_counter()
-            with progress.ProgressMonitor(
-                progress_dir or "", expected_records or None, show_progress and local
-            ):
-                try:
-                    result = pipeline.run()
-                    if dry_run:
-                        return runner.dataflow_dry_run(result, options)
-                    result.wait_until_finish()
-                except Exception as error:
-                    raise JobError(
-                        f"the Beam job failed: {runner.failure_message(error)}{runner.kept_worker_log(progress_dir)}"
-                    ) from error
-            wall_seconds = time.perf_counter() - started
+    # Locked, the ledger written before anything else; the temp and progress dirs go at the end.
+    with output_dir.for_run(config, run_id, num_shards, progress_dir, dry_run, log) as claimed:
+        worker_log = os.path.join(progress_dir, "workers.log") if progress_dir else None
+        pipeline = beam.Pipeline(
+            runner=runner.local_runner(options, worker_log) if local else None, options=options
+        )
+        build(pipeline, config, plan, num_shards, claimed, progress_dir)
+        log(
+            f"writing {config.dataset} to {config.output_dir}: splits {', '.join(plan.splits)}, "
+            f"{len(config.angles_degrees)} angles, {config.image_size} px {config.image_format}, "
+            f"shards {num_shards}"
+        )
+        expected_records = int(sum(plan.expected_images.values()) * len(config.angles_degrees))
+        started = time.perf_counter()
+        with progress.ProgressMonitor(progress_dir or "", expected_records or None, show_progress and local):
+            try:
+                result = pipeline.run()
+                if dry_run:
+                    return runner.dataflow_dry_run(result, options)
+                result.wait_until_finish()
+            except Exception as error:
+                raise JobError(
+                    f"the Beam job failed: {runner.failure_message(error)}{runner.kept_worker_log(progress_dir)}"
+                ) from error
+        wall_seconds = time.perf_counter() - started
 
-            counters = runner.metric_counters(result)
-            if local and not counters:
-                counters = dict(progress.read_progress(progress_dir))
-            stats = read_stats(claimed.stats_path)
-            info = describe_outputs(config, plan, num_shards, stats, counters, options)
-            if progress.IMAGES_READ not in counters:  # e.g. a runner without metrics: no count is invented
-                info.config["nothing_lost"] = f"not verified: {choice.name} reported no metrics"
-            image_ids.check_unique(claimed.duplicates_path)
-            claimed.check_free(info)
-            publish(config, info, temp_dir, stats)
-            check_outputs(config, info)
-            schemas.write_manifest(config.output_dir, info)  # only now: every shard verified in place
-            claimed.finish()
-            return JobSummary(info, config.output_dir, wall_seconds, counters)
-        finally:
-            if not dry_run:
-                claimed.remove_temp_dir()  # ours whatever is in it; the ledger names what was published
-            if progress_dir:
-                shutil.rmtree(progress_dir, ignore_errors=True)
+        counters = runner.metric_counters(result)
+        if local and not counters:
+            counters = dict(progress.read_progress(progress_dir))
+        stats = read_stats(claimed.stats_path)
+        info = describe_outputs(config, plan, num_shards, stats, counters, options)
+        if progress.IMAGES_READ not in counters:  # e.g. a runner without metrics: no count is invented
+            info.config["nothing_lost"] = f"not verified: {choice.name} reported no metrics"
+        image_ids.check_unique(claimed.duplicates_path)
+        claimed.check_free(info)
+        publish(config, info, claimed.temp_dir, stats)
+        check_outputs(config, info)
+        schemas.write_manifest(config.output_dir, info)  # only now: every shard verified in place
+        claimed.finish()
+        return JobSummary(info, config.output_dir, wall_seconds, counters)
 
 
 def build(
@@ -149,10 +127,7 @@ def build(
     from pipeline import transforms
 
     source = pipeline | "Read" >> plan.source
-    images = source["images"]
-    if config.duplicate_ids == "suffix":
-        images = images | "MakeIdsUnique" >> image_ids.MakeIdsUnique(config)
-    images | "FindDuplicateIds" >> image_ids.FindDuplicateIds(claimed.duplicates_path)
+    images = source["images"] | "CheckIds" >> image_ids.CheckIds(config, claimed.duplicates_path)
     decoded = images | "DecodeImages" >> transforms.DecodeImages(config, progress_dir)
     prepared = decoded.images | "PrepareRotations" >> transforms.PrepareRotations(
         config, plan.splits, progress_dir

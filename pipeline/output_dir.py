@@ -370,10 +370,42 @@ class _NoLock:
         pass
 
 
+class _DryRunOutput(RunOutput):
+    """The paths a dry run would use; it locks, clears, writes and deletes nothing."""
+
+    def remove_temp_dir(self) -> None:
+        pass
+
+
 @contextlib.contextmanager
 def unclaimed(config: PipelineConfig, ledger: RunLedger):
-    """The paths a run would use, without locking, clearing or writing anything (a dry run)."""
-    yield RunOutput(config.output_dir, ledger, _NoLock())
+    yield _DryRunOutput(config.output_dir, ledger, _NoLock())
+
+
+@contextlib.contextmanager
+def for_run(
+    config: PipelineConfig,
+    run_id: str,
+    num_shards: dict[str, int],
+    progress_dir: str | None,
+    dry_run: bool,
+    log: Callable[[str], None],
+):
+    """The output directory of run `run_id`, as a context: claimed (`claim`) with a ledger of the files
+    its `num_shards` plan, its `progress_dir` (local runs) created, and both the run's temp dir and the
+    progress dir removed when the block ends, however it ends. A dry run touches nothing."""
+    planned = planned_files(num_shards, num_shards, config.compression)
+    inside = progress_dir is not None and not paths.is_remote(config.output_dir)
+    ledger = RunLedger.new(run_id, planned, local_progress=inside)
+    with unclaimed(config, ledger) if dry_run else claimed(config, ledger, log) as run:
+        if progress_dir:
+            os.makedirs(progress_dir)
+        try:
+            yield run
+        finally:  # however the run ends: both are this run's alone (the ledger names what was published)
+            run.remove_temp_dir()
+            if progress_dir:
+                shutil.rmtree(progress_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager

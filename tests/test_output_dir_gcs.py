@@ -5,21 +5,12 @@ only what the old manifest lists, the ledger, temp and lock objects are gone aft
 manifest verifies against the objects. The lock's create-only-if-absent precondition is not tested
 here: the emulator ignores `ifGenerationMatch` (tests/test_output_lock.py uses a stand-in instead).
 
-The emulator fixture is local to this module (the scale-out work brings a shared one); Beam's credential
-lookup is pointed at a token-only file so that it does not retry for ~23 s.
+The emulator and a fresh bucket come from tests/conftest.py (`gcs_bucket`, the scale-out fixtures).
 """
 
 from __future__ import annotations
 
 import hashlib
-import json
-import os
-import socket
-import subprocess
-import sys
-import time
-import urllib.request
-from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -31,64 +22,6 @@ from tests.hostile_inputs import small_jpeg
 from tests.pipeline_helpers import LOCAL_ONE_WORKER, run_cli
 
 pytestmark = pytest.mark.slow
-BUCKET = "rotnet-safety"
-
-
-@pytest.fixture(scope="module")
-def gcs(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    """gs:// on an emulator: yields the bucket URL; the environment points Beam and the client at it."""
-    pytest.importorskip("gcp_storage_emulator")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "gcp_storage_emulator",
-            "start",
-            "--host",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--in-memory",
-            "--quiet",
-        ],
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    credentials = tmp_path_factory.mktemp("gcs") / "token.json"
-    credentials.write_text(
-        json.dumps({"type": "authorized_user", "client_id": "-", "client_secret": "-", "refresh_token": "-",
-                    "token": "emulator", "expiry": "2999-01-01T00:00:00Z"})
-    )  # fmt: skip
-    saved = {key: os.environ.get(key) for key in ("STORAGE_EMULATOR_HOST", "GOOGLE_APPLICATION_CREDENTIALS")}
-    os.environ["STORAGE_EMULATOR_HOST"] = f"http://127.0.0.1:{port}"
-    os.environ["GOOGLE_APPLICATION_CREDENTIALS"] = str(credentials)
-    try:
-        deadline = time.monotonic() + 30
-        while True:
-            try:
-                request = urllib.request.Request(
-                    f"http://127.0.0.1:{port}/storage/v1/b?project=test",
-                    data=json.dumps({"name": BUCKET}).encode(),
-                    headers={"Content-Type": "application/json"},
-                    method="POST",
-                )
-                urllib.request.urlopen(request, timeout=2)
-                break
-            except OSError:
-                assert server.poll() is None and time.monotonic() < deadline, "the emulator did not start"
-                time.sleep(0.1)
-        yield f"gs://{BUCKET}"
-    finally:
-        server.kill()
-        server.wait(timeout=10)
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
 
 def objects(prefix: str) -> dict[str, str]:
