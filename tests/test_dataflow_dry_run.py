@@ -25,8 +25,8 @@ pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
 
 # Every step of the graph (pipeline/job.py build): the top-level transforms of the staged pipeline.
 STEPS = (
-    "Read", "DecodeImages", "PrepareRotations", "WriteShards", "FlattenErrors", "WriteErrors", "FlattenStats",
-    "WriteStats",
+    "Read", "CheckIds", "DecodeImages", "PrepareRotations", "WriteShards", "FlattenErrors", "WriteErrors",
+    "FlattenStats", "WriteStats",
 )  # fmt: skip
 
 

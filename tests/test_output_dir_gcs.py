@@ -16,6 +16,7 @@ from pathlib import Path
 import pytest
 
 import schemas
+import schemas.gcs
 from schemas import verify
 from tests.factories import write_records_dir
 from tests.hostile_inputs import small_jpeg
@@ -46,8 +47,10 @@ def upload(local: Path, prefix: str) -> None:
 
 
 def test_gs_paths_are_literal_and_overwrite_removes_only_the_manifest_s_files(
-    gcs: str, tmp_path: Path
+    gcs_bucket: str, tmp_path: Path
 ) -> None:
+    gcs = gcs_bucket
+    schemas.gcs.use_emulator_credentials()  # as the commands do: this test's own uploads need no retries
     write_records_dir(tmp_path / "ds1")
     upload(tmp_path / "ds1", f"{gcs}/od/ds1")  # a finished dataset that `ds[1]` as a pattern matches
     write_records_dir(tmp_path / "old", num_shards=3)
