@@ -1,12 +1,17 @@
 """A records directory written in-process, without Beam: for test fixtures and benchmarks.
 
     write_rotations(directory, {"train": [(image_id, image, label), ...]}, dataset="mnist",
-                    angles=range(360), image_size=28, image_format="png", crop_largest_rect=False)
+                    angles=range(360), image_size=28, image_format="png", crop_largest_rect=False,
+                    rendering="angle-independent", resampling="fixed", crop_scale="largest")
 
 Same format as `rotnet-pipeline` (its shard names, a manifest written last) and the same bytes per
-record (`geometry.prepare_source` + `rotations.encode_rotations`, as the pipeline's sink), but all in
-memory on one core: fine for a few thousand records, not for a dataset. Use `rotnet-pipeline` for
-real data.
+record (`rotations.prepare` + `rotations.encode_rotations`, as the pipeline's sink), but all in memory
+on one core: fine for a few thousand records (a 5,000-digit MNIST subset x 360 angles takes ~2
+minutes), not for a dataset. Use `rotnet-pipeline` for real data.
+
+`rendering` defaults to "legacy", the chain `rotnet-pipeline` runs today, so fixtures hold the
+pipeline's bytes; "angle-independent" is the rendering of issue 13 (pipeline.geometry.render). The
+manifest's `config` records `rendering`, `resampling` and `crop_scale`.
 """
 
 from __future__ import annotations
@@ -18,7 +23,7 @@ from typing import Any
 import numpy as np
 
 import schemas
-from pipeline import geometry, rotations
+from pipeline import codec, rotations
 from schemas import sharding, tfrecord_file
 
 # (image id, HWC uint8 image, label: the MNIST digit or -1)
@@ -36,13 +41,22 @@ def rotation_examples(
     image_size: int,
     image_format: str,
     crop_largest_rect: bool,
+    rendering: str = "legacy",
+    resampling: str = "fixed",
+    crop_scale: str = "largest",
+    jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
 ) -> list[bytes]:
     """Serialized tf.train.Examples of `image` (HWC uint8) turned by each angle (degrees counter-clockwise).
 
-    Center square, one downscale, then the pipeline's own `rotations.encode_rotations`.
+    Center square, prepared once (`rotations.prepare`), then the pipeline's own `rotations.encode_rotations`.
     """
-    source = geometry.prepare_source(
-        image, image_size, angles, center_crop_square=True, crop_largest_rect=crop_largest_rect
+    source = rotations.prepare(
+        image,
+        image_size,
+        angles,
+        crop_largest_rect=crop_largest_rect,
+        rendering=rendering,
+        crop_scale=crop_scale,
     )
     template = schemas.Record(
         image_encoded=b"",
@@ -56,7 +70,7 @@ def rotation_examples(
         image_id=image_id,
         label=label,
     )
-    return rotations.encode_rotations(source, template, angles, image_size)
+    return rotations.encode_rotations(source, template, angles, image_size, jpeg_quality, resampling)
 
 
 def write_rotations(
@@ -72,12 +86,16 @@ def write_rotations(
     compression: str = "none",
     shuffle_seed: int | None = None,
     config: Mapping[str, Any] | None = None,
+    rendering: str = "legacy",
+    resampling: str = "fixed",
+    crop_scale: str = "largest",
+    jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
 ) -> schemas.DatasetInfo:
     """Write every angle of every image, per split, into `num_shards` shards, then the manifest.
 
     Records go to shards round-robin in image-then-angle order, or, with `shuffle_seed`, in a seeded
     random order (like the pipeline, whose shards mix the records of many images). `config` is stored
-    in the manifest's `config` (say who wrote the directory).
+    in the manifest's `config` (say who wrote the directory), with the rendering options added.
     """
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
@@ -104,6 +122,10 @@ def write_rotations(
                 image_size=image_size,
                 image_format=image_format,
                 crop_largest_rect=crop_largest_rect,
+                rendering=rendering,
+                resampling=resampling,
+                crop_scale=crop_scale,
+                jpeg_quality=jpeg_quality,
             )
         ]
         order = (
@@ -127,7 +149,13 @@ def write_rotations(
         splits=splits,
         num_images_read=num_images_read,
         compression=compression,
-        config=dict(config or {}),
+        config={
+            **(config or {}),
+            "rendering": rendering,
+            "resampling": resampling,
+            "crop_scale": crop_scale,
+            "crop_largest_rect": crop_largest_rect,
+        },
     )
     schemas.write_manifest(str(directory), info)
     return info
