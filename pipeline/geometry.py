@@ -374,12 +374,19 @@ LOWPASS_SIGMA_OUTPUT_PX = 0.4
 # 28 px), the source's own pixel grid (stroke edges at pixel boundaries, its anti-aliasing) sits at the
 # output's Nyquist frequency and would turn with the angle; 0.6 px attenuates it to 0.17.
 MIN_SIGMA_SOURCE_PX = 0.6
-# Level pixels per output pixel. Measured on 200 MNIST digits (Laplacian variance of each rendering over
-# that of the same digit at 37 degrees): 1.000-1.004 on average at 0, 1, 5, 22, 45, 89 and 90 degrees
-# with 2x, 3x or 4x alike (today's chain: 1.81 at 0 and 90 degrees, 0.84 at 5). A finer level only
-# narrows the record-to-record spread at exact right angles (+-3.6% at 2x vs +-1.2% at 45 degrees), and
-# costs warp time on photos (a 634 px level: 335 us per 224 px warp, 951 px: 436 us).
+# Level pixels per output pixel. Bilinear interpolation of the level blurs a little more or less with
+# the sub-pixel phase; at exact right angles every output pixel has the same phase (the record's
+# offset), elsewhere the phases mix. Measured on 200 MNIST digits (each statistic minus the same digit's
+# mean over angles, tools/cue_audit.py): at 2x, the energy above a 0.7 px Gaussian is 8 standard errors
+# lower at 0 degrees than at the other angles (today's chain: 450 higher); at 4x it is within noise.
+# 4x costs nothing at small outputs (the warp's cost follows the output size; a 28 px digit's level is
+# 128 px) but a 224 px photo's level would be larger than the photo itself; there 2x: a 634 px level,
+# ~335 us per warp (951 px: 436 us). The Laplacian variance ratio (rendering over the same digit at 37
+# degrees) is 1.000-1.004 on average at 0, 1, 5, 22, 45, 89 and 90 degrees at 2x, 3x and 4x alike
+# (today's chain: 1.81 at 0 and 90 degrees, 0.84 at 5).
 SUPERSAMPLE = 2.0
+SUPERSAMPLE_SMALL = 4.0
+SMALL_OUTPUT_PX = 64  # outputs up to this size (height and width) get SUPERSAMPLE_SMALL
 # Crop "largest": one level per LEVEL_RATIO of output pixel spacing (a sqrt 2 range: 5 levels), the
 # nearest used at each angle, so the low-pass in output pixels stays within +-4.4% across angles.
 LEVEL_RATIO = 2.0**0.125
@@ -535,14 +542,16 @@ def prepare_render_source(
     crop_scale: str = "largest",
     sigma_output_px: float = LOWPASS_SIGMA_OUTPUT_PX,
     min_sigma_source_px: float = MIN_SIGMA_SOURCE_PX,
-    supersample: float = SUPERSAMPLE,
+    supersample: float | None = None,
 ) -> RenderSource:
     """Center-crop an HWC uint8 image and build its low-passed level(s) for `render` at `angles_degrees`.
 
     Without `crop_largest_rect` the output shows the whole square (corners black, like MNIST's). With
     it, `crop_scale` "largest" crops each angle's own largest rectangle (one level per LEVEL_RATIO of
     output pixel spacing), "constant" every angle at the tightest angle's rectangle (one level).
-    Costs a few milliseconds per photo (a Gaussian at full resolution, one resize per level).
+    `supersample` (level pixels per output pixel) defaults to SUPERSAMPLE_SMALL for outputs up to
+    SMALL_OUTPUT_PX, SUPERSAMPLE above. Costs a few milliseconds per photo (a Gaussian at full
+    resolution, one resize per level), ~0.2 ms per 28 px digit.
     """
     _check_image(image)
     if crop_scale not in CROP_SCALES:
@@ -553,6 +562,9 @@ def prepare_render_source(
     angles = frozenset(float(angle) for angle in angles_degrees)
     if not angles:
         raise ValueError("angles_degrees must not be empty")
+    if supersample is None:
+        small = max(out_height, out_width) <= SMALL_OUTPUT_PX
+        supersample = SUPERSAMPLE_SMALL if small else SUPERSAMPLE
     build = {
         "sigma_output_px": sigma_output_px,
         "min_sigma_source_px": min_sigma_source_px,

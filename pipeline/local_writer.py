@@ -159,3 +159,27 @@ def write_rotations(
     )
     schemas.write_manifest(str(directory), info)
     return info
+
+
+def mnist_sources(
+    mnist_dir: Path | str, validation_fraction: float = 0.1, subset_fraction: float = 1.0
+) -> dict[str, list[SourceTuple]]:
+    """MNIST's IDX files in `mnist_dir` as `write_rotations` input, split exactly as rotnet-pipeline
+    splits them: ids are the index in their file (mnist.image_id), the stable `subset_fraction` by
+    schemas.splits.in_subset, the train file into train/validation by schemas.splits.assign_split,
+    t10k into test. Images are 28 x 28 x 1 uint8; labels are the digits."""
+    from pipeline import mnist
+    from schemas.splits import assign_split, in_subset
+
+    sources: dict[str, list[SourceTuple]] = {}
+    for file_split, paths in sorted(mnist.find_offline_files(mnist_dir).items()):
+        images, labels = mnist.read_offline_split(paths)
+        for index in range(len(images)):
+            image_id = mnist.image_id(index)
+            if subset_fraction < 1.0 and not in_subset(image_id, subset_fraction):
+                continue
+            split = assign_split(image_id, validation_fraction) if file_split == "train" else file_split
+            sources.setdefault(split, []).append(
+                (image_id, images[index][:, :, np.newaxis], int(labels[index]))
+            )
+    return sources
