@@ -94,6 +94,13 @@ def parse_angles(value: str | None) -> list[int] | None:
     help="Binarize pixels as RotNet does for MNIST (pixel/255 >= 0.1). Default: on for MNIST records with "
     "the MNIST CNNs, off otherwise (ResNet50 always uses ImageNet preprocessing).",
 )
+@click.option(
+    "--augment/--no-augment",
+    default=False,
+    show_default=True,
+    help="Randomly blur or sharpen, add noise and (RGB) re-encode as JPEG the training images, the same "
+    "way at every angle, so the model cannot lean on one resampling's look (trainer/data.py).",
+)
 @click.option("--epochs", type=int, default=50, show_default=True, help="Maximum number of epochs.")
 @click.option(
     "--steps-per-epoch",
