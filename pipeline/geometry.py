@@ -15,6 +15,11 @@ rectangle that holds no fill pixel, and resized:
 * `prepare_source` + `fast_rotation`: downscale the center crop once per image, then make each angle
   with one `cv2.warpAffine` whose matrix composes rotation, crop and scale. This is what the pipeline
   runs; its output matches the reference within ~35 dB PSNR on real photos (tests/test_geometry.py).
+* `prepare_render_source` + `render` (issue 13): the same picture with no angle cue: every angle,
+  right angles included, resampled alike (isotropic low-pass, supersampled level, per-record sub-pixel
+  offset and optional random kernel from the record key), crops at a constant scale on request. See
+  "Angle-independent rendering" below; >= 30 dB PSNR against a supersampled reference on the Street
+  View samples (tests/test_geometry.py).
 """
 
 from __future__ import annotations
@@ -369,6 +374,9 @@ KERNELS = ("lowpass", "bilinear", "bicubic", "area", "lanczos")
 # Standard deviation of the isotropic low-pass, in output pixels. 0.4 attenuates the output's Nyquist
 # frequency to 0.45 and the diagonal one (sqrt 2 higher: what a 45-degree turn brings onto the axes) to
 # 0.2; a box (area) filter of one output pixel has a spread of 0.29 px on its own.
+# Against a supersampled reference (4x bicubic grid over the same rectangle, area-downsampled) on the
+# Street View samples, 10 angles per image: minimum PSNR 31.8 dB (constant crop) / 30.6 dB (largest)
+# at 0.4; 36.3 / 32.4 dB at 0.3; 29.0 / 28.2 dB at 0.5.
 LOWPASS_SIGMA_OUTPUT_PX = 0.4
 # ... and at least this many *source* pixels: where the output is as fine as the source (28 px MNIST at
 # 28 px), the source's own pixel grid (stroke edges at pixel boundaries, its anti-aliasing) sits at the

@@ -191,3 +191,22 @@ def test_image_files_are_found_by_split_and_cropped_like_the_pipeline(tmp_path: 
             ),
             "validation",
         )
+
+
+def test_imports_neither_tensorflow_nor_beam() -> None:
+    import subprocess
+    import sys
+
+    from pipeline import transforms
+    from tests.conftest import REPO_ROOT
+
+    assert robustness.IMAGE_EXTENSIONS == transforms.IMAGE_EXTENSIONS
+    script = (
+        "import sys\n"
+        "for name in ('tensorflow', 'keras', 'apache_beam'):\n"
+        "    sys.modules[name] = None\n"
+        "import trainer.robustness, tools.cue_audit, pipeline.rotations, pipeline.local_writer\n"
+        "print('ok')\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, cwd=REPO_ROOT)
+    assert result.stdout.strip() == "ok", result.stderr

@@ -47,6 +47,9 @@ from trainer.heads import circular_difference_degrees
 ROTATION_CODES = ("pipeline", "cv2-bilinear", "pil-bicubic", "skimage", "supersampled")
 WITHIN_DEGREES = (2, 5, 10)
 SUPERSAMPLE_FACTOR = 4
+# The file names rotnet-pipeline reads as images (pipeline.transforms.IMAGE_EXTENSIONS, which imports
+# Beam: spelled out here so that evaluation needs neither Beam nor TensorFlow).
+IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif")
 
 # (image id, HWC uint8 image: the square the pipeline rotates)
 SourceImage = tuple[str, np.ndarray]
@@ -214,7 +217,6 @@ def _load_image_files(
 ) -> list[SourceImage]:
     from pipeline import codec
     from pipeline.street_view import KEEP_VIEWS, crop_square, parse_member_name
-    from pipeline.transforms import IMAGE_EXTENSIONS
 
     config = info.config or {}
     base = input_dir or config.get("street_view_dir" if info.dataset == "street_view" else "input_pattern")
