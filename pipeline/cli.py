@@ -32,7 +32,8 @@ from pipeline.config import (
     JobError,
     PipelineConfig,
 )
-from pipeline.geometry import CROP_POSITIONS
+from pipeline.geometry import CROP_POSITIONS, CROP_SCALES, RESAMPLINGS
+from pipeline.rotations import RENDERINGS
 from schemas import angles
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
 from schemas.record import IMAGE_FORMATS
@@ -186,6 +187,32 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     default=DEFAULT["crop_largest_rect"],
     help="After rotating, crop the largest rectangle without fill pixels, then resize. Default: on for "
     "photos, off for MNIST (its black background hides the corners; the crop would zoom 45-degree digits).",
+)
+@click.option(
+    "--rendering",
+    type=click.Choice(RENDERINGS),
+    default=DEFAULT["rendering"],
+    show_default=True,
+    help="How each rotation is drawn. angle-independent: every angle, right angles included, resampled "
+    "alike with a sub-pixel offset keyed by the record, so no interpolation cue tells the angle; legacy: "
+    "rotnet 0.1's single warp (exact copies at right angles, blurred elsewhere), for ablations.",
+)
+@click.option(
+    "--resampling",
+    type=click.Choice(RESAMPLINGS),
+    default=DEFAULT["resampling"],
+    show_default=True,
+    help="angle-independent rendering: fixed = one low-pass kernel for every record; random = a kernel "
+    "per record (low-pass, bilinear, bicubic, area or lanczos-like), chosen from its key.",
+)
+@click.option(
+    "--crop-scale",
+    type=click.Choice(CROP_SCALES),
+    default=DEFAULT["crop_scale"],
+    show_default=True,
+    help="With the largest-rect crop: constant crops every angle at the tightest angle's scale (the same "
+    "field of view at 0 and 45 degrees, still no fill pixel); largest crops each angle's own largest "
+    "rectangle, as RotNet does (a 45-degree record is zoomed in by sqrt(2): a scale cue).",
 )
 @click.option(
     "--image-format",

@@ -20,8 +20,9 @@ from typing import Any
 
 from pipeline import datasets
 from pipeline.codec import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
-from pipeline.geometry import CROP_POSITIONS
+from pipeline.geometry import CROP_POSITIONS, CROP_SCALES, RESAMPLINGS
 from pipeline.inputs import DEFAULT_MAX_FILE_BYTES
+from pipeline.rotations import RENDERINGS
 from schemas.angles import NUM_ANGLES
 from schemas.record import IMAGE_FORMATS
 from schemas.sharding import COMPRESSION_SUFFIXES
@@ -77,6 +78,14 @@ class PipelineConfig:
     center_crop: bool = True  # crop the source to a square before rotating
     crop_position: str = "center"  # where the square sits: center | right (Street View icon is top-left)
     crop_largest_rect: bool | None = None  # crop the largest fill-free rectangle after rotating
+    # How each record is drawn (pipeline/rotations.py). angle-independent: every angle, right angles
+    # included, resampled alike with a sub-pixel offset keyed by the record, so the pictures carry no
+    # interpolation cue to their angle; legacy: rotnet 0.1's warp (exact copies at right angles).
+    rendering: str = "angle-independent"
+    resampling: str = "fixed"  # fixed: one low-pass kernel; random: a kernel per record (from its key)
+    # With the crop: constant = every angle at the tightest angle's scale (the same field of view at 0
+    # and 45 degrees, no zoom cue); largest = each angle's own largest rectangle (RotNet's).
+    crop_scale: str = "constant"
     min_image_side: int = DEFAULT_MIN_IMAGE_SIDE  # smaller sources are errors, not records
     max_pixels: int = DEFAULT_MAX_PIXELS  # decompression-bomb guard for source images
     max_file_bytes: int = DEFAULT_MAX_FILE_BYTES  # larger input files are errors, never read
@@ -120,6 +129,16 @@ class PipelineConfig:
             problems.append(f"image size {self.image_size} must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
         if not self.angles_degrees or any(not 0 <= a < NUM_ANGLES for a in self.angles_degrees):
             problems.append("angles must be a non-empty set of integers in 0..359")
+        if self.rendering not in RENDERINGS:
+            problems.append(f"rendering {self.rendering!r} is not one of {', '.join(RENDERINGS)}")
+        if self.resampling not in RESAMPLINGS:
+            problems.append(f"resampling {self.resampling!r} is not one of {', '.join(RESAMPLINGS)}")
+        if self.crop_scale not in CROP_SCALES:
+            problems.append(f"crop scale {self.crop_scale!r} is not one of {', '.join(CROP_SCALES)}")
+        if self.rendering == "legacy" and self.crop_largest_rect and self.crop_scale != "largest":
+            problems.append(
+                "--rendering legacy crops each angle's largest rectangle: add --crop-scale largest"
+            )
         if self.crop_position not in CROP_POSITIONS:
             problems.append(f"crop position {self.crop_position!r} is not one of {CROP_POSITIONS}")
         if self.image_format is not None and self.image_format not in IMAGE_FORMATS:

@@ -16,11 +16,19 @@ rectangle that holds no fill pixel, and resized:
   with one `cv2.warpAffine` whose matrix composes rotation, crop and scale. This is what the pipeline
   runs; its output matches the reference to at least 30 dB PSNR on real photos (the test's threshold,
   tests/test_geometry.py; 35.8 dB measured, docs/benchmarks.md).
+* `prepare_render_source` + `render` (issue 13): the same picture with no angle cue: every angle,
+  right angles included, resampled alike (isotropic low-pass, supersampled level, per-record sub-pixel
+  offset and optional random kernel from the record key), crops at a constant scale on request. See
+  "Angle-independent rendering" below; >= 30 dB PSNR against a supersampled reference on the Street
+  View samples (tests/test_geometry.py).
 """
 
 from __future__ import annotations
 
+import functools
+import hashlib
 import math
+import struct
 from dataclasses import dataclass
 from typing import Literal
 
@@ -354,3 +362,421 @@ def undo_rotation(image: np.ndarray, angle_degrees: float, crop_largest_rect: bo
     rotated = rotate(image, -angle_degrees, expand=True)
     crop_width, crop_height = crop_size(width, height, -angle_degrees)
     return crop_around_center(rotated, crop_width, crop_height)
+
+
+# --- Angle-independent rendering ------------------------------------------------------------
+#
+# The fast chain samples a source only 1.5x finer than the output (28 px digits: the source itself)
+# with bilinear interpolation. At 0/90/180/270 degrees the output grid then sits on the source grid
+# and copies pixels (sharp); at 45 degrees every output pixel blends neighbours (blurred). A network
+# learns that sharpness as a cue for `angle mod 90` (issue 13). The rendering below removes it:
+#
+# 1. `prepare_render_source` (once per image): low-pass the square with an isotropic Gaussian and
+#    resample it to a "level" SUPERSAMPLE times finer than the output pixel spacing. An isotropic
+#    filter commutes with rotation: filtering then rotating equals rotating then filtering, so the
+#    output's blur is the same at every angle. The level is fine enough, relative to the blur, that
+#    bilinear sampling of it is close to point-sampling the filtered image, whatever the angle.
+# 2. `render` (once per record): one warpAffine of the level, its grid shifted by a per-record sub-pixel
+#    offset (`record_jitter`, from a hash of the record key), so that 0 degrees is not a grid-aligned
+#    copy either. With resampling "random" a per-record resampling kernel (bilinear, bicubic, area,
+#    lanczos or none, at a random sub-pixel phase) is then applied in the *output* frame: that frame is
+#    the same at every angle, so the kernel's signature varies from record to record but says nothing
+#    about the angle.
+#
+# Crops (`crop_scale`): "largest" is RotNet's, each angle's own largest fill-free rectangle (a 45-degree
+# record is zoomed by up to sqrt(2) relative to 0: a scale cue); "constant" crops every angle at the
+# scale of the tightest angle of the set, so the field of view is identical at 0 and 45 degrees.
+
+RESAMPLINGS = ("fixed", "random")
+CROP_SCALES = ("largest", "constant")
+# Per-record kernels of resampling "random"; "lowpass" adds nothing to the level's Gaussian.
+KERNELS = ("lowpass", "bilinear", "bicubic", "area", "lanczos")
+
+# Standard deviation of the isotropic low-pass, in output pixels. 0.4 attenuates the output's Nyquist
+# frequency to 0.45 and the diagonal one (sqrt 2 higher: what a 45-degree turn brings onto the axes) to
+# 0.2; a box (area) filter of one output pixel has a spread of 0.29 px on its own.
+# Against a supersampled reference (4x bicubic grid over the same rectangle, area-downsampled) on the
+# Street View samples, 10 angles per image: minimum PSNR 31.8 dB (constant crop) / 30.6 dB (largest)
+# at 0.4; 36.3 / 32.4 dB at 0.3; 29.0 / 28.2 dB at 0.5.
+LOWPASS_SIGMA_OUTPUT_PX = 0.4
+# ... and at least this many *source* pixels: where the output is as fine as the source (28 px MNIST at
+# 28 px), the source's own pixel grid (stroke edges at pixel boundaries, its anti-aliasing) sits at the
+# output's Nyquist frequency and would turn with the angle; 0.6 px attenuates it to 0.17.
+MIN_SIGMA_SOURCE_PX = 0.6
+# Level pixels per output pixel. Bilinear interpolation of the level blurs a little more or less with
+# the sub-pixel phase; at exact right angles every output pixel has the same phase (the record's
+# offset), elsewhere the phases mix. Measured on 200 MNIST digits (each statistic minus the same digit's
+# mean over angles, tools/cue_audit.py): at 2x, the energy above a 0.7 px Gaussian is 8 standard errors
+# lower at 0 degrees than at the other angles (today's chain: 450 higher); at 4x it is within noise.
+# 4x costs nothing at small outputs (the warp's cost follows the output size; a 28 px digit's level is
+# 128 px) but a 224 px photo's level would be larger than the photo itself; there 2x: a 634 px level,
+# ~335 us per warp (951 px: 436 us). The Laplacian variance ratio (rendering over the same digit at 37
+# degrees) is 1.000-1.004 on average at 0, 1, 5, 22, 45, 89 and 90 degrees at 2x, 3x and 4x alike
+# (today's chain: 1.81 at 0 and 90 degrees, 0.84 at 5).
+SUPERSAMPLE = 2.0
+SUPERSAMPLE_SMALL = 4.0
+SMALL_OUTPUT_PX = 64  # outputs up to this size (height and width) get SUPERSAMPLE_SMALL
+# Crop "largest": one level per LEVEL_RATIO of output pixel spacing (a sqrt 2 range: 5 levels), the
+# nearest used at each angle, so the low-pass in output pixels stays within +-4.4% across angles.
+LEVEL_RATIO = 2.0**0.125
+# OpenCV's warp resolves sub-pixel positions to 1/32 pixel; crops stay this much further from the edge.
+_WARP_PRECISION_PX = 1.0 / 32.0
+# Kernel phases are quantized to this many steps per pixel, so the taps come from a small cache.
+_PHASE_STEPS = 64
+
+
+@dataclass(frozen=True)
+class Jitter:
+    """What `render` varies from record to record, independently of the angle.
+
+    `offset_x`/`offset_y`: shift of the output sampling grid, output pixels in [-0.5, 0.5). `kernel`: one
+    of KERNELS, applied in the output frame at sub-pixel phase (`phase_x`, `phase_y`) in [0, 1);
+    `box_width`: the area kernel's box, output pixels in [1, 2).
+    """
+
+    offset_x: float = 0.0
+    offset_y: float = 0.0
+    kernel: str = "lowpass"
+    phase_x: float = 0.0
+    phase_y: float = 0.0
+    box_width: float = 1.0
+
+
+NO_JITTER = Jitter()
+_JITTER_WORDS = struct.Struct("<6I")
+
+
+def record_jitter(key: str, resampling: str = "fixed") -> Jitter:
+    """The jitter of the record with this key (schemas.record.example_key): a pure function of the key.
+
+    BLAKE2b of the key gives uniform numbers, the same on every machine and run, and distributed the
+    same way at every angle. "fixed" draws only the grid offset (kernel "lowpass"); "random" also draws
+    a kernel from KERNELS, its phases and box width.
+    """
+    if resampling not in RESAMPLINGS:
+        raise ValueError(f"resampling {resampling!r} is not one of {', '.join(RESAMPLINGS)}")
+    digest = hashlib.blake2b(key.encode("utf-8"), digest_size=24, person=b"rotnet-jitter-v1").digest()
+    words = _JITTER_WORDS.unpack(digest)
+    scale = 1.0 / 2.0**32
+    offset_x, offset_y = words[0] * scale - 0.5, words[1] * scale - 0.5
+    if resampling == "fixed":
+        return Jitter(offset_x, offset_y)
+    kernel = KERNELS[words[2] * len(KERNELS) >> 32]
+    return Jitter(offset_x, offset_y, kernel, words[3] * scale, words[4] * scale, 1.0 + words[5] * scale)
+
+
+@dataclass(frozen=True)
+class RenderLevel:
+    """The low-passed square at `scale_x`/`scale_y` level pixels per source pixel (RGBA for RGB
+    sources), padded by `margin` black pixels on each side (sources rendered without a crop), built for
+    an output pixel spacing of `output_pixel_px` source pixels."""
+
+    pixels: np.ndarray
+    scale_x: float
+    scale_y: float
+    margin: int
+    output_pixel_px: float
+
+
+@dataclass(frozen=True)
+class RenderSource:
+    """A source image prepared once for `render` at every angle (see `prepare_render_source`).
+
+    `width`/`height`: the (center-cropped) source, pixels. `crop`: "none" (the whole square, corners
+    black), "largest" or "constant". `constant_crop`: (width, height) in source pixels for "constant",
+    valid for `angles_degrees` only. `edge_margin`: source pixels the crops keep clear of the edge (the
+    outermost level pixel centers, plus warp precision).
+    """
+
+    levels: tuple[RenderLevel, ...]
+    width: int
+    height: int
+    channels: int
+    crop: str
+    constant_crop: tuple[float, float] | None
+    edge_margin: float
+    angles_degrees: frozenset[float]
+
+
+def _largest_crop(width: int, height: int, margin: float, angle_degrees: float) -> tuple[float, float]:
+    """The largest fill-free (width, height) at the angle, inside the outermost level pixel centers."""
+    return largest_rotated_rect(width - margin, height - margin, angle_degrees)
+
+
+def _level_spacings(spacings: list[float]) -> list[float]:
+    """Output pixel spacings (source px) to build levels for, finest first: geometric steps <= LEVEL_RATIO."""
+    low, high = min(spacings), max(spacings)
+    if high <= low * (1 + 1e-9):
+        return [low]
+    steps = math.ceil(math.log(high / low) / math.log(LEVEL_RATIO) - 1e-9)
+    return [low * (high / low) ** (k / steps) for k in range(steps + 1)]
+
+
+def _blur(pixels: np.ndarray, sigma: float, border: int) -> np.ndarray:
+    return (
+        pixels
+        if sigma <= 0.05
+        else _with_channels(cv2.GaussianBlur(pixels, (0, 0), sigma, borderType=border))
+    )
+
+
+def _build_levels(
+    source: np.ndarray,
+    spacings: list[float],
+    padded: bool,
+    sigma_output_px: float,
+    min_sigma_source_px: float,
+    supersample: float,
+) -> tuple[RenderLevel, ...]:
+    """One RenderLevel per output pixel spacing (source px, finest first), each made from the previous."""
+    margin = 0
+    if padded:
+        # Without a crop the rotated corners show black: blur the image's edge against black (it then
+        # has the same profile at every angle), with room for the blur's spread inside the array.
+        margin = math.ceil(3.0 * max(sigma_output_px * max(spacings), min_sigma_source_px)) + 2
+        source = _with_channels(
+            cv2.copyMakeBorder(source, margin, margin, margin, margin, cv2.BORDER_CONSTANT, value=0)
+        )
+    border = cv2.BORDER_CONSTANT if padded else cv2.BORDER_REFLECT_101
+    height, width = source.shape[:2]
+    current, current_scale, current_sigma = source, 1.0, 0.0  # sigma: source px of blur already applied
+    levels = []
+    for spacing in spacings:
+        sigma = max(sigma_output_px * spacing, min_sigma_source_px)
+        size = (max(1, round(width * supersample / spacing)), max(1, round(height * supersample / spacing)))
+        scale_x, scale_y = size[0] / width, size[1] / height
+        add = math.sqrt(max(sigma**2 - current_sigma**2, 0.0))
+        if size[0] > current.shape[1]:
+            # Upsampling (small sources): cubic, then the blur on the finer grid.
+            pixels = _with_channels(cv2.resize(current, size, interpolation=cv2.INTER_CUBIC))
+            pixels = _blur(pixels, add * min(scale_x, scale_y), border)
+        else:
+            # Downsampling: blur first, so that the bilinear decimation aliases nothing (the Gaussian
+            # leaves 4% at the level's Nyquist frequency); several times faster than INTER_AREA.
+            pixels = _blur(current, add * current_scale, border)
+            if size[0] < current.shape[1]:
+                pixels = _with_channels(cv2.resize(pixels, size, interpolation=cv2.INTER_LINEAR))
+        current, current_scale, current_sigma = pixels, min(scale_x, scale_y), sigma
+        stored = cv2.cvtColor(pixels, cv2.COLOR_RGB2RGBA) if pixels.shape[2] == 3 else pixels
+        levels.append(RenderLevel(np.ascontiguousarray(stored), scale_x, scale_y, margin, spacing))
+    return tuple(levels)
+
+
+def prepare_render_source(
+    image: np.ndarray,
+    image_size: Size,
+    angles_degrees: tuple[float, ...] | list[float] | range = range(360),
+    center_crop_square: bool = True,
+    crop_largest_rect: bool = True,
+    crop_scale: str = "largest",
+    sigma_output_px: float = LOWPASS_SIGMA_OUTPUT_PX,
+    min_sigma_source_px: float = MIN_SIGMA_SOURCE_PX,
+    supersample: float | None = None,
+) -> RenderSource:
+    """Center-crop an HWC uint8 image and build its low-passed level(s) for `render` at `angles_degrees`.
+
+    Without `crop_largest_rect` the output shows the whole square (corners black, like MNIST's). With
+    it, `crop_scale` "largest" crops each angle's own largest rectangle (one level per LEVEL_RATIO of
+    output pixel spacing), "constant" every angle at the tightest angle's rectangle (one level).
+    `supersample` (level pixels per output pixel) defaults to SUPERSAMPLE_SMALL for outputs up to
+    SMALL_OUTPUT_PX, SUPERSAMPLE above. Costs a few milliseconds per photo (a Gaussian at full
+    resolution, one resize per level), ~0.2 ms per 28 px digit.
+    """
+    _check_image(image)
+    if crop_scale not in CROP_SCALES:
+        raise ValueError(f"crop scale {crop_scale!r} is not one of {', '.join(CROP_SCALES)}")
+    source = np.ascontiguousarray(center_crop(image) if center_crop_square else image)
+    height, width = source.shape[:2]
+    out_height, out_width = as_size(image_size)
+    angles = frozenset(float(angle) for angle in angles_degrees)
+    if not angles:
+        raise ValueError("angles_degrees must not be empty")
+    if supersample is None:
+        small = max(out_height, out_width) <= SMALL_OUTPUT_PX
+        supersample = SUPERSAMPLE_SMALL if small else SUPERSAMPLE
+    build = {
+        "sigma_output_px": sigma_output_px,
+        "min_sigma_source_px": min_sigma_source_px,
+        "supersample": supersample,
+    }
+
+    def spacing(crop: tuple[float, float]) -> float:
+        # A rotated crop mixes x and y: the finer of the two spacings sets the level for both axes.
+        return min(crop[0] / out_width, crop[1] / out_height)
+
+    if not crop_largest_rect:
+        levels = _build_levels(source, [spacing((width, height))], True, **build)
+        return RenderSource(levels, width, height, source.shape[2], "none", None, 0.0, angles)
+
+    def crops(margin: float) -> list[tuple[float, float]]:
+        found = [_largest_crop(width, height, margin, angle) for angle in sorted(angles)]
+        if crop_scale == "constant":
+            # No larger than any angle's largest rectangle on either side: fill-free at every angle.
+            return [(min(crop[0] for crop in found), min(crop[1] for crop in found))]
+        return found
+
+    # The edge margin depends on the coarsest level's pixel size, which depends on the crops: a second
+    # pass only shrinks the crops, so the margin found in the first still holds.
+    margin = 1.0
+    coarsest = max(_level_spacings([spacing(crop) for crop in crops(margin)]))
+    margin = max(1.0, coarsest / supersample) * (1.0 + _WARP_PRECISION_PX) + _WARP_PRECISION_PX
+    final_crops = crops(margin)
+    levels = _build_levels(source, _level_spacings([spacing(crop) for crop in final_crops]), False, **build)
+    constant = final_crops[0] if crop_scale == "constant" else None
+    return RenderSource(levels, width, height, source.shape[2], crop_scale, constant, margin, angles)
+
+
+def render_crop(source: RenderSource, angle_degrees: float) -> tuple[float, float]:
+    """(width, height) in source pixels of the rectangle `render` shows at the angle."""
+    if source.crop == "none":
+        return float(source.width), float(source.height)
+    if source.crop == "constant":
+        if float(angle_degrees) not in source.angles_degrees:
+            raise ValueError(
+                f"crop scale constant was prepared for other angles than {angle_degrees}: prepare the "
+                "source with every angle it will be rendered at"
+            )
+        return source.constant_crop
+    return _largest_crop(source.width, source.height, source.edge_margin, angle_degrees)
+
+
+def _level_for(source: RenderSource, output_pixel_px: float) -> RenderLevel:
+    levels = source.levels
+    if len(levels) == 1:
+        return levels[0]
+    return min(levels, key=lambda level: abs(math.log(level.output_pixel_px / output_pixel_px)))
+
+
+def render_matrix(
+    source: RenderSource, angle_degrees: float, image_size: Size, jitter: Jitter = NO_JITTER
+) -> tuple[RenderLevel, list[list[float]]]:
+    """The level `render` samples and the 2x3 matrix from output pixel indices to its pixel indices
+    (cv2.WARP_INVERSE_MAP). Output pixel (u, v) samples the point (u + 0.5 + offset_x, v + 0.5 +
+    offset_y) of the crop rectangle's output grid, turned back by the angle into the source."""
+    out_height, out_width = as_size(image_size)
+    crop_width, crop_height = render_crop(source, angle_degrees)
+    step_x, step_y = crop_width / out_width, crop_height / out_height
+    level = _level_for(source, min(step_x, step_y))
+    # Output index -> rotated-frame coordinates about the crop center (source pixels).
+    x0 = (0.5 + jitter.offset_x) * step_x - crop_width / 2.0
+    y0 = (0.5 + jitter.offset_y) * step_y - crop_height / 2.0
+    # Undo the counter-clockwise turn (the transpose of cv2's rotation matrix), then into level pixels
+    # (level pixel i is centered on source coordinate (i + 0.5) / scale - margin).
+    angle = math.radians(angle_degrees)
+    cos_a, sin_a = math.cos(angle), math.sin(angle)
+    sx, sy = level.scale_x, level.scale_y
+    center_x, center_y = source.width / 2.0 + level.margin, source.height / 2.0 + level.margin
+    return level, [
+        [sx * cos_a * step_x, -sx * sin_a * step_y, sx * (cos_a * x0 - sin_a * y0 + center_x) - 0.5],
+        [sy * sin_a * step_x, sy * cos_a * step_y, sy * (sin_a * x0 + cos_a * y0 + center_y) - 0.5],
+    ]
+
+
+def _keys_cubic(x: float, a: float = -0.5) -> float:
+    """Keys' cubic convolution kernel (a = -0.5: PIL's bicubic; OpenCV's uses -0.75)."""
+    x = abs(x)
+    if x <= 1.0:
+        return (a + 2.0) * x**3 - (a + 3.0) * x**2 + 1.0
+    return a * x**3 - 5.0 * a * x**2 + 8.0 * a * x - 4.0 * a if x < 2.0 else 0.0
+
+
+def _lanczos(x: float, lobes: int = 3) -> float:
+    if x == 0.0:
+        return 1.0
+    if abs(x) >= lobes:
+        return 0.0
+    return lobes * math.sin(math.pi * x) * math.sin(math.pi * x / lobes) / (math.pi * x) ** 2
+
+
+@functools.lru_cache(maxsize=4096)
+def _taps(kernel: str, phase_step: int, box_step: int) -> np.ndarray:
+    phase, box_width = phase_step / _PHASE_STEPS, 1.0 + box_step / _PHASE_STEPS
+    if kernel == "lowpass":
+        weights = {0: 1.0}
+    elif kernel == "bilinear":
+        weights = {0: 1.0 - phase, 1: phase}
+    elif kernel == "bicubic":
+        weights = {k: _keys_cubic(k - phase) for k in range(-1, 3)}
+    elif kernel == "lanczos":
+        weights = {k: _lanczos(k - phase) for k in range(-2, 4)}
+    elif kernel == "area":
+        # A box of box_width pixels centered at the phase, integrated over each pixel [k - 0.5, k + 0.5].
+        left, right = phase - box_width / 2.0, phase + box_width / 2.0
+        weights = {k: max(0.0, min(right, k + 0.5) - max(left, k - 0.5)) for k in range(-2, 4)}
+    else:
+        raise ValueError(f"kernel {kernel!r} is not one of {', '.join(KERNELS)}")
+    radius = max(abs(k) for k in weights)
+    taps = np.zeros(2 * radius + 1, np.float32)
+    for k, weight in weights.items():
+        taps[radius + k] = weight
+    taps /= taps.sum()
+    taps.flags.writeable = False
+    return taps
+
+
+def kernel_taps(kernel: str, phase: float, box_width: float = 1.0) -> np.ndarray:
+    """1-D taps (float32, odd length, anchored at the center, summing to 1) that resample a row at
+    `phase` in [0, 1) of a pixel to the right with `kernel` (one of KERNELS; "lowpass": identity).
+    Phases and box widths are quantized to 1/64 pixel."""
+    phase_step = min(round(phase * _PHASE_STEPS), _PHASE_STEPS - 1)
+    box_step = min(max(round((box_width - 1.0) * _PHASE_STEPS), 0), _PHASE_STEPS)
+    return _taps(kernel, phase_step, box_step)
+
+
+def render(
+    source: RenderSource,
+    angle_degrees: float,
+    image_size: Size,
+    jitter: Jitter = NO_JITTER,
+    fill: int | None = None,
+) -> np.ndarray:
+    """One record's picture: `source` turned counter-clockwise by the angle (degrees), cropped, at
+    `image_size`, with the record's `jitter` (`record_jitter` of its key); HWC uint8, source channels.
+
+    One warpAffine of the prepared level (+ one small separable filter for a "random" kernel). `fill`
+    (tests) paints samples outside the level in that value, which with a crop must never show; by
+    default crops replicate the edge (it only absorbs sub-pixel rounding).
+    """
+    out_height, out_width = as_size(image_size)
+    level, matrix = render_matrix(source, angle_degrees, image_size, jitter)
+    if fill is not None:
+        border, value = cv2.BORDER_CONSTANT, fill
+    elif source.crop == "none":
+        border, value = cv2.BORDER_CONSTANT, 0
+    else:
+        border, value = cv2.BORDER_REPLICATE, 0
+    rotated = cv2.warpAffine(
+        level.pixels,
+        np.array(matrix),
+        (out_width, out_height),
+        flags=cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP,
+        borderMode=border,
+        borderValue=(value,) * level.pixels.shape[2],
+    )
+    if source.channels == 3:
+        rotated = cv2.cvtColor(rotated, cv2.COLOR_RGBA2RGB)  # before the filter: 3 channels, not 4
+    if jitter.kernel != "lowpass":
+        rotated = cv2.sepFilter2D(
+            rotated,
+            -1,
+            kernel_taps(jitter.kernel, jitter.phase_x, jitter.box_width),
+            kernel_taps(jitter.kernel, jitter.phase_y, jitter.box_width),
+            borderType=cv2.BORDER_REFLECT_101,
+        )
+    return _with_channels(rotated)
+
+
+def render_chain(
+    image: np.ndarray,
+    angle_degrees: float,
+    image_size: Size,
+    jitter: Jitter = NO_JITTER,
+    center_crop_square: bool = True,
+    crop_largest_rect: bool = True,
+    crop_scale: str = "largest",
+) -> np.ndarray:
+    """`prepare_render_source` + `render` for one angle (with one angle, "constant" is "largest")."""
+    source = prepare_render_source(
+        image, image_size, [angle_degrees], center_crop_square, crop_largest_rect, crop_scale
+    )
+    return render(source, angle_degrees, image_size, jitter)

@@ -1,7 +1,8 @@
 """Prepared images become records here, and a shard's records get their order: pure (geometry + codec +
 schema), no Beam, TensorFlow or IO.
 
-    shard_records(images, angles_degrees=(0, 90), image_size=28, image_format="png") -> iterator of bytes
+    image = PreparedImage("mnist", "train", "00042", 7, prepare(pixels, 28, range(360), crop_largest_rect=False))
+    shard_records([image, ...], angles_degrees=range(360), image_size=28, image_format="png") -> bytes, ...
 
 The one place a source image becomes records. The Beam shard writer (pipeline.transforms.WriteShards)
 and the in-process writer for fixtures and benchmarks (pipeline.local_writer) both call it, so a test
@@ -10,6 +11,15 @@ directory holds exactly the bytes the pipeline would write.
 A shard is rendered on the fly from its prepared images (memory: the prepared images, never the
 records), in the order of `schemas.sharding.record_order_key` over all its (image, angle) pairs, so
 consecutive records come from different images and angles and any prefix is a uniform sample.
+
+Two renderings (RENDERINGS), chosen when the image is prepared:
+
+* "angle-independent" (the default): `geometry.prepare_render_source` + `geometry.render` with the
+  record's jitter (sub-pixel offset, optionally a random kernel), a pure function of its key
+  `schemas.record.example_key(dataset, split, image_id, angle)`: every angle, right angles included,
+  is resampled alike, so the records carry no interpolation cue to their angle;
+* "legacy": `geometry.prepare_source` + `geometry.fast_rotation`, rotnet 0.1's chain (exact copies at
+  right angles, blur elsewhere), kept for ablations and the benchmarks' "before".
 """
 
 from __future__ import annotations
@@ -24,16 +34,50 @@ from pipeline import codec, geometry
 from schemas import sharding
 from schemas.record import example_encoder, example_key
 
+RENDERINGS = ("angle-independent", "legacy")
+
+PreparedSource = geometry.Source | geometry.RenderSource
+
 
 @dataclass(frozen=True)
 class PreparedImage:
-    """A decoded image, cropped square and downscaled once (geometry.Source): ready for every angle."""
+    """A decoded image, prepared once for every angle (square crop, downscale or render levels)."""
 
     dataset: str
     split: str
     image_id: str
     label: int
-    source: geometry.Source
+    source: PreparedSource
+
+
+def prepare(
+    image: np.ndarray,
+    image_size: int,
+    angles_degrees: Sequence[int],
+    *,
+    crop_largest_rect: bool,
+    rendering: str = "angle-independent",
+    crop_scale: str = "largest",
+    center_crop_square: bool = True,
+) -> PreparedSource:
+    """Prepare an HWC uint8 image once for all its rotations with the given rendering (RENDERINGS).
+
+    `crop_scale` ("largest" | "constant", geometry.CROP_SCALES) applies to the angle-independent
+    rendering; the legacy chain always crops each angle's largest rectangle.
+    """
+    if rendering == "legacy":
+        if crop_largest_rect and crop_scale != "largest":
+            raise ValueError(
+                "the legacy rendering crops each angle's largest rectangle: crop scale 'largest'"
+            )
+        return geometry.prepare_source(
+            image, image_size, angles_degrees, center_crop_square, crop_largest_rect
+        )
+    if rendering == "angle-independent":
+        return geometry.prepare_render_source(
+            image, image_size, angles_degrees, center_crop_square, crop_largest_rect, crop_scale
+        )
+    raise ValueError(f"rendering {rendering!r} is not one of {', '.join(RENDERINGS)}")
 
 
 # fast_matrix depends only on sizes (every MNIST digit, every Street View photo shares them) and costs
@@ -60,17 +104,29 @@ def rotation_matrix(source: geometry.Source, angle_degrees: int, image_size: int
     return matrix
 
 
-def render(source: geometry.Source, angle_degrees: int, image_size: int) -> np.ndarray:
-    """The HWC uint8 picture of one record: the source turned by the angle (degrees counter-clockwise)."""
+def rotation_image(
+    source: PreparedSource, key: str, angle_degrees: int, image_size: int, resampling: str = "fixed"
+) -> np.ndarray:
+    """The pixels (HWC uint8) of the record with this key: `source` turned by the angle (degrees,
+    counter-clockwise). The legacy chain ignores the key and `resampling`."""
+    if isinstance(source, geometry.RenderSource):
+        return geometry.render(source, angle_degrees, image_size, geometry.record_jitter(key, resampling))
     return geometry.fast_rotation(
         source, angle_degrees, image_size, rotation_matrix(source, angle_degrees, image_size)
     )
 
 
 def record_encoder(
-    image: PreparedImage, image_format: str, image_size: int, jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY
+    image: PreparedImage,
+    image_format: str,
+    image_size: int,
+    jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
+    resampling: str = "fixed",
 ) -> Callable[[int], bytes]:
-    """`encode(angle_degrees) -> serialized record` of one prepared image (its fixed fields serialized once)."""
+    """`encode(angle_degrees) -> serialized record` of one prepared image (its fixed fields serialized
+    once; `resampling` is "fixed" or "random", geometry.RESAMPLINGS)."""
+    if resampling not in geometry.RESAMPLINGS:
+        raise ValueError(f"resampling {resampling!r} is not one of {', '.join(geometry.RESAMPLINGS)}")
     template = schemas.Record(
         image_encoded=b"",
         image_format=image_format,
@@ -86,7 +142,8 @@ def record_encoder(
     serialize = example_encoder(template)
 
     def encode(angle_degrees: int) -> bytes:
-        picture = render(image.source, angle_degrees, image_size)
+        key = example_key(image.dataset, image.split, image.image_id, int(angle_degrees))
+        picture = rotation_image(image.source, key, int(angle_degrees), image_size, resampling)
         return serialize(codec.encode_image(picture, image_format, jpeg_quality), int(angle_degrees))
 
     return encode
@@ -98,9 +155,10 @@ def encode_rotations(
     image_size: int,
     image_format: str,
     jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
+    resampling: str = "fixed",
 ) -> list[bytes]:
     """Serialized records of one image turned by each angle, in the order of `angles_degrees`."""
-    encode = record_encoder(image, image_format, image_size, jpeg_quality)
+    encode = record_encoder(image, image_format, image_size, jpeg_quality, resampling)
     return [encode(angle) for angle in angles_degrees]
 
 
@@ -125,9 +183,10 @@ def shard_records(
     image_size: int,
     image_format: str,
     jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
+    resampling: str = "fixed",
 ) -> Iterator[bytes]:
     """Every record of a shard holding `images` (any order), rendered one at a time in the shard's order."""
     images = sorted(images, key=lambda image: image.image_id)  # ties of the order key: never arrival order
-    encoders = [record_encoder(image, image_format, image_size, jpeg_quality) for image in images]
+    encoders = [record_encoder(image, image_format, image_size, jpeg_quality, resampling) for image in images]
     for index, angle in record_order(images, angles_degrees):
         yield encoders[index](angle)

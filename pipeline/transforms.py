@@ -28,6 +28,7 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
+import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import codec, geometry, progress, rotations
@@ -83,14 +84,17 @@ class DecodeImages(beam.PTransform):
 
 
 def prepare(image: SourceImage, config: PipelineConfig) -> PreparedImage:
-    """Crop the square (center, or right for Street View's icon) and downscale once for all angles."""
+    """Crop the square (center, or right for Street View's icon) and prepare it once for all angles
+    with the configured rendering (rotations.prepare)."""
     square = geometry.crop_square(image.pixels, config.crop_position) if config.center_crop else image.pixels
-    source = geometry.prepare_source(
-        square,
+    source = rotations.prepare(
+        np.ascontiguousarray(square),
         config.image_size,
         config.angles_degrees,
-        center_crop_square=False,
         crop_largest_rect=config.crop_largest_rect,
+        rendering=config.rendering,
+        crop_scale=config.crop_scale,
+        center_crop_square=False,
     )
     return PreparedImage(image.dataset, image.split, image.image_id, image.label, source)
 
@@ -98,7 +102,12 @@ def prepare(image: SourceImage, config: PipelineConfig) -> PreparedImage:
 def rotation_records(image: PreparedImage, config: PipelineConfig) -> list[bytes]:
     """Every configured rotation of one prepared image as a serialized record, in angle order (pure)."""
     return rotations.encode_rotations(
-        image, config.angles_degrees, config.image_size, config.image_format, config.jpeg_quality
+        image,
+        config.angles_degrees,
+        config.image_size,
+        config.image_format,
+        config.jpeg_quality,
+        config.resampling,
     )
 
 
@@ -159,7 +168,12 @@ class _WriteShardFn(CountingDoFn):
         config = self.config
         name = sharding.shard_name(self.split, index, self.num_shards, config.compression)
         records = rotations.shard_records(
-            images, config.angles_degrees, config.image_size, config.image_format, config.jpeg_quality
+            images,
+            config.angles_degrees,
+            config.image_size,
+            config.image_format,
+            config.jpeg_quality,
+            config.resampling,
         )
         paths.make_dirs(self.temp_dir)
         with tfrecord_file.ShardWriter(paths.join(self.temp_dir, name)) as writer:

@@ -86,28 +86,33 @@ def error_entries(directory: Path | str) -> list[dict]:
     return entries
 
 
+def expected_picture(pixels: np.ndarray, key: str, angle: int, config: PipelineConfig) -> np.ndarray:
+    """The picture of one record, straight from the geometry core (not the code under test): the square
+    the pipeline crops, the angle-independent rendering prepared for the whole angle set, the record's
+    jitter from its key; rotnet 0.1's warp for --rendering legacy."""
+    square = geometry.crop_square(pixels, config.crop_position) if config.center_crop else pixels
+    square = np.ascontiguousarray(square)
+    if config.rendering == "legacy":
+        source = geometry.prepare_source(
+            square, config.image_size, config.angles_degrees, False, config.crop_largest_rect
+        )
+        return geometry.fast_rotation(source, angle, config.image_size)
+    source = geometry.prepare_render_source(
+        square, config.image_size, config.angles_degrees, False, config.crop_largest_rect, config.crop_scale
+    )
+    return geometry.render(source, angle, config.image_size, geometry.record_jitter(key, config.resampling))
+
+
 def expected_records(images: dict[str, tuple[np.ndarray, str, int]], config: PipelineConfig) -> list[bytes]:
     """What the pipeline must write for {image_id: (HWC pixels, split, label)}, built without the code
-    under test (transforms, rotations, the fast example encoder): the geometry core's picture of each
-    angle (geometry.fast_chain from the square crop), encoded by codec and serialized by the reference
-    `schemas.encode_example`."""
+    under test (transforms, rotations, the fast example encoder): `expected_picture` of each angle,
+    encoded by codec and serialized by the reference `schemas.encode_example`."""
     config = config.resolved()
     out = []
     for image_id, (pixels, split, label) in images.items():
-        square = geometry.crop_square(pixels, config.crop_position) if config.center_crop else pixels
         for angle in config.angles_degrees:
-            picture = geometry.fast_chain(
-                np.ascontiguousarray(square),
-                angle,
-                config.image_size,
-                center_crop_square=False,
-                crop_largest_rect=config.crop_largest_rect,
-            )
-            if config.crop_largest_rect:  # prepared once for the whole angle set, as the pipeline does
-                source = geometry.prepare_source(
-                    np.ascontiguousarray(square), config.image_size, config.angles_degrees, False, True
-                )
-                picture = geometry.fast_rotation(source, angle, config.image_size)
+            key = schemas.example_key(config.dataset, split, image_id, angle)
+            picture = expected_picture(pixels, key, angle, config)
             record = schemas.Record(
                 image_encoded=codec.encode_image(picture, config.image_format, config.jpeg_quality),
                 image_format=config.image_format,

@@ -25,6 +25,7 @@ from tests.pipeline_helpers import (
     LOCAL_ONE_WORKER,
     build_street_view_parts,
     content_hash,
+    expected_picture,
     expected_records,
     md5,
     mnist_subset,
@@ -87,7 +88,8 @@ def test_mnist_download_and_offline_dir_write_the_same_records(
     assert info.angles_degrees == [0, 90, 180, 270]
     assert "images read" in result.output and "records/s" in result.output
 
-    # Every record is what the geometry core makes of its digit (PNG: exactly), with its label.
+    # Every record is what the geometry core makes of its digit and key (PNG: exactly), with its label.
+    config = PipelineConfig(dataset="mnist", output_dir="-", angles_degrees=(0, 90, 180, 270)).resolved()
     records = read_records(downloaded)
     assert len(records) == info.num_records == 4 * (len(train) + len(test))
     sources = {("test" if r.split == "test" else "train", r.image_id) for r in records}
@@ -95,9 +97,13 @@ def test_mnist_download_and_offline_dir_write_the_same_records(
     for record in records:
         pixels, split, label = (test if record.split == "test" else train)[record.image_id]
         assert (record.split, record.label, record.dataset) == (split, label, "mnist")
-        expected = geometry.fast_chain(pixels, record.angle_degrees, 28, crop_largest_rect=False)
+        expected = expected_picture(pixels, record.key, record.angle_degrees, config)
         np.testing.assert_array_equal(codec.decode_record_image(record), expected)
-    config = PipelineConfig(dataset="mnist", output_dir="-", angles_degrees=(0, 90, 180, 270))
+        # Angle-independent: a right angle is resampled like any other, not an exact turned copy.
+        picture = codec.decode_record_image(record).astype(float).ravel()
+        turned = np.rot90(pixels, record.angle_degrees // 90).astype(float).ravel()
+        assert not np.array_equal(picture, turned)
+        assert np.corrcoef(picture, turned)[0, 1] > 0.75  # but the same digit, turned (measured >= 0.83)
     expected = expected_records(train, config) + expected_records(test, config)
     assert content_hash(serialized_records(downloaded)) == content_hash(expected)
 
@@ -148,12 +154,19 @@ def test_street_view_parts_over_http_drop_views_0_and_5(
     for name, split in info.splits.items():
         assert [shard.name for shard in split.shards] == sharding.shard_names(name, len(split.shards))
     pixels = {path.stem: codec.decode_source_image(path.read_bytes()) for path in samples}
+    config = PipelineConfig(
+        dataset="street_view", output_dir="-", image_size=48, angles_degrees=angles
+    ).resolved()
     for record in records:
-        source = geometry.prepare_source(pixels[record.image_id], 48, angles)
-        expected_image = geometry.fast_rotation(source, record.angle_degrees, 48)
+        expected_image = expected_picture(pixels[record.image_id], record.key, record.angle_degrees, config)
         # The same picture, JPEG q95: close to the geometry output, and byte-identical to encoding it.
         assert psnr(codec.decode_record_image(record), expected_image) > 30
         assert record.image_encoded == codec.encode_image(expected_image, "jpeg", 95)
+        # ... and to rotnet's reference chain (full resolution, the constant crop scale's rectangle).
+        reference = geometry.reference_chain(pixels[record.image_id], record.angle_degrees, 48)
+        if record.angle_degrees in (0, 90, 180, 270):
+            continue  # the constant scale crops 0 degrees tighter than its own largest rectangle
+        assert psnr(expected_image, reference) > 20
 
 
 def test_one_and_two_workers_and_the_local_writer_write_byte_identical_shards(

@@ -96,6 +96,13 @@ def _removed(value: object, option: str) -> None:
     "the MNIST CNNs, off otherwise (ResNet50 always uses ImageNet preprocessing).",
 )
 @click.option(
+    "--augment/--no-augment",
+    default=DEFAULT["augment"],
+    show_default=True,
+    help="Randomly blur or sharpen, add noise and (RGB) re-encode as JPEG the training images, the same "
+    "way at every angle, so the model cannot lean on one resampling's look (trainer/data.py).",
+)
+@click.option(
     "--epochs", type=int, default=DEFAULT["epochs"], show_default=True, help="Maximum number of epochs."
 )
 @click.option(

@@ -57,6 +57,9 @@ class TrainConfig:
     angles: list[int] | None = None  # train on these angles only (labels remapped); None = all in shards
     max_images: float | None = None  # <= 1: fraction of training images; > 1: about that many (stable hash)
     binarize: bool | None = None  # None = RotNet's binarization for the MNIST CNNs on MNIST records
+    # Random blur/sharpening, noise and (RGB) JPEG re-encoding of training batches, drawn independently of
+    # the angle (trainer.data.augment_images): the model sees many resamplings of every angle.
+    augment: bool = False
 
     # --- how long and how fast ---
     epochs: int = 50

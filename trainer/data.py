@@ -16,6 +16,8 @@ The training chain, top to bottom (`training_dataset`):
     [.map(keep) .unbatch() .batch()]       only with --angles / --max-images: drop other records
     .map(decode, targets)                  PNG/JPEG per image inside the batch map, raw vectorized;
                                            angle -> bin index -> the head's targets
+    [.enumerate() .map(augment_images)]    only with --augment: blur/sharpen, noise, (RGB) JPEG,
+                                           stateless random from (seed, batch index), not the angle
     .prefetch(AUTOTUNE)
 
 Preprocessing (binarize / scale / caffe, `preprocess_images`) is the model's first layer
@@ -138,6 +140,82 @@ def preprocess_images(images, preprocessing: str):
 def preprocess_numpy(images: np.ndarray, preprocessing: str) -> np.ndarray:
     """`preprocess_images` for a NumPy batch (runs the same TensorFlow ops eagerly)."""
     return preprocess_images(tf.convert_to_tensor(images, tf.uint8), preprocessing).numpy()
+
+
+# --- Augmentation ---------------------------------------------------------------------------------
+
+# --augment, per image: with probability 1/2 a blur or sharpening (the image moved towards, or away
+# from, a Gaussian blur of AUGMENT_BLUR_SIGMA_PX by a factor in AUGMENT_BLUR_RANGE: negative sharpens,
+# covering rotation code sharper than the records' low-pass as well as blurrier); with probability 1/2
+# Gaussian noise of a standard deviation up to AUGMENT_NOISE_MAX levels; RGB images with probability 1/2
+# re-encoded as JPEG at a quality in AUGMENT_JPEG_QUALITY. None of it depends on the angle.
+AUGMENT_BLUR_SIGMA_PX = 1.0
+AUGMENT_BLUR_RANGE = (-0.6, 1.0)
+AUGMENT_NOISE_MAX = 6.0
+AUGMENT_JPEG_QUALITY = (50, 95)
+AUGMENT_PROBABILITY = 0.5
+
+
+def _gaussian_kernel(sigma: float, channels: int) -> tuple[tf.Tensor, int]:
+    """A depthwise 2-D Gaussian (isotropic: the same at every orientation) and its radius."""
+    radius = max(1, int(np.ceil(3 * sigma)))
+    taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
+    taps /= taps.sum()
+    kernel = np.outer(taps, taps).astype(np.float32)[:, :, np.newaxis, np.newaxis]
+    return tf.constant(np.repeat(kernel, channels, axis=2)), radius
+
+
+def augment_images(images, seed):
+    """uint8 images (B, H, W, C) -> uint8, randomly blurred or sharpened, noised and (C = 3) re-encoded
+    as JPEG (see AUGMENT_*). `seed` (2,) int: stateless, so the same seed gives the same batch; every
+    draw is per image and never looks at a label or an angle."""
+    images = tf.convert_to_tensor(images)
+    channels = images.shape[-1]
+    batch = tf.shape(images)[0]
+    seeds = tf.random.experimental.stateless_split(tf.cast(seed, tf.int64), num=6)
+    pixels = tf.cast(images, tf.float32)
+    kernel, radius = _gaussian_kernel(AUGMENT_BLUR_SIGMA_PX, channels)
+    blurred = tf.nn.depthwise_conv2d(
+        tf.pad(pixels, [[0, 0], [radius, radius], [radius, radius], [0, 0]], mode="SYMMETRIC"),
+        kernel,
+        strides=[1, 1, 1, 1],
+        padding="VALID",
+    )
+    low, high = AUGMENT_BLUR_RANGE
+    amount = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[0], low, high)
+    use_blur = tf.cast(
+        tf.random.stateless_uniform([batch, 1, 1, 1], seeds[1]) < AUGMENT_PROBABILITY, tf.float32
+    )
+    pixels = pixels + use_blur * amount * (blurred - pixels)
+    noise_std = tf.random.stateless_uniform([batch, 1, 1, 1], seeds[2], 0.0, AUGMENT_NOISE_MAX)
+    use_noise = tf.cast(
+        tf.random.stateless_uniform([batch, 1, 1, 1], seeds[3]) < AUGMENT_PROBABILITY, tf.float32
+    )
+    pixels = pixels + use_noise * noise_std * tf.random.stateless_normal(tf.shape(pixels), seeds[4])
+    augmented = tf.cast(tf.clip_by_value(tf.round(pixels), 0.0, 255.0), tf.uint8)
+    if channels == 3:
+        qualities = tf.random.stateless_uniform(
+            [batch], seeds[5], AUGMENT_JPEG_QUALITY[0], AUGMENT_JPEG_QUALITY[1] + 1, dtype=tf.int32
+        )
+        use_jpeg = tf.random.stateless_uniform([batch], tf.reverse(seeds[5], [0])) < AUGMENT_PROBABILITY
+
+        def recode(item):
+            image, quality, recode_it = item
+            return tf.cond(
+                recode_it,
+                lambda: tf.ensure_shape(
+                    tf.image.decode_jpeg(tf.image.encode_jpeg(image, quality=quality), channels=3),
+                    image.shape,
+                ),
+                lambda: image,
+            )
+
+        augmented = tf.map_fn(
+            recode,
+            (augmented, qualities, use_jpeg),
+            fn_output_signature=tf.TensorSpec(augmented.shape[1:], tf.uint8),
+        )
+    return augmented
 
 
 # --- The datasets ---------------------------------------------------------------------------------
@@ -268,13 +346,19 @@ def training_dataset(
         subset=config.train_fraction,
         num_records=num_records,
     )
+    batches = batches.map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE)
+    if config.augment:
+        # The batch index and the run's seed make each batch's draws: stateless, angle-blind.
+        batches = batches.enumerate().map(
+            lambda index, batch: (
+                augment_images(batch[0], tf.stack([tf.cast(config.seed, tf.int64), index])),
+                batch[1],
+            ),
+            num_parallel_calls=AUTOTUNE,
+        )
     options = tf.data.Options()
     options.deterministic = config.deterministic  # off: parallel steps hand on whatever is ready first
-    return (
-        batches.map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE)
-        .prefetch(AUTOTUNE)
-        .with_options(options)
-    )
+    return batches.prefetch(AUTOTUNE).with_options(options)
 
 
 def validation_dataset(paths: Sequence[str], config: TrainConfig, head: Head, steps: int) -> tf.data.Dataset:

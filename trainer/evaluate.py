@@ -44,6 +44,8 @@ class Evaluation:
     flip_share: float  # share of records with error >= FLIP_ERROR_DEGREES
     per_angle: dict[str, dict[str, float]] = field(default_factory=dict)  # true angle -> mean, flips, n
     flips_by_label: dict[str, dict[str, float]] = field(default_factory=dict)  # MNIST digit -> share, n
+    # --rotation-codes: trainer.robustness.RobustnessReport.to_dict() (rows per code and tta), or empty
+    rotation_codes: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """A small plain-text table for the terminal."""
@@ -207,6 +209,52 @@ def evaluate(
         tta=tta,
     )
     return result, circular_difference_degrees(true_angles, predicted)
+
+
+def evaluate_rotation_codes(
+    model: str,
+    records: str,
+    split: str,
+    codes: Sequence[str],
+    tta: Sequence[int] = (1,),
+    seed: int = 0,
+    angles_per_image: int = 4,
+    source_dir: str | None = None,
+    batch_size: int = 256,
+    predictor: Any = None,
+) -> Any:
+    """trainer.robustness.evaluate_codes on the original images of `split` (trainer.robustness.
+    load_source_images), with the records' crop, crop scale, resampling and angles (their manifest);
+    returns the RobustnessReport. Raises EvaluationError when the source images cannot be found."""
+    import schemas
+    from trainer import robustness
+    from trainer.predict import Predictor
+
+    info = schemas.load_manifest(records)
+    config = info.config or {}
+    try:
+        images = robustness.load_source_images(info, split, source_dir)
+    except robustness.SourceImagesError as error:
+        raise EvaluationError(str(error)) from None
+    predictor = predictor or Predictor.load(model)
+    crop = config.get("crop_largest_rect")
+    if crop is None:
+        crop = info.dataset != "mnist"  # the pipeline's defaults: MNIST uncropped, photos cropped
+    return robustness.evaluate_codes(
+        predictor,
+        images,
+        dataset=info.dataset,
+        split=split,
+        crop_largest_rect=bool(crop),
+        codes=codes,
+        seed=seed,
+        angles_per_image=angles_per_image,
+        tta=tta,
+        resampling=config.get("resampling", "fixed"),
+        crop_scale=config.get("crop_scale", "largest"),
+        angles_degrees=info.angles_degrees,
+        batch_size=batch_size,
+    )
 
 
 def write_outputs(result: Evaluation, errors: np.ndarray, output: str) -> list[str]:

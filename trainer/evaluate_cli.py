@@ -1,10 +1,13 @@
 """`rotnet-evaluate`: angle error statistics of a trained model on a split of a records directory.
 
     rotnet-evaluate --model runs/mnist --records data/mnist-records --split validation --tta 4
+    rotnet-evaluate --model runs/mnist --records data/mnist-records --rotation-codes all
 
 Expected result: a table (mean / median / p95 error, share within 2, 5, 10 degrees, 180-degree flips)
 on stdout, and evaluation.json, per_angle_error.png and error_histogram.png in --output (default:
-<model dir>/evaluation-<split>[-tta4]).
+<model dir>/evaluation-<split>[-tta4]). With --rotation-codes, also one row per rotation code (mean,
+median, p95, within 2/5/10 degrees; tta 1 and the --tta asked) on the split's original images and the
+worst/best ratio of the means, stored under "rotation_codes" in evaluation.json.
 """
 
 from __future__ import annotations
@@ -68,6 +71,27 @@ def default_output(model: str, split: str, tta: int) -> str:
     help="Score only the first N records in shard order (a quick look; default: every record).",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own start-up and log messages.")
+@click.option(
+    "--rotation-codes",
+    default=None,
+    help="Also turn the split's ORIGINAL images by independent rotation code at the same random angles "
+    "and score each: comma list of pipeline, cv2-bilinear, pil-bicubic, skimage, supersampled, or 'all' "
+    "(trainer/robustness.py). A model that reads the image scores alike under every code.",
+)
+@click.option(
+    "--codes-angles-per-image",
+    type=click.IntRange(min=1),
+    default=4,
+    show_default=True,
+    help="Random angles per original image for --rotation-codes.",
+)
+@click.option("--codes-seed", type=int, default=0, show_default=True, help="Seed of those angles.")
+@click.option(
+    "--source-dir",
+    type=click.Path(exists=True, file_okay=False),
+    default=None,
+    help="Where the original images are, for --rotation-codes (default: the manifest's mnist_dir / input).",
+)
 def main(
     model: str,
     records: str,
@@ -78,6 +102,10 @@ def main(
     angles: list[int] | None,
     max_records: int | None,
     verbose: bool,
+    rotation_codes: str | None,
+    codes_angles_per_image: int,
+    codes_seed: int,
+    source_dir: str | None,
 ) -> None:
     """Score a trained model on every record of a split: how many degrees off are its predictions?"""
     if not paths.is_remote(records) and not paths.exists(records):
@@ -87,8 +115,22 @@ def main(
     from trainer.quiet import import_tensorflow
 
     import_tensorflow(verbose)
-    from trainer.evaluate import EvaluationError, evaluate, write_outputs
+    from trainer.evaluate import EvaluationError, evaluate, evaluate_rotation_codes, write_outputs
+    from trainer.robustness import ROTATION_CODES
 
+    codes: list[str] = []
+    if rotation_codes:
+        codes = (
+            list(ROTATION_CODES)
+            if rotation_codes == "all"
+            else [c.strip() for c in rotation_codes.split(",")]
+        )
+        unknown = sorted(set(codes) - set(ROTATION_CODES))
+        if unknown:
+            raise click.BadParameter(
+                f"unknown rotation codes {', '.join(unknown)}; known: {', '.join(ROTATION_CODES)}",
+                param_hint="--rotation-codes",
+            )
     try:
         with tqdm(desc="evaluating", unit="record", leave=False) as bar:
 
@@ -107,6 +149,19 @@ def main(
                 on_total=set_total,
                 angles=angles,
             )
+        if codes:
+            report = evaluate_rotation_codes(
+                model,
+                records,
+                split,
+                codes,
+                tta=sorted({1, int(tta)}),
+                seed=codes_seed,
+                angles_per_image=codes_angles_per_image,
+                source_dir=source_dir,
+                batch_size=batch_size,
+            )
+            result.rotation_codes = report.to_dict()
     except ManifestError as error:
         raise click.BadParameter(str(error), param_hint="--records") from None
     except FileNotFoundError as error:
@@ -115,6 +170,8 @@ def main(
         raise click.ClickException(str(error)) from None
     written = write_outputs(result, errors, output or default_output(model, split, int(tta)))
     click.echo(result.table())
+    if codes:
+        click.echo(report.table())
     click.echo("wrote " + ", ".join(written))
 
 

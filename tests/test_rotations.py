@@ -1,0 +1,94 @@
+"""pipeline.rotations: both renderings become the records the writers store, keyed per record."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+import schemas
+from pipeline import codec, geometry, local_writer, rotations
+from schemas import tfrecord_file
+from schemas.record import example_key
+from tests.factories import synthetic_image
+
+
+def _image(source: rotations.PreparedSource, dataset: str = "mnist") -> rotations.PreparedImage:
+    return rotations.PreparedImage(dataset, "train", "00042", 3, source)
+
+
+@pytest.mark.parametrize("resampling", geometry.RESAMPLINGS)
+def test_angle_independent_records_hold_the_render_of_their_key(resampling: str) -> None:
+    image = synthetic_image(5, 28)
+    angles = (0, 37, 90, 359)
+    source = rotations.prepare(image, 28, angles, crop_largest_rect=False)
+    assert isinstance(source, geometry.RenderSource)
+    records = rotations.encode_rotations(_image(source), angles, 28, "raw", resampling=resampling)
+    for data, angle in zip(records, angles, strict=True):
+        record = schemas.decode_example(data)
+        assert record.angle_degrees == angle
+        jitter = geometry.record_jitter(example_key("mnist", "train", "00042", angle), resampling)
+        expected = geometry.render(source, angle, 28, jitter)
+        assert np.array_equal(codec.decode_record_image(record), expected)
+    # Same inputs, same bytes (the rendering is a pure function of the image and the record key).
+    again = rotations.encode_rotations(
+        _image(rotations.prepare(image, 28, angles, crop_largest_rect=False)),
+        angles,
+        28,
+        "raw",
+        resampling=resampling,
+    )
+    assert again == records
+
+
+def test_legacy_rendering_is_todays_chain() -> None:
+    image = synthetic_image(2, 40, channels=3)
+    angles = (0, 17, 90)
+    source = rotations.prepare(image, 20, angles, crop_largest_rect=True, rendering="legacy")
+    assert isinstance(source, geometry.Source)
+    records = rotations.encode_rotations(_image(source, "street_view"), angles, 20, "raw")
+    for data, angle in zip(records, angles, strict=True):
+        expected = geometry.fast_rotation(geometry.prepare_source(image, 20, angles), angle, 20)
+        assert np.array_equal(codec.decode_record_image(schemas.decode_example(data)), expected)
+
+
+def test_prepare_refuses_unknown_options() -> None:
+    image = synthetic_image(0, 28)
+    with pytest.raises(ValueError, match="rendering"):
+        rotations.prepare(image, 28, (0,), crop_largest_rect=False, rendering="nearest")
+    with pytest.raises(ValueError, match="crop scale"):
+        rotations.prepare(image, 28, (0,), crop_largest_rect=True, rendering="legacy", crop_scale="constant")
+    source = rotations.prepare(image, 28, (0,), crop_largest_rect=False)
+    with pytest.raises(ValueError, match="resampling"):
+        rotations.encode_rotations(_image(source), (0,), 28, "png", resampling="cubic")
+
+
+def test_local_writer_writes_angle_independent_records_and_says_so(tmp_path: Path) -> None:
+    images = [(f"{index:05d}", synthetic_image(index, 28), index % 10) for index in range(3)]
+    angles = range(0, 360, 45)
+    info = local_writer.write_rotations(
+        tmp_path,
+        {"train": images},
+        dataset="mnist",
+        angles=angles,
+        image_size=28,
+        crop_largest_rect=False,
+        rendering="angle-independent",
+        resampling="random",
+    )
+    manifest = json.loads((tmp_path / "dataset_info.json").read_text())
+    assert manifest["config"]["rendering"] == "angle-independent"
+    assert manifest["config"]["resampling"] == "random"
+    assert info.splits["train"].num_records == 3 * 8
+    found = {}
+    for path in info.shard_paths(str(tmp_path), "train"):
+        for data in tfrecord_file.iter_records(path):
+            record = schemas.decode_example(data)
+            found[(record.image_id, record.angle_degrees)] = codec.decode_record_image(record)
+    image_id, image, _ = images[1]
+    source = geometry.prepare_render_source(image, 28, angles, crop_largest_rect=False)
+    for angle in angles:
+        jitter = geometry.record_jitter(example_key("mnist", "train", image_id, angle), "random")
+        assert np.array_equal(found[(image_id, angle)], geometry.render(source, angle, 28, jitter))
