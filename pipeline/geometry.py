@@ -401,8 +401,12 @@ KERNELS = ("lowpass", "bilinear", "bicubic", "area", "lanczos")
 LOWPASS_SIGMA_OUTPUT_PX = 0.4
 # ... and at least this many *source* pixels: where the output is as fine as the source (28 px MNIST at
 # 28 px), the source's own pixel grid (stroke edges at pixel boundaries, its anti-aliasing) sits at the
-# output's Nyquist frequency and would turn with the angle; 0.6 px attenuates it to 0.17.
-MIN_SIGMA_SOURCE_PX = 0.6
+# output's Nyquist frequency and would turn with the angle; 0.8 px attenuates it to 0.04 (0.6: 0.17).
+# Measured with the level-pixel offset (Jitter), cue audit of 400 pre-rotated MNIST digits every 5
+# degrees, excess over chance of the paired statistics: 4.4 points at 0.6, 2.4 at 0.8, 0.7 at 1.0; a
+# 15-epoch screening run of the documented recipe: worst rotation code 9.91 degrees at 0.6, 10.17 at 0.8
+# (worst/best 1.043 both), one run each.
+MIN_SIGMA_SOURCE_PX = 0.8
 # Level pixels per output pixel. Bilinear interpolation of the level blurs a little more or less with
 # the sub-pixel phase; at exact right angles every output pixel has the same phase (the record's
 # offset), elsewhere the phases mix. Measured on 200 MNIST digits (each statistic minus the same digit's
@@ -429,17 +433,19 @@ _PHASE_STEPS = 64
 class Jitter:
     """What `render` varies from record to record, independently of the angle.
 
-    `offset_x`/`offset_y`: shift of the output sampling grid, output pixels in [-0.5, 0.5). `kernel`: one
-    of KERNELS, applied in the output frame at sub-pixel phase (`phase_x`, `phase_y`) in [0, 1);
-    `box_width`: the area kernel's box, output pixels in [1, 2).
+    `offset_x`/`offset_y`: shift of the output sampling grid in *level* pixels, in [-0.5, 0.5): a
+    random phase of the level's grid, so that 0 degrees is not sampled at one fixed phase while 37
+    degrees mixes them all. `kernel`: one of KERNELS, applied in the output frame at sub-pixel phase
+    (`phase_x`, `phase_y`) in [0, 1); `box_width`: the area kernel's box, output pixels in [1, 2).
 
-    Measured trade-off of the offset's size (MNIST, notes in /work/notes/fidelity-runs.md): a model
-    trained on these records does 4 degrees worse on them (13.5 mean) than on the same digits rendered
-    without the offset (9.6), the offset acting as +-0.5 px translation noise. An offset of only half a
-    *level* pixel keeps the content in place but leaves the source's own pixel grid visible at exact
-    right angles (content at the source's Nyquist frequency maps onto the output's only at 0/90/180/
-    270): +4.4 points over chance in the cue audit of pre-rotated digits (every 5 degrees), +2.1 with
-    MIN_SIGMA_SOURCE_PX 0.8; a low-pass steeper than a Gaussian near the source's Nyquist is the way on.
+    Why level pixels, measured (MNIST, 15-epoch screening runs, docs/benchmarks.md mnist_quality): an
+    offset of +-0.5 *output* pixels acts as translation noise and cost a model trained on such records
+    4 degrees on them (13.5 mean against 9.6 on the same digits rendered without it; worst/best over
+    the rotation codes 1.42), while +-0.5 level pixels (1/8 output pixel at 4x) kept every code within
+    1.07 of the best (9.5-10.2). What it leaves: content at the source's own Nyquist frequency maps onto
+    the output grid only at exact right angles: in the cue audit of pre-rotated digits sampled every 5
+    degrees, +4.4 points over chance with MIN_SIGMA_SOURCE_PX 0.6, +2.4 with 0.8 (the default); a
+    low-pass steeper than a Gaussian near the source's Nyquist would remove it.
     """
 
     offset_x: float = 0.0
@@ -659,15 +665,17 @@ def render_matrix(
     source: RenderSource, angle_degrees: float, image_size: Size, jitter: Jitter = NO_JITTER
 ) -> tuple[RenderLevel, list[list[float]]]:
     """The level `render` samples and the 2x3 matrix from output pixel indices to its pixel indices
-    (cv2.WARP_INVERSE_MAP). Output pixel (u, v) samples the point (u + 0.5 + offset_x, v + 0.5 +
-    offset_y) of the crop rectangle's output grid, turned back by the angle into the source."""
+    (cv2.WARP_INVERSE_MAP). Output pixel (u, v) samples the point (u + 0.5, v + 0.5) of the crop
+    rectangle's output grid shifted by (offset_x, offset_y) level pixels, turned back by the angle into
+    the source."""
     out_height, out_width = as_size(image_size)
     crop_width, crop_height = render_crop(source, angle_degrees)
     step_x, step_y = crop_width / out_width, crop_height / out_height
     level = _level_for(source, min(step_x, step_y))
-    # Output index -> rotated-frame coordinates about the crop center (source pixels).
-    x0 = (0.5 + jitter.offset_x) * step_x - crop_width / 2.0
-    y0 = (0.5 + jitter.offset_y) * step_y - crop_height / 2.0
+    # Output index -> rotated-frame coordinates about the crop center (source pixels); the record's
+    # offset is a phase of the level's grid (level pixels), not a shift of the content.
+    x0 = 0.5 * step_x + jitter.offset_x / level.scale_x - crop_width / 2.0
+    y0 = 0.5 * step_y + jitter.offset_y / level.scale_y - crop_height / 2.0
     # Undo the counter-clockwise turn (the transpose of cv2's rotation matrix), then into level pixels
     # (level pixel i is centered on source coordinate (i + 0.5) / scale - margin).
     angle = math.radians(angle_degrees)

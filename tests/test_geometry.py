@@ -450,9 +450,14 @@ def test_render_matches_a_supersampled_reference_on_real_street_view(
         source = geometry.prepare_render_source(image, 224, range(360), crop_scale=crop_scale)
         for angle in range(index, 360, 37):  # 10 angles per image, different for each image
             jitter = geometry.record_jitter(f"street_view/train/{index}/{angle:03d}")
-            reference = _supersampled_reference(
-                image, angle, 224, geometry.render_crop(source, angle), (jitter.offset_x, jitter.offset_y)
+            crop = geometry.render_crop(source, angle)
+            level, _ = geometry.render_matrix(source, angle, 224, jitter)
+            # The offset is in level pixels; the reference takes it in output pixels.
+            offset = (
+                jitter.offset_x / (level.scale_x * crop[0] / 224),
+                jitter.offset_y / (level.scale_y * crop[1] / 224),
             )
+            reference = _supersampled_reference(image, angle, 224, crop, offset)
             worst = min(worst, psnr(geometry.render(source, angle, 224, jitter), reference))
     assert worst >= 30.0, f"render vs supersampled reference PSNR {worst:.1f} dB"
 

@@ -50,10 +50,26 @@ def test_contact_sheet_has_a_cell_pair_per_record(records: Path, tmp_path: Path)
         assert image.height > 2 * 128  # two rows
 
 
+def _last_record_middle(data: bytes) -> tuple[int, int]:
+    """(records in the shard, byte offset of the middle of its last record's payload), from the TFRecord
+    framing: 8-byte length, 4-byte CRC, payload, 4-byte CRC."""
+    offset, count, middle = 0, 0, 0
+    while offset < len(data):
+        length = int.from_bytes(data[offset : offset + 8], "little")
+        middle = offset + 12 + length // 2
+        offset += 16 + length
+        count += 1
+    return count, middle
+
+
 def test_flipped_bit_is_found_only_with_verify(records: Path) -> None:
-    shard = records / "train-00001-of-00002.tfrecord"
+    # A bit flipped in a record that the quick check does not decode (it decodes the first 4 of each
+    # shard): only the CRCs of --verify can find it.
+    shard = max(records.glob("train-*.tfrecord"), key=lambda path: _last_record_middle(path.read_bytes())[0])
     data = bytearray(shard.read_bytes())
-    data[len(data) // 2] ^= 0x40
+    count, middle = _last_record_middle(bytes(data))
+    assert count > 4
+    data[middle] ^= 0x40
     shard.write_bytes(bytes(data))
     assert run(str(records)).exit_code == 0
     result = run(str(records), "--verify")
@@ -96,3 +112,30 @@ def test_reordered_records_are_found_by_their_sha256_only_with_verify(records: P
     result = run(str(records), "--verify")
     assert result.exit_code == 1
     assert f"PROBLEM  {shard}: SHA-256 " in result.output and "but the manifest says" in result.output
+
+
+def test_cue_audit_reports_accuracy_against_chance_and_plots(tmp_path: Path) -> None:
+    directory = tmp_path / "records"
+    write_records_dir(directory, angles=range(0, 360, 5), images_per_split={"train": 16, "validation": 4})
+    plot = tmp_path / "cues.png"
+    result = run(str(directory), "--json", "--audit-cues", "--audit-plot", str(plot))
+    assert result.exit_code == 0, result.output
+    report = json.loads(result.output)
+    audit = report["cue_audit"]
+    assert audit["chance"] == pytest.approx(1 / 9)  # angle mod 90 in ten-degree bins
+    assert 0 < audit["num_records"] <= 20 * 72
+    assert 0.0 <= audit["paired"]["accuracy"] <= 1.0
+    assert audit["paired"]["ci_low"] <= audit["paired"]["accuracy"] <= audit["paired"]["ci_high"]
+    assert report["cue_audit_plot"] == str(plot) and plot.stat().st_size > 10_000
+    text = run(str(directory), "--audit-cues", "--audit-plot", str(plot))
+    assert text.exit_code == 0 and "chance" in text.output and str(plot) in text.output, text.output
+
+
+def test_cue_audit_options_need_the_audit_and_enough_images(records: Path, tmp_path: Path) -> None:
+    result = run(str(records), "--audit-plot", str(tmp_path / "cues.png"))
+    assert result.exit_code == 2 and "go with --audit-cues" in result.output
+    assert not (tmp_path / "cues.png").exists()
+    few = tmp_path / "few"
+    write_records_dir(few, angles=(0, 45), images_per_split={"train": 1})
+    result = run(str(few), "--audit-cues", "--audit-plot", str(tmp_path / "cues.png"))
+    assert result.exit_code == 1 and "cue audit:" in result.output, result.output

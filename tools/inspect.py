@@ -19,6 +19,7 @@ import sys
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import click
 from tqdm import tqdm
@@ -203,22 +204,35 @@ def write_sheet(records: list[schemas.Record], path: Path, title: str) -> Path:
 @click.option(
     "--json", "as_json", is_flag=True, help="Print the summary and problems as JSON instead of text."
 )
+@click.option(
+    "--audit-cues",
+    is_flag=True,
+    help="Audit the records for angle shortcuts: can statistics that carry no orientation content "
+    "(sharpness, encoded bytes, border rows, mean, std, ink share) predict the angle mod 90? Prints the "
+    "classifier's accuracy against chance with a 95% interval (tools/cue_audit.py).",
+)
+@click.option(
+    "--audit-plot",
+    type=click.Path(dir_okay=False, path_type=Path),
+    default=None,
+    help="With --audit-cues: the PNG of each statistic by angle (default: cue_audit.png in the current "
+    "directory).",
+)
+@click.option(
+    "--audit-max-records",
+    type=click.IntRange(100),
+    default=None,
+    help="With --audit-cues: records sampled (stably, by hash) for the audit (default: the audit's own, "
+    "tools/cue_audit.DEFAULT_MAX_RECORDS, about a minute on one core).",
+)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def main(
-    records: str,
-    verify: bool,
-    sheet: Path | None,
-    num_samples: int,
-    seed: int,
-    as_json: bool,
-    no_progress: bool,
-) -> None:
+def main(records: str, **options: Any) -> None:
     """Check the records directory RECORDS (local path or gs://) against its dataset_info.json and
     summarize it: images, records, shards and bytes per split; with --verify, every record is read."""
     if not paths.is_remote(records) and not os.path.isdir(paths.local_path(records)):
         raise click.BadParameter(f"{records} is not a directory", param_hint="RECORDS")
     with gcs.failures_in_one_line([records], click.ClickException):  # seconds, not Beam's minutes
-        _inspect(records, verify, sheet, num_samples, seed, as_json, no_progress)
+        _inspect(records, **options)
 
 
 def _inspect(
@@ -228,8 +242,13 @@ def _inspect(
     num_samples: int,
     seed: int,
     as_json: bool,
+    audit_cues: bool,
+    audit_plot: Path | None,
+    audit_max_records: int | None,
     no_progress: bool,
 ) -> None:
+    if (audit_plot or audit_max_records) and not audit_cues:
+        raise click.UsageError("--audit-plot and --audit-max-records go with --audit-cues")
     try:
         info = schemas.load_manifest(records)
     except schemas.ManifestError as error:
@@ -244,6 +263,15 @@ def _inspect(
     if sheet:
         chosen = sample_records(records, info, num_samples, seed)
         write_sheet(chosen, sheet, f"{info.dataset}: {len(chosen)} random records and their corrections")
+    audit = None
+    if audit_cues:
+        from tools import cue_audit
+
+        try:
+            audit = cue_audit.audit(records, max_records=audit_max_records or cue_audit.DEFAULT_MAX_RECORDS)
+        except ValueError as error:  # too few records or images to split into training and test
+            raise click.ClickException(f"cue audit: {error}") from None
+        audit_plot = cue_audit.plot(audit, str(audit_plot or Path("cue_audit.png")))
     if as_json:
         click.echo(
             json.dumps(
@@ -253,6 +281,7 @@ def _inspect(
                     "verified": report.scanned,
                     "records_by_angle": dict(sorted(report.records_by_angle.items())),
                     "corrupt_shards": report.corrupt_shards,
+                    **({"cue_audit": audit.to_dict(), "cue_audit_plot": str(audit_plot)} if audit else {}),
                 },
                 indent=2,
             )
@@ -261,6 +290,8 @@ def _inspect(
         click.echo("\n".join(summary_lines(report)))
         if sheet:
             click.echo(f"\ncontact sheet  {sheet}")
+        if audit:
+            click.echo(f"\n{audit.table()}\n  plot of each statistic by angle: {audit_plot}")
         click.echo("")
         for problem in report.problems:
             click.echo(f"PROBLEM  {problem}")

@@ -254,6 +254,7 @@ def evaluate_rotation_codes(
         crop_scale=config.get("crop_scale", "largest"),
         angles_degrees=info.angles_degrees,
         batch_size=batch_size,
+        rendering=config.get("rendering", "angle-independent"),
     )
 
 

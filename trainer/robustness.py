@@ -39,7 +39,7 @@ import numpy as np
 from PIL import Image
 
 import schemas
-from pipeline import geometry
+from pipeline import geometry, rotations
 from pipeline.codec import IMAGE_EXTENSIONS
 from schemas.record import example_key
 from schemas.splits import assign_split, in_subset
@@ -121,17 +121,19 @@ def render(
     resampling: str = "fixed",
     crop_scale: str = "largest",
     angles_degrees: Sequence[int] = range(360),
+    rendering: str = "angle-independent",
 ) -> np.ndarray:
     """`image` (an original HWC uint8 source, center-cropped to its square here) turned by the angle
-    with rotation code `code`, at image_size x image_size. `key`, `resampling`, `crop_scale` and
-    `angles_degrees` (the records' angle set, for crop scale "constant") apply to "pipeline" only."""
+    with rotation code `code`, at image_size x image_size. `key`, `resampling`, `crop_scale`,
+    `rendering` and `angles_degrees` (the records' angle set, for crop scale "constant") apply to
+    "pipeline" only: the pipeline's own rendering (pipeline.rotations) with the records' options."""
     square = _square(image)
     side = square.shape[0]
     if code == "pipeline":
-        source = geometry.prepare_render_source(
-            square, image_size, angles_degrees, True, crop_largest_rect, crop_scale
-        )
-        return geometry.render(source, angle_degrees, image_size, geometry.record_jitter(key, resampling))
+        return _render_angles(
+            code, image, [angle_degrees], image_size, crop_largest_rect, [key], resampling, crop_scale,
+            angles_degrees, rendering,
+        )[0]  # fmt: skip
     if code == "supersampled":
         factor = max(1.0, SUPERSAMPLE_FACTOR * image_size / side)
         fine = square
@@ -300,14 +302,21 @@ def _render_angles(
     resampling: str,
     crop_scale: str,
     angles_degrees: Sequence[int],
+    rendering: str = "angle-independent",
 ) -> list[np.ndarray]:
-    """`render` at several angles; the pipeline code prepares the image once for all of them."""
+    """`render` at several angles; the pipeline code prepares the image once for all of them, with the
+    pipeline's own functions (pipeline.rotations) and the records' rendering options."""
     if code == "pipeline":
-        source = geometry.prepare_render_source(
-            _square(image), image_size, angles_degrees, True, crop_largest_rect, crop_scale
+        source = rotations.prepare(
+            _square(image),
+            image_size,
+            angles_degrees,
+            crop_largest_rect=crop_largest_rect,
+            rendering=rendering,
+            crop_scale=crop_scale,
         )
         return [
-            geometry.render(source, angle, image_size, geometry.record_jitter(key, resampling))
+            rotations.rotation_image(source, key, angle, image_size, resampling)
             for angle, key in zip(angles, keys, strict=True)
         ]
     return [render(code, image, angle, image_size, crop_largest_rect) for angle in angles]
@@ -347,6 +356,7 @@ def evaluate_codes(
     angles_degrees: Sequence[int] = range(360),
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
+    rendering: str = "angle-independent",
 ) -> RobustnessReport:
     """Turn every image by the same random angles with each code, predict (`predictor.predict(images,
     batch_size, tta)`, trainer.predict.Predictor), and score each code and tta.
@@ -375,6 +385,7 @@ def evaluate_codes(
                     resampling,
                     crop_scale,
                     angles_degrees,
+                    rendering,
                 )
             ]
         )
