@@ -8,7 +8,10 @@ from collections.abc import Callable
 
 # name -> (module, one-line description); the order is the order of sections in docs/benchmarks.md.
 BENCHMARKS: dict[str, tuple[str, str]] = {
-    "geometry": ("benchmarks.geometry", "Fast vs reference rotation chain, 224 px JPEG q95, Street View"),
+    "geometry": (
+        "benchmarks.geometry",
+        "Rotation chains: reference, legacy and angle-independent, 224 px JPEG q95, Street View",
+    ),
     "pipeline": (
         "benchmarks.pipeline",
         "Beam pipeline: Street View chain vs naive reference, MNIST 5k x 360 through DirectRunner",
@@ -19,7 +22,7 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
     ),
     "mnist_quality": (
         "benchmarks.mnist_quality",
-        "MNIST CNN on the 5k subset, all 360 rotations: validation mean angle error",
+        "MNIST CNN on the 5k subset, both rendering chains: validation mean angle error under five rotation codes",
     ),
     "gpu_training": ("benchmarks.gpu_training", "ResNet50 mixed-precision training throughput on a GPU"),
 }
