@@ -24,6 +24,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "benchmarks.mnist_quality",
         "MNIST CNN on the 5k subset, both rendering chains: validation mean angle error under five rotation codes",
     ),
+    "cue_audit": (
+        "benchmarks.cue_audit",
+        "Rotation cues: the cue audit of rotnet 0.1's and rotnet 0.2's records, MNIST and Street View",
+    ),
     "gpu_training": ("benchmarks.gpu_training", "ResNet50 mixed-precision training throughput on a GPU"),
 }
 
