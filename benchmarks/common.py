@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 import time
 from collections.abc import Callable
 from pathlib import Path
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+# Written into every work directory a benchmark or the demo creates: the proof that it may delete it.
+WORK_DIR_MARKER = ".rotnet-work-dir"
 
 
 def shared_data_dir() -> Path:
@@ -46,3 +49,18 @@ def best_of(repeats: int, function: Callable[[], object]) -> float:
         function()
         timings.append(time.perf_counter() - start)
     return min(timings)
+
+
+def fresh_work_dir(path: Path) -> Path:
+    """An empty `path` for a benchmark's or the demo's outputs. A directory left by an earlier run (it
+    holds WORK_DIR_MARKER) is removed first; anything else there stops the run instead of being deleted."""
+    if path.is_symlink() or (path.exists() and not (path / WORK_DIR_MARKER).is_file()):
+        raise FileExistsError(
+            f"{path} exists and was not made by rotnet's benchmarks or demo ({WORK_DIR_MARKER} missing); "
+            "move it away or delete it yourself"
+        )
+    if path.exists():
+        shutil.rmtree(path)
+    path.mkdir(parents=True)
+    (path / WORK_DIR_MARKER).write_text("made by rotnet's benchmarks or demo; removed by their next run\n")
+    return path

@@ -36,13 +36,12 @@ from __future__ import annotations
 import json
 import os
 import shlex
-import shutil
 import subprocess
 import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import REPO_ROOT, shared_data_dir
+from benchmarks.common import REPO_ROOT, fresh_work_dir, shared_data_dir
 
 ROTNET_MNIST_ERROR = 6.45
 TARGET_ERROR = 5.5
@@ -163,7 +162,7 @@ def _worst_over_best(evaluation: dict, tta: int) -> float:
 def run(quick: bool = False) -> str:
     mnist_dir = shared_data_dir() / "mnist-5k"
     root = WORK_DIR / ("quick" if quick else "full")
-    shutil.rmtree(root, ignore_errors=True)
+    fresh_work_dir(root)
     results = {
         name: run_arm(name, root / name.split()[1].replace("'s", ""), mnist_dir, quick) for name in ARMS
     }

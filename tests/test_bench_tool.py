@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import pytest
+
 from tools import bench
 
 
@@ -15,3 +17,20 @@ def test_update_keeps_other_sections_and_registry_order(monkeypatch) -> None:
     assert "B1" not in third and "B2" in third and "A1" in third
     assert third.count("<!-- bench:b:start -->") == 1
     assert "Command: `rotnet-bench a` - machine: test machine" in third
+
+
+def test_work_dirs_are_removed_only_when_a_benchmark_made_them(tmp_path) -> None:
+    from benchmarks.common import WORK_DIR_MARKER, fresh_work_dir
+
+    work = fresh_work_dir(tmp_path / "work")
+    (work / "records").mkdir()
+    assert fresh_work_dir(work) == work and sorted(p.name for p in work.iterdir()) == [WORK_DIR_MARKER]
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("keep")
+    link = tmp_path / "link"
+    link.symlink_to(work)
+    for path in (foreign, link):
+        with pytest.raises(FileExistsError, match="delete it yourself"):
+            fresh_work_dir(path)
+    assert (foreign / "thesis.tex").read_text() == "keep" and (work / WORK_DIR_MARKER).is_file()
