@@ -5,7 +5,7 @@
 Two cases, each measured side by side in one run on this machine's cores:
 
 * 224 px JPEG (Street View, ResNet50 input): records of the 10 real Street View samples at every angle
-  (written here with the fast chain, JPEG q95, as rotnet-pipeline does), read by
+  (written here with the pipeline's default rendering, JPEG q95, as rotnet-pipeline does), read by
   `trainer.data.training_dataset` (interleave, shuffle, batch 64, parse, decode, labels; the caffe
   preprocessing is the model's first layer, so it is not part of the input rate). RotNet's
   `RotNetDataGenerator` reads each full-resolution JPEG (1281x1025), picks a random
