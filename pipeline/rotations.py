@@ -188,5 +188,22 @@ def shard_records(
     """Every record of a shard holding `images` (any order), rendered one at a time in the shard's order."""
     images = sorted(images, key=lambda image: image.image_id)  # ties of the order key: never arrival order
     encoders = [record_encoder(image, image_format, image_size, jpeg_quality, resampling) for image in images]
-    for index, angle in record_order(images, angles_degrees):
-        yield encoders[index](angle)
+    order = record_order(images, angles_degrees)
+    # Rendering in the shard's order jumps from image to image at every record, and a 224 px photo's
+    # render level (~1.6 MB) falls out of the cache each time: half the rate (measured 1,235 against
+    # 2,299 records/s on one core). So each window of the order is rendered image by image, then
+    # yielded in order: the same bytes, memory for one window of encoded records.
+    window = max(RENDER_WINDOW_RECORDS, RENDER_WINDOW_RECORDS_PER_IMAGE * len(images))
+    for start in range(0, len(order), window):
+        chunk = order[start : start + window]
+        encoded: list[bytes] = [b""] * len(chunk)
+        for position in sorted(range(len(chunk)), key=lambda position: chunk[position]):
+            index, angle = chunk[position]
+            encoded[position] = encoders[index](angle)
+        yield from encoded
+
+
+# Records rendered together by shard_records: at least this many, and this many per image of the shard
+# (so that each image's level is read a few times per window). Street View: 1,024 records ~ 27 MB.
+RENDER_WINDOW_RECORDS = 1024
+RENDER_WINDOW_RECORDS_PER_IMAGE = 8

@@ -92,3 +92,28 @@ def test_local_writer_writes_angle_independent_records_and_says_so(tmp_path: Pat
     for angle in angles:
         jitter = geometry.record_jitter(example_key("mnist", "train", image_id, angle), "random")
         assert np.array_equal(found[(image_id, angle)], geometry.render(source, angle, 28, jitter))
+
+
+def test_shard_records_are_the_shard_order_whatever_the_render_window(monkeypatch) -> None:
+    angles = range(0, 360, 30)
+    images = [
+        rotations.PreparedImage(
+            "mnist", "train", f"{index:05d}", index, rotations.prepare(synthetic_image(index, 28), 28, angles, crop_largest_rect=False)
+        )
+        for index in range(5)
+    ]  # fmt: skip
+    by_key = {
+        (image.image_id, angle): data
+        for image in images
+        for angle, data in zip(angles, rotations.encode_rotations(image, angles, 28, "png"), strict=True)
+    }
+    ordered = sorted(images, key=lambda image: image.image_id)
+    expected = [
+        by_key[ordered[index].image_id, angle] for index, angle in rotations.record_order(ordered, angles)
+    ]
+    assert len(set(expected)) == 60
+    whole = list(rotations.shard_records(images[::-1], angles, 28, "png"))  # one window: 1,024 records
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_RECORDS", 7)
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_RECORDS_PER_IMAGE", 1)
+    windowed = list(rotations.shard_records(images, angles, 28, "png"))  # 9 windows, the last one short
+    assert whole == windowed == expected
