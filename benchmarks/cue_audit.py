@@ -41,8 +41,10 @@ RENDERINGS = {
 }
 
 
-def _prerotated(digit: np.ndarray, seed: int) -> np.ndarray:
-    """The digit turned by a random angle: 8x cubic up, rotate, area down (tests/test_cue_audit.py)."""
+def prerotated_digit(digit: np.ndarray, seed: int) -> np.ndarray:
+    """The digit (28 x 28 x 1 uint8) turned by a random angle from `seed` with a careful supersampled
+    rotation (8x cubic up, rotate, area down): a source whose content has no preferred orientation
+    relative to its pixel grid (upright digits do: tools/cue_audit.py). tests/test_cue_audit.py uses it."""
     angle = float(np.random.default_rng(seed).uniform(0, 360))
     big = cv2.resize(digit[:, :, 0], (224, 224), interpolation=cv2.INTER_CUBIC)
     turned = cv2.warpAffine(big, cv2.getRotationMatrix2D((111.5, 111.5), angle, 1.0), (224, 224))
@@ -78,7 +80,8 @@ def run(quick: bool = False) -> str:
         : 100 if quick else MNIST_DIGITS
     ]
     prerotated = [
-        (image_id, _prerotated(image, index), label) for index, (image_id, image, label) in enumerate(digits)
+        (image_id, prerotated_digit(image, index), label)
+        for index, (image_id, image, label) in enumerate(digits)
     ]
     photos = _street_view_photos()[: 8 if quick else None]
     inputs = {

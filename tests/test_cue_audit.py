@@ -8,6 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from benchmarks.cue_audit import prerotated_digit
 from pipeline import local_writer
 from tools import cue_audit
 
@@ -81,17 +82,6 @@ def test_statistics_of_a_record() -> None:
     assert len(cue_audit.record_statistics(np.zeros((16, 16, 3), np.uint8), 1)) == len(cue_audit.FEATURES)
 
 
-def _prerotated(digit: np.ndarray, seed: int) -> np.ndarray:
-    """The digit turned by a random angle with a careful supersampled rotation: a source whose content
-    has no preferred orientation relative to its pixel grid (upright digits do: see the module doc)."""
-    import cv2
-
-    angle = float(np.random.default_rng(seed).uniform(0, 360))
-    big = cv2.resize(digit[:, :, 0], (224, 224), interpolation=cv2.INTER_CUBIC)
-    turned = cv2.warpAffine(big, cv2.getRotationMatrix2D((111.5, 111.5), angle, 1.0), (224, 224))
-    return cv2.resize(turned, (28, 28), interpolation=cv2.INTER_AREA)[:, :, np.newaxis]
-
-
 @pytest.fixture(scope="module")
 def digit_records(tmp_path_factory, shared_data: Path) -> dict[str, Path]:
     """200 MNIST digits x 72 angles (every 5 degrees), upright and pre-rotated, rendered by today's
@@ -99,7 +89,8 @@ def digit_records(tmp_path_factory, shared_data: Path) -> dict[str, Path]:
     sources = local_writer.mnist_sources(shared_data / "mnist-5k", validation_fraction=0.1)
     upright = sources["train"][:200]
     prerotated = [
-        (image_id, _prerotated(image, index), label) for index, (image_id, image, label) in enumerate(upright)
+        (image_id, prerotated_digit(image, index), label)
+        for index, (image_id, image, label) in enumerate(upright)
     ]
     directories = {}
     for name, digits in (("upright", upright), ("prerotated", prerotated)):
