@@ -127,8 +127,9 @@ def test_cue_audit_reports_accuracy_against_chance_and_plots(tmp_path: Path) -> 
     assert 0.0 <= audit["paired"]["accuracy"] <= 1.0
     assert audit["paired"]["ci_low"] <= audit["paired"]["accuracy"] <= audit["paired"]["ci_high"]
     assert report["cue_audit_plot"] == str(plot) and plot.stat().st_size > 10_000
-    text = run(str(directory), "--audit-cues", "--audit-plot", str(plot))
-    assert text.exit_code == 0 and "chance" in text.output and str(plot) in text.output, text.output
+    again = tmp_path / "cues-again.png"  # an existing plot is never replaced
+    text = run(str(directory), "--audit-cues", "--audit-plot", str(again))
+    assert text.exit_code == 0 and "chance" in text.output and str(again) in text.output, text.output
 
 
 def test_cue_audit_options_need_the_audit_and_enough_images(records: Path, tmp_path: Path) -> None:
@@ -139,3 +140,17 @@ def test_cue_audit_options_need_the_audit_and_enough_images(records: Path, tmp_p
     write_records_dir(few, angles=(0, 45), images_per_split={"train": 1})
     result = run(str(few), "--audit-cues", "--audit-plot", str(tmp_path / "cues.png"))
     assert result.exit_code == 1 and "cue audit:" in result.output, result.output
+
+
+def test_figures_never_replace_or_write_through_what_is_there(records: Path, tmp_path: Path) -> None:
+    mine = tmp_path / "mine.png"
+    mine.write_bytes(b"the user's own picture")
+    link = tmp_path / "link.png"
+    link.symlink_to(mine)
+    for option in ("--sheet", "--audit-plot"):
+        for path in (mine, link):
+            extra = ["--audit-cues"] if option == "--audit-plot" else []
+            result = run(str(records), option, str(path), *extra)
+            assert result.exit_code == 2 and "already exists" in result.output, result.output
+    assert mine.read_bytes() == b"the user's own picture" and link.is_symlink()
+    assert sorted(path.name for path in tmp_path.iterdir()) == ["link.png", "mine.png", "records"]

@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import os
+import secrets
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -67,4 +69,24 @@ def save(image: Image.Image, path: Path | str) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     image.save(path)
+    return path
+
+
+def write_new_file(path: Path | str, write: Callable[[str], object]) -> Path:
+    """`write(temporary_path)` a file beside `path`, then claim `path` for it with link(), which fails
+    on anything already there (a user's file, a link, a directory): a figure never replaces or writes
+    through what the tool did not make. FileExistsError names the path and what to do."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    temporary = path.with_name(f".{path.name}.rotnet-tmp-{secrets.token_hex(4)}{path.suffix}")
+    try:
+        write(str(temporary))
+        try:
+            os.link(temporary, path, follow_symlinks=False)
+        except FileExistsError:
+            raise FileExistsError(
+                f"{path} already exists: give another path or move that file away"
+            ) from None
+    finally:
+        temporary.unlink(missing_ok=True)
     return path

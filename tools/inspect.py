@@ -184,7 +184,7 @@ def write_sheet(records: list[schemas.Record], path: Path, title: str) -> Path:
     images = [decode_record_image(record) for record in records]
     captions = [f"{r.image_id} {r.angle_degrees}°" for r in records]
     tiles = figures.correction_tiles(images, [r.angle_degrees for r in records], captions)
-    return figures.save(figures.render_tiles(tiles, columns=8, title=title), path)
+    return figures.write_new_file(path, figures.render_tiles(tiles, columns=8, title=title).save)
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"]})
@@ -195,7 +195,8 @@ def write_sheet(records: list[schemas.Record], path: Path, title: str) -> Path:
 @click.option(
     "--sheet",
     type=click.Path(dir_okay=False, path_type=Path),
-    help="Write a contact-sheet PNG of random records, each followed by its corrected version.",
+    help="Write a contact-sheet PNG of random records, each followed by its corrected version (a new "
+    "file: an existing one is never replaced).",
 )
 @click.option(
     "--num-samples", default=16, show_default=True, type=click.IntRange(1, 256), help="Records on the sheet."
@@ -215,8 +216,8 @@ def write_sheet(records: list[schemas.Record], path: Path, title: str) -> Path:
     "--audit-plot",
     type=click.Path(dir_okay=False, path_type=Path),
     default=None,
-    help="With --audit-cues: the PNG of each statistic by angle (default: cue_audit.png in the current "
-    "directory).",
+    help="With --audit-cues: the PNG of each statistic by angle, a new file (default: cue_audit.png in "
+    "the current directory; an existing one is never replaced).",
 )
 @click.option(
     "--audit-max-records",
@@ -249,6 +250,11 @@ def _inspect(
 ) -> None:
     if (audit_plot or audit_max_records) and not audit_cues:
         raise click.UsageError("--audit-plot and --audit-max-records go with --audit-cues")
+    if audit_cues:
+        audit_plot = audit_plot or Path("cue_audit.png")
+    for figure in (sheet, audit_plot):  # checked again when written (figures.write_new_file)
+        if figure and os.path.lexists(figure):
+            raise click.UsageError(f"{figure} already exists: give another path or move that file away")
     try:
         info = schemas.load_manifest(records)
     except schemas.ManifestError as error:
@@ -260,18 +266,23 @@ def _inspect(
     else:  # the same check without reading the records: every shard there, with its size
         report.problems += [str(problem) for problem in check_shards(info, records)]
     report.problems += decode_images_check(records, info)
-    if sheet:
-        chosen = sample_records(records, info, num_samples, seed)
-        write_sheet(chosen, sheet, f"{info.dataset}: {len(chosen)} random records and their corrections")
-    audit = None
-    if audit_cues:
-        from tools import cue_audit
+    try:
+        if sheet:
+            chosen = sample_records(records, info, num_samples, seed)
+            write_sheet(chosen, sheet, f"{info.dataset}: {len(chosen)} random records and their corrections")
+        audit = None
+        if audit_cues:
+            from tools import cue_audit, figures
 
-        try:
-            audit = cue_audit.audit(records, max_records=audit_max_records or cue_audit.DEFAULT_MAX_RECORDS)
-        except ValueError as error:  # too few records or images to split into training and test
-            raise click.ClickException(f"cue audit: {error}") from None
-        audit_plot = cue_audit.plot(audit, str(audit_plot or Path("cue_audit.png")))
+            try:
+                audit = cue_audit.audit(
+                    records, max_records=audit_max_records or cue_audit.DEFAULT_MAX_RECORDS
+                )
+            except ValueError as error:  # too few records or images to split into training and test
+                raise click.ClickException(f"cue audit: {error}") from None
+            figures.write_new_file(audit_plot, lambda temporary: cue_audit.plot(audit, temporary))
+    except FileExistsError as error:  # made meanwhile, by someone else
+        raise click.ClickException(str(error)) from None
     if as_json:
         click.echo(
             json.dumps(
