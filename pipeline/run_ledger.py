@@ -100,6 +100,15 @@ class RunLedger:
             names.append(data["progress_dir"])
         if not all(_plain_name(name) for name in names):
             raise LedgerError(f"{source} names a path outside its directory; it is not used")
+        # The two directories are deleted as whole trees: only names of rotnet's own form are trusted
+        # (a ledger naming a user's directory must not get it removed).
+        run_id = str(data.get("run_id", ""))
+        progress = data.get("progress_dir")
+        if data.get("temp_dir") != TEMP_PREFIX + run_id or progress not in (None, PROGRESS_PREFIX + run_id):
+            raise LedgerError(
+                f"{source} names a temp or progress directory not of the form {TEMP_PREFIX}<run id> / "
+                f"{PROGRESS_PREFIX}<run id>; it is not used"
+            )
         try:
             return cls(
                 run_id=str(data["run_id"]),
