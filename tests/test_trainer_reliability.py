@@ -40,7 +40,7 @@ class Kill(keras.callbacks.Callback):
             os.kill(os.getpid(), SIGNAL)
 
 original_run = train.run
-train.run = lambda config, callbacks=(), echo=print: original_run(config, [*callbacks, Kill()], echo)
+train.run = lambda config, callbacks=(), echo=print, **options: original_run(config, [*callbacks, Kill()], echo, **options)
 from trainer.cli import main
 main(sys.argv[3:])
 """
@@ -119,6 +119,7 @@ def test_resume_with_different_options_is_refused(records: Path, tmp_path: Path)
     (output / "backup").mkdir(parents=True)
     (output / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 0}')
     (output / "train_config.json").write_text(json.dumps({"records": str(records), "model": "resnet50"}))
+    (output / ".rotnet-run.json").write_text('{"tool": "rotnet-train", "files": []}')  # a run's own dir
     result = CliRunner().invoke(train_main, _arguments(records, output))
     assert result.exit_code == 1 and "different model" in result.output
 

@@ -10,6 +10,7 @@ file can always be traced to how it was made.
 from __future__ import annotations
 
 import datetime
+import os
 import re
 import shlex
 import sys
@@ -82,7 +83,17 @@ def main(names: tuple[str, ...], quick: bool, output: Path, print_only: bool) ->
         click.echo(sections[name])
     if print_only:
         return
-    output.parent.mkdir(parents=True, exist_ok=True)
+    if output.is_symlink() or (output.exists() and not output.is_file()):
+        raise click.ClickException(f"{output} is a symlink or not a regular file: it is left as it is")
     document = output.read_text() if output.exists() else ""
-    output.write_text(update_document(document, sections))
+    if output.exists() and not any(_markers(name)[0] in document for name in BENCHMARKS):
+        raise click.ClickException(
+            f"{output} holds no rotnet-bench section markers, so it is not rotnet-bench's: it is left as "
+            "it is; choose another --output"
+        )
+    output.parent.mkdir(parents=True, exist_ok=True)
+    temporary = output.with_name(f".rotnet-tmp-{os.getpid()}-{output.name}")
+    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "w") as handle:
+        handle.write(update_document(document, sections))
+    os.replace(temporary, output)  # a new name: never through a link, never half a file
     click.echo(f"wrote {output}", err=True)

@@ -216,8 +216,14 @@ def _removed(value: object, option: str) -> None:
     show_default=True,
     help="Write TensorBoard logs.",
 )
+@click.option(
+    "--overwrite",
+    is_flag=True,
+    help="Train a new run into an --output that holds a finished run; its model.keras is replaced only "
+    "once the new best model exists. Without it a finished run is refused.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own start-up and log messages.")
-def main(verbose: bool, **options: object) -> None:
+def main(verbose: bool, overwrite: bool, **options: object) -> None:
     """Train a model to predict the rotation (0-359 degrees) of the images in --records.
 
     Streams the shards with tf.data (shuffled, interleaved, all rotations), keeps the model with the
@@ -240,7 +246,7 @@ def main(verbose: bool, **options: object) -> None:
         from trainer import train
 
         try:
-            train.run(config, echo=lambda line: click.echo(line, err=True))
+            train.run(config, echo=lambda line: click.echo(line, err=True), overwrite=overwrite)
         except ManifestError as error:
             raise click.BadParameter(str(error), param_hint="--records") from None
         except TrainingError as error:
@@ -248,6 +254,11 @@ def main(verbose: bool, **options: object) -> None:
         except train.TrainingInterruptedError as error:
             click.echo(str(error), err=True)
             sys.exit(143)
+        except KeyboardInterrupt:
+            click.echo(
+                "interrupted (Ctrl-C): rerun the same command to resume from the last backup", err=True
+            )
+            sys.exit(130)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,9 @@ from typing import Any
 import keras
 
 import schemas
+from schemas import paths as schema_paths
 from schemas import verify
+from schemas.manifest import manifest_path
 from trainer.config import CONFIG_FILE, MODEL_FILE, SAVED_MODEL_DIR, TrainConfig, TrainingError, resolve
 
 # What to do about a damaged shard, in every message that names one.
@@ -181,6 +183,106 @@ def _prepare_resume(config: TrainConfig) -> int:
     return epoch
 
 
+# --- The output directory: ours only ----------------------------------------------------------------
+
+RUN_MARKER = ".rotnet-run.json"
+BEST_MODEL_ASIDE = (
+    ".rotnet-best-model.keras"  # ModelCheckpoint writes here; renamed over MODEL_FILE at the end
+)
+# Every name rotnet-train writes in --output (none may be a symlink: it would be written through).
+OUTPUT_NAMES = (
+    MODEL_FILE,
+    BEST_MODEL_ASIDE,
+    SAVED_MODEL_DIR,
+    CONFIG_FILE,
+    METRICS_FILE,
+    CURVES_FILE,
+    HISTORY_FILE,
+    BACKUP_DIR,
+    "tensorboard",
+    RUN_MARKER,
+)
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def claim_output(config: TrainConfig, overwrite: bool = False) -> None:
+    """Make --output ours, or refuse with TrainingError (one line): never `/`, the records directory
+    (or one inside or around it), a pipeline's output, a directory with files rotnet-train did not
+    write (no RUN_MARKER), a finished run (unless `overwrite`), or a symlink at any output name."""
+    output = os.path.realpath(config.output)
+    if output == os.path.realpath(os.sep):
+        raise TrainingError("--output / is refused: choose a directory of its own for the run")
+    if not schema_paths.is_remote(config.records):
+        records = os.path.realpath(schema_paths.local_path(config.records))
+        if records.endswith(".json"):
+            records = os.path.dirname(records)
+        if _inside(output, records) or _inside(records, output):
+            raise TrainingError(
+                f"--output {config.output} is (inside or around) the records directory {config.records}: "
+                "choose a directory of its own for the run"
+            )
+    try:
+        os.makedirs(config.output, exist_ok=True)
+        names = set(os.listdir(config.output))
+    except OSError as error:
+        raise TrainingError(
+            f"cannot use {config.output} as --output ({error.strerror}): choose a writable directory"
+        ) from None
+    if schemas.MANIFEST_NAME in names:
+        raise TrainingError(
+            f"{config.output} holds a dataset ({schemas.MANIFEST_NAME}), not a training run: choose another --output"
+        )
+    for name in OUTPUT_NAMES:
+        if os.path.islink(os.path.join(config.output, name)):
+            raise TrainingError(
+                f"{os.path.join(config.output, name)} is a symlink: rotnet-train never writes through "
+                "links; remove it or choose another --output"
+            )
+    marker = os.path.join(config.output, RUN_MARKER)
+    if names - {".rotnet-lock"} and RUN_MARKER not in names:
+        raise TrainingError(
+            f"{config.output} holds files rotnet-train did not write ({RUN_MARKER} is missing): they are "
+            "left as they are; choose an empty or new --output"
+        )
+    finished = (
+        RUN_MARKER in names
+        and METRICS_FILE in names
+        and not os.path.exists(os.path.join(config.output, BACKUP_DIR, BACKUP_METADATA))
+    )
+    if finished and not overwrite:
+        raise TrainingError(
+            f"{config.output} holds a finished run (its model.keras is kept): pass --overwrite to train "
+            "a new one there (the old model stays until the new best exists), or choose another --output"
+        )
+    if RUN_MARKER not in names:
+        _write_json(marker, {"tool": "rotnet-train", "files": list(OUTPUT_NAMES)})
+
+
+def manifest_digest(records: str) -> str:
+    """SHA-256 of the records' manifest bytes (a pipeline --overwrite during training changes it)."""
+    import hashlib
+
+    with schema_paths.open_binary(manifest_path(records)) as handle:
+        return hashlib.sha256(handle.read()).hexdigest()
+
+
+class StopOnNonFiniteLoss(keras.callbacks.Callback):
+    """NaN or inf loss: stop at once (the caller then fails; TerminateOnNaN alone exits 0)."""
+
+    def __init__(self):
+        super().__init__()
+        self.batch: int | None = None
+
+    def on_train_batch_end(self, batch, logs=None):
+        loss = (logs or {}).get("loss")
+        if loss is not None and not math.isfinite(float(loss)):
+            self.batch = batch
+            self.model.stop_training = True
+
+
 # --- Callbacks of our own -------------------------------------------------------------------------
 
 
@@ -255,11 +357,16 @@ def _make_strategy(kind: str):
 
 
 def run(
-    config: TrainConfig, callbacks: Sequence[Any] = (), echo: Callable[[str], None] = print
+    config: TrainConfig,
+    callbacks: Sequence[Any] = (),
+    echo: Callable[[str], None] = print,
+    overwrite: bool = False,
 ) -> TrainResult:
-    """Train as configured; raises TrainingError for user-fixable problems."""
+    """Train as configured; raises TrainingError for user-fixable problems. `overwrite`: train into an
+    --output that holds a finished run (its model is replaced only once the new best exists)."""
     started = time.perf_counter()
     info = schemas.load_manifest(config.records)  # ManifestError says what is wrong
+    digest_at_start = manifest_digest(config.records)
 
     import tensorflow as tf
 
@@ -275,15 +382,33 @@ def run(
     resolve(config, info, strategy.num_replicas_in_sync)
     if not is_chief(tf_config):  # workers train too but write their files aside
         config.output = os.path.join(config.output, f"worker-{json.loads(tf_config)['task']['index']}")
-    os.makedirs(config.output, exist_ok=True)
+    claim_output(config, overwrite)
+    from pipeline.output_lock import LocalLock, LockHeldError
+
+    lock = LocalLock(config.output)  # one writer per directory, as for the pipeline
+    try:
+        lock.acquire()
+    except LockHeldError as error:
+        raise TrainingError(str(error).replace("--output-dir", "--output")) from None
+    try:
+        return _run_locked(config, info, strategy, callbacks, echo, started, digest_at_start)
+    except OSError as error:  # a full disk, a read-only directory: h5py and Keras raise OSError
+        raise TrainingError(
+            f"cannot write in {config.output} ({getattr(error, 'strerror', None) or error}): free space "
+            "or choose another --output, then rerun the same command to resume"
+        ) from None
+    finally:
+        lock.release()
+
+
+def _run_locked(config, info, strategy, callbacks, echo, started, digest_at_start) -> TrainResult:
     initial_epoch = _prepare_resume(config)
-    if not initial_epoch:  # a fresh run: a best model left by an earlier run must not be mistaken for ours
-        for stale in (MODEL_FILE, METRICS_FILE):
-            if os.path.exists(os.path.join(config.output, stale)):
-                os.remove(os.path.join(config.output, stale))
+    if not initial_epoch:  # a fresh run: an earlier run's best aside must not be mistaken for ours
+        aside = os.path.join(config.output, BEST_MODEL_ASIDE)
+        if os.path.lexists(aside):
+            os.remove(aside)  # ours (RUN_MARKER), and never the finished model itself
     shards, skipped = usable_shards(config, info, echo)
-    with open(os.path.join(config.output, CONFIG_FILE), "w") as handle:
-        handle.write(config.to_json())
+    _write_text_aside(os.path.join(config.output, CONFIG_FILE), config.to_json())
     echo(
         f"training {config.model} ({config.head}, {config.num_bins} bins, {config.resolved_precision}, "
         f"{config.strategy} x{config.num_replicas}) on {config.num_train_images:,} images from "
@@ -292,6 +417,13 @@ def run(
         + (f"; resuming at epoch {initial_epoch + 1}" if initial_epoch else "")
     )
     result = _fit(config, info, strategy, shards, skipped, initial_epoch, callbacks, echo)
+    if manifest_digest(config.records) != digest_at_start:
+        raise TrainingError(
+            f"the records in {config.records} were replaced during training (its {schemas.MANIFEST_NAME} "
+            "changed): the model is not published; rerun rotnet-train on the new records"
+        )
+    aside = os.path.join(config.output, BEST_MODEL_ASIDE)
+    os.replace(aside, os.path.join(config.output, MODEL_FILE))  # the old model stays until now
     result.metrics["wall_seconds"] = round(time.perf_counter() - started, 2)
     _write_json(os.path.join(config.output, METRICS_FILE), result.metrics)
     return result
@@ -346,7 +478,7 @@ def _fit(
     monitor = "val_angle_error" if has_validation else "angle_error"
     history_path = os.path.join(config.output, HISTORY_FILE)
     best_so_far = [row[monitor] for row in _read_history(history_path) if _is_number(row.get(monitor))]
-    model_path = os.path.join(config.output, MODEL_FILE)
+    model_path = os.path.join(config.output, BEST_MODEL_ASIDE)
 
     backup = Backup(os.path.join(config.output, BACKUP_DIR), save_freq=config.backup_every_steps or "epoch")
     throughput = Throughput(config.global_batch_size)
@@ -364,6 +496,7 @@ def _fit(
         keras.callbacks.CSVLogger(history_path, append=initial_epoch > 0),
         throughput,
         on_signal,
+        non_finite := StopOnNonFiniteLoss(),
     ]
     if config.lr_schedule == "plateau":
         callbacks.append(
@@ -399,6 +532,11 @@ def _fit(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
 
+    if non_finite.batch is not None:
+        raise TrainingError(
+            f"the training loss became NaN or infinite (epoch batch {non_finite.batch + 1}); training "
+            f"stopped and {MODEL_FILE} was not replaced: lower --lr and rerun with --overwrite"
+        )
     if os.path.exists(model_path):  # the best epoch's model, written by ModelCheckpoint
         model = keras.saving.load_model(model_path, compile=False)
     else:
@@ -445,9 +583,22 @@ def _is_number(value: Any) -> bool:
 
 
 def _write_json(path: str, value: dict[str, Any]) -> None:
-    with open(path, "w") as handle:
-        json.dump(_finite(value), handle, indent=2, sort_keys=True, allow_nan=False)
-        handle.write("\n")
+    _write_text_aside(path, json.dumps(_finite(value), indent=2, sort_keys=True, allow_nan=False) + "\n")
+
+
+def _write_text_aside(path: str, text: str) -> None:
+    """Write to a new temporary name beside `path` (O_EXCL | O_NOFOLLOW), then rename it over `path`:
+    never through a link, and a crash leaves the old file whole."""
+    temporary = os.path.join(os.path.dirname(path), f".rotnet-tmp-{os.getpid()}-{os.path.basename(path)}")
+    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666)
+    try:
+        with os.fdopen(descriptor, "w") as handle:
+            handle.write(text)
+        os.replace(temporary, path)
+    except BaseException:
+        if os.path.lexists(temporary):
+            os.remove(temporary)
+        raise
 
 
 def _finite(value: Any) -> Any:

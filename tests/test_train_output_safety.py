@@ -1,0 +1,91 @@
+"""rotnet-train never destroys what is in --output (issue 17, item 1 and 9): a finished run is refused
+without --overwrite (model.keras byte-identical), a symlink at an output name is refused (its target
+unchanged), `/`, the records directory and a user's directory are refused, and a NaN loss fails."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from click.testing import CliRunner
+
+from tests.factories import write_records_dir
+from trainer.cli import main as train_main
+
+pytestmark = pytest.mark.slow
+
+
+@pytest.fixture(scope="module")
+def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    directory = tmp_path_factory.mktemp("records")
+    write_records_dir(directory, images_per_split={"train": 8, "validation": 2}, angles=(0, 90, 180, 270))
+    return directory
+
+
+def _train(records: Path, output: Path, *extra: str):
+    arguments = ["--records", str(records), "--output", str(output), "--epochs", "1"]
+    arguments += ["--steps-per-epoch", "2", "--batch-size", "4", "--no-tensorboard", *extra]
+    return CliRunner().invoke(train_main, arguments)
+
+
+@pytest.fixture(scope="module")
+def finished(records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    output = tmp_path_factory.mktemp("runs") / "finished"
+    result = _train(records, output)
+    assert result.exit_code == 0, result.output
+    return output
+
+
+def test_second_run_into_a_finished_run_leaves_model_byte_identical(records: Path, finished: Path) -> None:
+    before = (finished / "model.keras").read_bytes()
+    result = _train(records, finished)
+    assert result.exit_code == 1
+    assert "finished run" in result.output and "--overwrite" in result.output
+    assert "Traceback" not in result.output
+    assert (finished / "model.keras").read_bytes() == before
+
+
+def test_overwrite_replaces_the_finished_model(records: Path, finished: Path) -> None:
+    result = _train(records, finished, "--overwrite")
+    assert result.exit_code == 0, result.output
+    assert (finished / "model.keras").is_file()
+    assert not (finished / ".rotnet-best-model.keras").exists()  # renamed into place
+
+
+def test_symlinked_history_is_refused_and_its_target_unchanged(records: Path, tmp_path: Path) -> None:
+    target = tmp_path / "precious.csv"
+    target.write_text("mine\n")
+    output = tmp_path / "run"
+    output.mkdir()
+    (output / ".rotnet-run.json").write_text('{"tool": "rotnet-train", "files": []}\n')
+    (output / "history.csv").symlink_to(target)
+    result = _train(records, output)
+    assert result.exit_code == 1
+    assert "symlink" in result.output and "Traceback" not in result.output
+    assert target.read_text() == "mine\n"
+
+
+def test_user_directory_with_foreign_files_is_refused(records: Path, tmp_path: Path) -> None:
+    (tmp_path / "model.keras").write_bytes(b"my model")
+    result = _train(records, tmp_path)
+    assert result.exit_code == 1 and "did not write" in result.output
+    assert (tmp_path / "model.keras").read_bytes() == b"my model"
+    assert not (tmp_path / "history.csv").exists()
+
+
+@pytest.mark.parametrize("where", ["/", "records", "records/sub"])
+def test_root_and_records_dir_are_refused(records: Path, where: str) -> None:
+    output = Path("/") if where == "/" else records / where.removeprefix("records").lstrip("/")
+    before = sorted(p.name for p in records.iterdir())
+    result = _train(records, output)
+    assert result.exit_code == 1, result.output
+    assert ("--output /" in result.output) or ("records directory" in result.output)
+    assert sorted(p.name for p in records.iterdir()) == before
+
+
+def test_nan_loss_fails_and_keeps_the_last_good_model(records: Path, finished: Path) -> None:
+    before = (finished / "model.keras").read_bytes()
+    result = _train(records, finished, "--overwrite", "--lr", "1e30")
+    assert result.exit_code == 1, result.output
+    assert "NaN or infinite" in result.output
+    assert (finished / "model.keras").read_bytes() == before
