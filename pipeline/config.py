@@ -18,7 +18,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any
 
-from pipeline import datasets
+from pipeline import datasets, geometry
 from pipeline.codec import DEFAULT_JPEG_QUALITY, DEFAULT_MAX_PIXELS
 from pipeline.geometry import CROP_POSITIONS, CROP_SCALES, RESAMPLINGS
 from pipeline.inputs import DEFAULT_MAX_FILE_BYTES
@@ -163,6 +163,19 @@ class PipelineConfig:
             problems.append(f"duplicate ids {self.duplicate_ids!r} is not one of {DUPLICATE_ID_POLICIES}")
         if problems:
             raise ConfigError("; ".join(problems))
+
+    def view(self) -> geometry.View:
+        """How this (resolved) run draws its records: the facts a model trained on them is served with."""
+        return geometry.View(
+            image_size=self.image_size,
+            channels=self.channels,
+            center_crop=self.center_crop,
+            crop_position=self.crop_position,
+            crop_largest_rect=self.crop_largest_rect,
+            crop_scale=self.crop_scale,
+            rendering=self.rendering,
+            angles_degrees=self.angles_degrees,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings for the manifest (tuples become lists)."""

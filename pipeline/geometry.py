@@ -796,3 +796,159 @@ def render_chain(
         image, image_size, [angle_degrees], center_crop_square, crop_largest_rect, crop_scale
     )
     return render(source, angle_degrees, image_size, jitter)
+
+
+# --- The view: what a record shows of its source, for training and serving alike ----------------
+#
+# A model is served what it was trained on only if a photo is prepared exactly as the records were:
+# the same channels, square, crop scale (constant crops show the central 1/sqrt(2) of the square at
+# every angle) and low-pass. `View` holds those facts (the manifest's pipeline config has them; the
+# trainer copies them into train_config.json), `prepare_view` is the records writer's preparation of a
+# source image, and `upright_view` is the record it would write at 0 degrees without the per-record
+# jitter: what every serving path (trainer.predict, rotnet-correct, the robustness codes) feeds a model.
+
+RENDERINGS = ("angle-independent", "legacy")
+
+
+@dataclass(frozen=True)
+class View:
+    """How records draw a source image (pipeline.config.PipelineConfig's geometry fields).
+
+    `image_size`: output side, pixels (records are square). `channels`: 1 (grey, PIL's luma) or 3 (RGB).
+    `center_crop`: the largest square is cut first, at `crop_position` ("center" | "right").
+    `crop_largest_rect` / `crop_scale` / `rendering`: see prepare_render_source and the pipeline's
+    options. `angles_degrees`: the records' angle set (counter-clockwise), which fixes the constant crop.
+    """
+
+    image_size: int
+    channels: int
+    center_crop: bool = True
+    crop_position: str = "center"
+    crop_largest_rect: bool = False
+    crop_scale: str = "largest"
+    rendering: str = "angle-independent"
+    angles_degrees: tuple[int, ...] = tuple(range(360))
+
+    def to_dict(self) -> dict:
+        """JSON-ready (train_config.json's `view`)."""
+        return {
+            "image_size": self.image_size,
+            "channels": self.channels,
+            "center_crop": self.center_crop,
+            "crop_position": self.crop_position,
+            "crop_largest_rect": self.crop_largest_rect,
+            "crop_scale": self.crop_scale,
+            "rendering": self.rendering,
+            "angles_degrees": list(self.angles_degrees),
+        }
+
+    @classmethod
+    def from_dict(cls, data: dict) -> View:
+        """From `to_dict`'s output or a manifest's pipeline config (other keys are ignored); raises
+        ValueError naming a missing or unknown value."""
+        try:
+            view = cls(
+                image_size=int(data["image_size"]),
+                channels=int(data["channels"]),
+                center_crop=bool(data.get("center_crop", True)),
+                crop_position=str(data.get("crop_position", "center")),
+                crop_largest_rect=bool(data["crop_largest_rect"]),
+                crop_scale=str(data.get("crop_scale", "largest")),
+                rendering=str(data.get("rendering", "angle-independent")),
+                angles_degrees=tuple(sorted({int(angle) for angle in data["angles_degrees"]})),
+            )
+        except (KeyError, TypeError) as error:
+            raise ValueError(
+                f"a view needs image_size, channels, crop_largest_rect, angles_degrees: {error}"
+            ) from None
+        if view.channels not in (1, 3) or view.image_size < 1 or not view.angles_degrees:
+            raise ValueError(f"not a view: channels {view.channels}, image size {view.image_size}")
+        if view.crop_position not in CROP_POSITIONS or view.crop_scale not in CROP_SCALES:
+            raise ValueError(f"unknown crop position {view.crop_position!r} or scale {view.crop_scale!r}")
+        if view.rendering not in RENDERINGS:
+            raise ValueError(f"rendering {view.rendering!r} is not one of {', '.join(RENDERINGS)}")
+        return view
+
+
+def to_channels(image: np.ndarray, channels: int) -> np.ndarray:
+    """An HW / HWC uint8 image (grey, RGB or RGBA) as HWC with 1 or 3 channels, converted as the
+    pipeline's decoder converts (PIL): alpha composited over black, grey by PIL's integer luma
+    (R * 19595 + G * 38470 + B * 7471 + 0x8000) >> 16, so a served photo matches its records exactly."""
+    image = np.asarray(image)
+    if image.dtype != np.uint8:
+        raise ValueError(f"expected uint8 pixels, got {image.dtype}")
+    if image.ndim == 2:
+        image = image[:, :, np.newaxis]
+    if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
+        raise ValueError(f"expected an HWC image with 1, 3 or 4 channels, got shape {image.shape}")
+    if image.shape[2] == 4:
+        alpha = image[:, :, 3:4].astype(np.uint32)
+        # PIL's alpha_composite over opaque black: round(c * a / 255).
+        image = ((image[:, :, :3].astype(np.uint32) * alpha + 127) // 255).astype(np.uint8)
+    if channels == 1 and image.shape[2] == 3:
+        weighted = image.astype(np.uint32) @ np.array([19595, 38470, 7471], np.uint32)
+        return ((weighted + 0x8000) >> 16).astype(np.uint8)[:, :, np.newaxis]
+    if channels == 3 and image.shape[2] == 1:
+        return np.repeat(image, 3, axis=2)
+    if channels not in (1, 3):
+        raise ValueError(f"channels must be 1 or 3, not {channels}")
+    return np.ascontiguousarray(image)
+
+
+def view_source(image: np.ndarray, view: View) -> np.ndarray:
+    """The part of a decoded source image (HWC uint8) the records turn: the view's channels and square."""
+    image = to_channels(image, view.channels)
+    if view.center_crop:
+        image = crop_square(image, view.crop_position)  # type: ignore[arg-type]
+    return np.ascontiguousarray(image)
+
+
+def prepare_view(
+    image: np.ndarray, view: View, angles_degrees: tuple[int, ...] | list[int] | range | None = None
+) -> Source | RenderSource:
+    """The records writer's preparation of one source image (HWC uint8, any channels) for every angle of
+    the view (or `angles_degrees`): channels, square, then the view's rendering's source
+    (prepare_render_source, or the legacy chain's prepare_source)."""
+    square = view_source(image, view)
+    angles = view.angles_degrees if angles_degrees is None else angles_degrees
+    if view.rendering == "legacy":
+        if view.crop_largest_rect and view.crop_scale != "largest":
+            raise ValueError(
+                "the legacy rendering crops each angle's largest rectangle: crop scale 'largest'"
+            )
+        return prepare_source(square, view.image_size, angles, False, view.crop_largest_rect)
+    return prepare_render_source(
+        square, view.image_size, angles, False, view.crop_largest_rect, view.crop_scale
+    )
+
+
+def upright_view(image: np.ndarray, view: View) -> np.ndarray:
+    """What a model trained on the view's records is served: the record the pipeline would write of
+    `image` at 0 degrees, without the record's sub-pixel jitter (image_size x image_size x channels).
+
+    The angle set is the view's plus 0, which changes no crop: 0 degrees' largest rectangle is the
+    whole square, so a constant crop stays the tightest angle's.
+    """
+    angles = tuple(sorted(set(view.angles_degrees) | {0}))
+    source = prepare_view(image, view, angles)
+    if isinstance(source, Source):
+        return fast_rotation(source, 0, view.image_size)
+    return render(source, 0, view.image_size, NO_JITTER)
+
+
+def view_crop(width: int, height: int, view: View, angle_degrees: float) -> tuple[int, int] | None:
+    """(width, height) in pixels of the rectangle the view's records show of a width x height square
+    turned by the angle: each angle's own largest rectangle, the tightest one of the view's angles
+    (constant scale), or None (no crop: the whole square, corners black). For rotation code
+    written elsewhere (trainer.robustness) that must crop as the records do."""
+    if not view.crop_largest_rect:
+        return None
+    if view.crop_scale == "largest":
+        return crop_size(width, height, angle_degrees)
+    return _constant_crop(width, height, view.angles_degrees)
+
+
+@functools.lru_cache(maxsize=1024)
+def _constant_crop(width: int, height: int, angles_degrees: tuple[int, ...]) -> tuple[int, int]:
+    sizes = [crop_size(width, height, angle) for angle in angles_degrees]
+    return min(size[0] for size in sizes), min(size[1] for size in sizes)

@@ -34,7 +34,7 @@ from pipeline import codec, geometry
 from schemas import sharding
 from schemas.record import example_encoder, example_key
 
-RENDERINGS = ("angle-independent", "legacy")
+RENDERINGS = geometry.RENDERINGS
 
 PreparedSource = geometry.Source | geometry.RenderSource
 
@@ -60,24 +60,24 @@ def prepare(
     crop_scale: str = "largest",
     center_crop_square: bool = True,
 ) -> PreparedSource:
-    """Prepare an HWC uint8 image once for all its rotations with the given rendering (RENDERINGS).
+    """Prepare an HWC uint8 image once for all its rotations with the given rendering (RENDERINGS):
+    `geometry.prepare_view` with a view of the image's own channels and these options.
 
     `crop_scale` ("largest" | "constant", geometry.CROP_SCALES) applies to the angle-independent
     rendering; the legacy chain always crops each angle's largest rectangle.
     """
-    if rendering == "legacy":
-        if crop_largest_rect and crop_scale != "largest":
-            raise ValueError(
-                "the legacy rendering crops each angle's largest rectangle: crop scale 'largest'"
-            )
-        return geometry.prepare_source(
-            image, image_size, angles_degrees, center_crop_square, crop_largest_rect
-        )
-    if rendering == "angle-independent":
-        return geometry.prepare_render_source(
-            image, image_size, angles_degrees, center_crop_square, crop_largest_rect, crop_scale
-        )
-    raise ValueError(f"rendering {rendering!r} is not one of {', '.join(RENDERINGS)}")
+    if rendering not in RENDERINGS:
+        raise ValueError(f"rendering {rendering!r} is not one of {', '.join(RENDERINGS)}")
+    view = geometry.View(
+        image_size=image_size,
+        channels=image.shape[2],
+        center_crop=center_crop_square,
+        crop_largest_rect=crop_largest_rect,
+        crop_scale=crop_scale,
+        rendering=rendering,
+        angles_degrees=tuple(angles_degrees),
+    )
+    return geometry.prepare_view(image, view)
 
 
 # fast_matrix depends only on sizes (every MNIST digit, every Street View photo shares them) and costs

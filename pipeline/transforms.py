@@ -28,7 +28,6 @@ from collections.abc import Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import apache_beam as beam
-import numpy as np
 from apache_beam.io.filesystems import FileSystems
 
 from pipeline import codec, geometry, progress, rotations
@@ -85,17 +84,8 @@ class DecodeImages(beam.PTransform):
 
 def prepare(image: SourceImage, config: PipelineConfig) -> PreparedImage:
     """Crop the square (center, or right for Street View's icon) and prepare it once for all angles
-    with the configured rendering (rotations.prepare)."""
-    square = geometry.crop_square(image.pixels, config.crop_position) if config.center_crop else image.pixels
-    source = rotations.prepare(
-        np.ascontiguousarray(square),
-        config.image_size,
-        config.angles_degrees,
-        crop_largest_rect=config.crop_largest_rect,
-        rendering=config.rendering,
-        crop_scale=config.crop_scale,
-        center_crop_square=False,
-    )
+    with the configured rendering: `geometry.prepare_view`, the preparation every serving path shares."""
+    source = geometry.prepare_view(image.pixels, config.view())
     return PreparedImage(image.dataset, image.split, image.image_id, image.label, source)
 
 

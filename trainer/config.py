@@ -101,6 +101,9 @@ class TrainConfig:
     num_train_images: int = 0  # source images used for training (about, after --max-images)
     num_validation_images: int = 0
     validation_fraction: float = 1.0  # share of validation records sampled (by a hash of the record)
+    # How the records drew each source image (pipeline.geometry.View.to_dict, from the manifest): the
+    # serving paths prepare a photo exactly so (trainer.predict). None in runs made before it existed.
+    view: dict[str, Any] | None = None
 
     @property
     def num_bins(self) -> int:
@@ -196,6 +199,24 @@ def sampling_fraction(records_wanted: float, records_available: float) -> float:
     return 1.0 if records_available <= 0 else min(1.0, records_wanted / records_available)
 
 
+def records_view(info: schemas.DatasetInfo) -> dict[str, Any]:
+    """The records' view (pipeline.geometry.View as a dict) from their manifest: size, channels and
+    angles from its header, crop and rendering from its pipeline config (the pipeline's defaults of the
+    version that wrote it where a key is missing: MNIST uncropped, photos cropped at their largest)."""
+    pipeline_config = info.config or {}
+    crop = pipeline_config.get("crop_largest_rect")
+    return {
+        "image_size": int(info.image.height),
+        "channels": int(info.image.channels),
+        "center_crop": bool(pipeline_config.get("center_crop", True)),
+        "crop_position": str(pipeline_config.get("crop_position", "center")),
+        "crop_largest_rect": bool(info.dataset != "mnist" if crop is None else crop),
+        "crop_scale": str(pipeline_config.get("crop_scale", "largest")),
+        "rendering": str(pipeline_config.get("rendering", "legacy")),
+        "angles_degrees": sorted(int(angle) for angle in info.angles_degrees),
+    }
+
+
 def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 1) -> TrainConfig:
     """Fill in what the manifest decides: image size, angles/bins, preprocessing, counts, steps."""
     config.dataset = info.dataset
@@ -203,6 +224,7 @@ def resolve(config: TrainConfig, info: schemas.DatasetInfo, num_replicas: int = 
     config.channels = info.image.channels
     config.image_format = info.image.format
     config.compression = info.compression
+    config.view = records_view(info)
     config.num_replicas = max(1, num_replicas)
     available = sorted(info.angles_degrees)
     config.record_angles = available

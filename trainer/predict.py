@@ -17,11 +17,11 @@ from __future__ import annotations
 
 import json
 import os
+import sys
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any
 
-import cv2
 import numpy as np
 
 from pipeline import geometry
@@ -49,6 +49,7 @@ class Predictor:
         self.channels: int = int(config["channels"])
         self.head = Head(config["head"], tuple(config["bin_angles"]), float(config["sigma_degrees"]))
         self._infer = infer  # uint8 (B, H, W, C) -> probabilities (B, num_bins)
+        self.view = _view_of(config, source)
 
     # --- loading --------------------------------------------------------------------------------
 
@@ -120,21 +121,13 @@ class Predictor:
     # --- prediction -----------------------------------------------------------------------------
 
     def prepare(self, image: np.ndarray) -> np.ndarray:
-        """Any HWC (or HW) uint8 RGB/grey photo -> the model's size and channels: the centered square,
-        resized (area averaging when shrinking), converted to grey or RGB as the model was trained."""
-        image = np.asarray(image)
-        if image.dtype != np.uint8:
-            raise ValueError(f"expected uint8 pixels, got {image.dtype}")
-        if image.ndim == 2:
-            image = image[:, :, np.newaxis]
-        if image.ndim != 3 or image.shape[2] not in (1, 3, 4):
-            raise ValueError(f"expected an HWC image with 1, 3 or 4 channels, got shape {image.shape}")
-        if image.shape[2] == 4:
-            image = np.ascontiguousarray(image[:, :, :3])
-        if self.channels == 1 and image.shape[2] == 3:
-            image = cv2.cvtColor(np.ascontiguousarray(image), cv2.COLOR_RGB2GRAY)[:, :, np.newaxis]
-        elif self.channels == 3 and image.shape[2] == 1:
-            image = np.repeat(image, 3, axis=2)
+        """Any HWC (or HW) uint8 grey/RGB/RGBA photo -> what the model was trained on: the record its
+        pipeline would write of it at 0 degrees (pipeline.geometry.upright_view: the records' channels,
+        square, crop scale and low-pass), at the model's size. A model saved without its records' view
+        (before rotnet 0.3) gets the centered square resized, as it was served then."""
+        if self.view is not None:
+            return geometry.upright_view(image, self.view)
+        image = geometry.to_channels(image, self.channels)
         square = geometry.center_crop(image) if image.shape[0] != image.shape[1] else image
         return np.ascontiguousarray(geometry.resize(np.ascontiguousarray(square), self.image_size))
 
@@ -171,6 +164,24 @@ class Predictor:
             for start in range(0, len(batch), batch_size)
         ]
         return np.concatenate(parts).astype(np.float32)
+
+
+def _view_of(config: dict[str, Any], source: str) -> geometry.View | None:
+    """The records' view a model was trained on (train_config.json), or None with a one-line note."""
+    view = config.get("view")
+    if not view:
+        print(
+            f"note: {source} was trained before rotnet recorded how its records were drawn; photos are "
+            "served as its centered square, resized (retrain to serve the records' exact view)",
+            file=sys.stderr,
+        )
+        return None
+    view = geometry.View.from_dict(view)
+    if (view.image_size, view.image_size) != (int(config["image_size"][0]), int(config["image_size"][1])):
+        raise ValueError(
+            f"{source}: its view is {view.image_size} px but the model takes {config['image_size']}"
+        )
+    return view
 
 
 # --- Export -------------------------------------------------------------------------------------

@@ -21,8 +21,9 @@ Codes (angles in degrees, counter-clockwise; images HWC uint8; `render` returns 
                 at an angle)
 
 Without a crop (MNIST) the codes turn the square at the output resolution, corners black. With the
-crop (photos) they turn the full-resolution square, cut the largest fill-free rectangle
-(geometry.crop_size, from largest_rotated_rect) and resize it to the output (area averaging). Pure
+crop (photos) they turn the full-resolution square, cut the rectangle the records show
+(geometry.view_crop: the angle's largest fill-free rectangle, or with crop scale "constant" the
+tightest one of the records' angles, as the records) and resize it to the output (area averaging). Pure
 NumPy/OpenCV/PIL/scikit-image: importing this module imports no TensorFlow.
 """
 
@@ -102,9 +103,10 @@ def _skimage_turn(square: np.ndarray, angle_degrees: float, expand: bool) -> np.
 
 
 def _crop_resize(
-    turned: np.ndarray, width: int, height: int, angle_degrees: float, image_size: int
+    turned: np.ndarray, width: int, height: int, angle_degrees: float, image_size: int, view: geometry.View
 ) -> np.ndarray:
-    crop_width, crop_height = geometry.crop_size(width, height, angle_degrees)
+    """The rectangle the records show (geometry.view_crop: each angle's largest, or the constant one)."""
+    crop_width, crop_height = geometry.view_crop(width, height, view, angle_degrees)
     return geometry.resize(
         np.ascontiguousarray(geometry.crop_around_center(turned, crop_width, crop_height)), image_size
     )
@@ -124,11 +126,16 @@ def render(
     rendering: str = "angle-independent",
 ) -> np.ndarray:
     """`image` (an original HWC uint8 source, center-cropped to its square here) turned by the angle
-    with rotation code `code`, at image_size x image_size. `key`, `resampling`, `crop_scale`,
-    `rendering` and `angles_degrees` (the records' angle set, for crop scale "constant") apply to
-    "pipeline" only: the pipeline's own rendering (pipeline.rotations) with the records' options."""
+    with rotation code `code`, at image_size x image_size. With the crop, every code shows the
+    rectangle the records show: `crop_scale` with `angles_degrees` (the records' angle set) decides it
+    (geometry.view_crop). `key`, `resampling` and `rendering` apply to "pipeline" only: the
+    pipeline's own rendering (pipeline.rotations) with the records' options."""
     square = _square(image)
     side = square.shape[0]
+    view = geometry.View(
+        image_size, square.shape[2], crop_largest_rect=crop_largest_rect, crop_scale=crop_scale,
+        angles_degrees=tuple(sorted({int(angle) for angle in angles_degrees})),
+    )  # fmt: skip
     if code == "pipeline":
         return _render_angles(
             code, image, [angle_degrees], image_size, crop_largest_rect, [key], resampling, crop_scale,
@@ -142,7 +149,7 @@ def render(
             fine = _hwc(cv2.resize(square, (size, size), interpolation=cv2.INTER_CUBIC), square.shape[2])
         turned = _cv2_turn(fine, angle_degrees, crop_largest_rect, cv2.INTER_CUBIC)
         if crop_largest_rect:
-            return _crop_resize(turned, fine.shape[1], fine.shape[0], angle_degrees, image_size)
+            return _crop_resize(turned, fine.shape[1], fine.shape[0], angle_degrees, image_size, view)
         return geometry.resize(turned, image_size)
     if code not in ROTATION_CODES:
         raise ValueError(f"rotation code {code!r} is not one of {', '.join(ROTATION_CODES)}")
@@ -160,7 +167,7 @@ def render(
         turned = _pil_turn(square, angle_degrees, True)
     else:
         turned = _skimage_turn(square, angle_degrees, True)
-    return _crop_resize(turned, side, side, angle_degrees, image_size)
+    return _crop_resize(turned, side, side, angle_degrees, image_size, view)
 
 
 # --- Source images of a split ----------------------------------------------------------------------
@@ -319,7 +326,18 @@ def _render_angles(
             rotations.rotation_image(source, key, angle, image_size, resampling)
             for angle, key in zip(angles, keys, strict=True)
         ]
-    return [render(code, image, angle, image_size, crop_largest_rect) for angle in angles]
+    return [
+        render(
+            code,
+            image,
+            angle,
+            image_size,
+            crop_largest_rect,
+            crop_scale=crop_scale,
+            angles_degrees=angles_degrees,
+        )
+        for angle in angles
+    ]
 
 
 def code_row(code: str, tta: int, true_angles: np.ndarray, predicted_angles: np.ndarray) -> CodeRow:
