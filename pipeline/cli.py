@@ -296,8 +296,9 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
 def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object) -> None:
     """Write all rotations (default: 360) of every source image of a dataset into sharded TFRecords.
 
-    Each image is center-cropped, rotated, cropped to the largest rectangle without fill, resized and
-    encoded; the records carry the dataset, split, image id, angle and label (schemas/record.py). MNIST
+    Each image is cut to its square (--crop-position; not with --no-center-crop), rotated, cropped
+    without fill pixels where the dataset or --crop-largest-rect says so (at one constant scale for
+    every angle by default, --crop-scale), low-passed, resized and encoded; the records carry the dataset, split, image id, angle and label (schemas/record.py). MNIST
     train is split into train/validation by a hash of the image id, t10k becomes test; Street View
     (views 1-4) and your own images are split train/validation by a hash of the file name. The manifest
     dataset_info.json is written last, only when every image is accounted for.

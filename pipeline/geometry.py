@@ -12,15 +12,18 @@ rectangle that holds no fill pixel, and resized:
 
 * `reference_chain`: as the RotNet post describes it - rotate at full resolution onto a canvas that holds
   the whole rotated image, crop the largest rectangle, resize. Slow; kept for tests and benchmarks.
-* `prepare_source` + `fast_rotation`: downscale the center crop once per image, then make each angle
-  with one `cv2.warpAffine` whose matrix composes rotation, crop and scale. This is what the pipeline
-  runs; its output matches the reference to at least 30 dB PSNR on real photos (the test's threshold,
-  tests/test_geometry.py; 35.8 dB measured, docs/benchmarks.md).
-* `prepare_render_source` + `render` (issue 13): the same picture with no angle cue: every angle,
-  right angles included, resampled alike (isotropic low-pass, supersampled level, per-record sub-pixel
-  offset and optional random kernel from the record key), crops at a constant scale on request. See
-  "Angle-independent rendering" below; >= 30 dB PSNR against a supersampled reference on the Street
-  View samples (tests/test_geometry.py).
+* `prepare_source` + `fast_rotation`: rotnet 0.1's chain, kept as `--rendering legacy`: downscale the
+  center crop once per image, then one `cv2.warpAffine` per angle whose matrix composes rotation, crop
+  and scale; >= 30 dB PSNR against the reference on real photos (tests/test_geometry.py). It copies
+  pixels at right angles and blurs them at 45 degrees, a cue a network can learn instead of the image.
+* `prepare_render_source` + `render`: what the pipeline runs by default. The same picture with no
+  angle cue: every angle, right angles included, resampled alike (isotropic low-pass, supersampled
+  level, per-record sub-pixel offset and optional random kernel from the record key), cropped at one
+  constant scale for every angle by default. See "Angle-independent rendering" below; >= 30 dB PSNR
+  against a supersampled reference on the Street View samples (tests/test_geometry.py).
+
+`View` + `prepare_view` + `upright_view` (at the end): the one preparation the records writer and
+every serving path share, so a model is served the picture its records show at 0 degrees.
 """
 
 from __future__ import annotations

@@ -177,3 +177,20 @@ def test_every_rotation_code_crops_as_the_records(street_view_images, crop_scale
         for code in robustness.ROTATION_CODES[1:]:
             turned = robustness.render(code, photo, angle, 96, True, crop_scale=crop_scale)
             assert psnr(turned, pipeline) >= 24.0, (code, angle)
+
+
+def test_training_copies_the_records_view_into_its_config(tmp_path):
+    """rotnet-train's resolve puts the manifest's view into train_config.json (so a run dir serves alone)."""
+    from tests.factories import write_records_dir
+    from trainer.config import TrainConfig, resolve
+
+    info = write_records_dir(tmp_path / "records", dataset="street_view", image_size=32, channels=3)
+    config = resolve(TrainConfig(records=str(tmp_path / "records")), info)
+    view = geometry.View.from_dict(json.loads(config.to_json())["view"])
+    assert view == geometry.View(
+        image_size=32,
+        channels=3,
+        crop_largest_rect=True,
+        crop_scale="constant",
+        angles_degrees=(0, 90, 180, 270),
+    )

@@ -117,14 +117,45 @@ def _can_download() -> bool:
     return False
 
 
-def rotation_preview(path: Path) -> Path:
-    """A strip of a Street View photo at 8 angles through the fast chain: what the pipeline writes for photos."""
-    image = decode_source_image(SAMPLE.read_bytes())
-    angles = list(range(0, 360, 45))
-    source = geometry.prepare_source(image, 160, angles)
-    strip = np.concatenate([geometry.fast_rotation(source, angle, 160) for angle in angles], axis=1)
-    Image.fromarray(strip).save(path)
-    return path
+# The photo preview: the pipeline's default photo records (pipeline.config: angle-independent rendering,
+# constant crop scale), at a size a person can see, every 45 degrees.
+PREVIEW_SIZE = 160
+PREVIEW_ANGLES = tuple(range(0, 360, 45))
+
+
+def rotation_preview(path: Path, sample: Path = SAMPLE) -> Path:
+    """A row of a Street View photo's records at PREVIEW_ANGLES, drawn by the pipeline's own default
+    chain for photos (geometry.prepare_view + geometry.render with each record's jitter), each tile
+    labelled with its angle (degrees counter-clockwise)."""
+    from pipeline import rotations
+    from pipeline.config import PipelineConfig
+    from schemas.record import example_key
+    from tools import figures
+
+    config = PipelineConfig(
+        dataset="images",
+        output_dir=str(path.parent),
+        input_pattern=str(sample),
+        image_size=PREVIEW_SIZE,
+        angles_degrees=PREVIEW_ANGLES,
+    ).resolved()
+    image = decode_source_image(sample.read_bytes(), config.channels)
+    source = geometry.prepare_view(image, config.view())
+    tiles = [
+        figures.Tile(
+            rotations.rotation_image(
+                source,
+                example_key("images", "train", sample.stem, angle),
+                angle,
+                PREVIEW_SIZE,
+                config.resampling,
+            ),
+            f"{angle}°",
+        )
+        for angle in PREVIEW_ANGLES
+    ]
+    title = f"records of a photo: {config.rendering} rendering, crop scale {config.crop_scale}"
+    return figures.save(figures.render_tiles(tiles, columns=len(tiles), title=title), path)
 
 
 def write_rotated_digits(records: Path, directory: Path) -> list[tuple[str, int]]:
@@ -175,12 +206,15 @@ def correction_sheet(rotated: Path, corrected: Path, path: Path) -> Path:
     )
 
 
-def write_report(steps: list[Step], source: str, corrected_rows: list[dict]) -> Path:
+def write_report(
+    steps: list[Step], source: str, corrected_rows: list[dict], demo_dir: Path = DEMO_DIR
+) -> Path:
+    """demo_dir/report.md from the steps' outputs in demo_dir (records/, run/, evaluation/)."""
     import schemas
 
-    info = schemas.load_manifest(str(DEMO_DIR / "records"))
-    metrics = json.loads((DEMO_DIR / "run" / "metrics.json").read_text())
-    evaluation = json.loads((DEMO_DIR / "evaluation" / "evaluation.json").read_text())
+    info = schemas.load_manifest(str(demo_dir / "records"))
+    metrics = json.loads((demo_dir / "run" / "metrics.json").read_text())
+    evaluation = json.loads((demo_dir / "evaluation" / "evaluation.json").read_text())
     within_ten = sum(
         1
         for row in corrected_rows
@@ -231,6 +265,8 @@ def write_report(steps: list[Step], source: str, corrected_rows: list[dict]) -> 
         "",
         "![per-angle error](evaluation/per_angle_error.png)",
         "",
+        "![error histogram](evaluation/error_histogram.png)",
+        "",
         "## Correcting files",
         "",
         f"{len(corrected_rows)} rotated validation digits written as PNG files and corrected by rotnet-correct: "
@@ -238,12 +274,18 @@ def write_report(steps: list[Step], source: str, corrected_rows: list[dict]) -> 
         "",
         "![corrections](corrections.png)",
         "",
-        "Photos go through the same chain with the largest-rectangle crop (a Street View sample, 8 angles):",
+        "## Photos",
+        "",
+        "What the pipeline writes for a photo by default (`--dataset street_view` or `images`): a Street "
+        f"View sample at {len(PREVIEW_ANGLES)} angles, drawn by the same code as the records "
+        "(angle-independent rendering, the central square cropped at one constant scale, so 45 degrees "
+        "shows as much of the scene as 0). A photo model is served its photos the same way "
+        "(geometry.upright_view). The MNIST records above are drawn by the same chain without the crop.",
         "",
         "![rotations of a photo](rotations.png)",
         "",
     ]
-    path = DEMO_DIR / "report.md"
+    path = demo_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
 
