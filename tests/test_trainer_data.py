@@ -60,6 +60,13 @@ def test_training_batches_have_model_shapes_and_valid_labels(records: Path) -> N
     assert set(counts) == set(range(len(ANGLES)))  # the shuffle buffer mixes every angle in
 
 
+def _preprocess(images: np.ndarray, preprocessing: str) -> np.ndarray:
+    """trainer.data.preprocess_images on a NumPy batch (the models' first layer, run eagerly)."""
+    import tensorflow as tf
+
+    return data.preprocess_images(tf.convert_to_tensor(images, tf.uint8), preprocessing).numpy()
+
+
 def test_angle_subset_filters_and_remaps_labels(records: Path) -> None:
     config, info, head = _resolved(records, angles=[270, 90])
     assert config.bin_angles == [90, 270] and head.num_bins == 2
@@ -80,13 +87,15 @@ def test_max_images_keeps_the_stable_hash_subset(records: Path) -> None:
     kept_ids = {f"{index:05d}" for index in range(10) if splits.in_subset(f"{index:05d}", 0.5)}
     assert 0 < len(kept_ids) < 10
     assert config.num_train_images == 5 and config.train_fraction == 0.5
-    batches = data._batched_records(
-        info.shard_paths(str(records), "train"),
-        config,
-        8,
-        shuffle=False,
-        subset=config.train_fraction,
-        fields=("image_id", "angle_degrees"),
+    import tensorflow as tf
+
+    fields = ("image_id", "angle_degrees")
+    table = tf.constant(data.label_table(config.bin_angles))
+    batches = (
+        data.records_in_order(info.shard_paths(str(records), "train"), config)
+        .batch(8)
+        .map(lambda serialized: schemas.parse_batch(serialized, fields))
+        .apply(data.keep_records(table, config, config.train_fraction, fields, 8, False))
     )
     seen = {image_id.decode() for batch in batches for image_id in batch["image_id"].numpy()}
     assert seen == kept_ids
@@ -111,7 +120,7 @@ def test_each_shard_pass_reads_every_record_once_in_order_from_a_new_start(tmp_p
     tfrecord_file.write_records(path, [f"{index:04d}".encode() for index in range(1_003)])
     config = TrainConfig(records=str(tmp_path), output="unused")
     # The training read: the shard list repeated endlessly, each pass over the shard from a new start.
-    stream = data._read_records([path], config, shuffle=True, num_records=[1_003]).as_numpy_iterator()
+    stream = data.endless_shard_passes([path], config, num_records=[1_003]).as_numpy_iterator()
     read = np.asarray([int(next(stream)) for _ in range(12 * 1_003)])
     passes = read.reshape(12, 1_003)
     for one_pass in passes:
@@ -119,7 +128,7 @@ def test_each_shard_pass_reads_every_record_once_in_order_from_a_new_start(tmp_p
         assert np.count_nonzero(np.diff(one_pass) != 1) <= 1  # in file order, round once to the start
         assert one_pass[0] == 0 or one_pass[-1] == one_pass[0] - 1
     assert len({int(one_pass[0]) for one_pass in passes}) > 6  # a new start record (nearly) every pass
-    in_order = [int(value) for value in data._read_records([path], config, shuffle=False).as_numpy_iterator()]
+    in_order = [int(value) for value in data.records_in_order([path], config).as_numpy_iterator()]
     assert in_order == list(range(1_003))  # validation and evaluation: the shard as written
 
 
@@ -187,15 +196,13 @@ def test_preprocessing_matches_numpy_and_keras() -> None:
 
     image = synthetic_image(3, size=28, channels=1)
     image[0, :4, 0] = [0, 25, 26, 255]  # around the 0.1 threshold: 25.5
-    np.testing.assert_array_equal(
-        data.preprocess_numpy(image[np.newaxis], "binarize")[0], geometry.binarize(image)
-    )
-    np.testing.assert_allclose(data.preprocess_numpy(image[np.newaxis], "scale")[0], image / 255.0, rtol=1e-6)
+    np.testing.assert_array_equal(_preprocess(image[np.newaxis], "binarize")[0], geometry.binarize(image))
+    np.testing.assert_allclose(_preprocess(image[np.newaxis], "scale")[0], image / 255.0, rtol=1e-6)
     rgb = synthetic_image(4, size=32, channels=3)[np.newaxis]
     expected = keras.applications.resnet50.preprocess_input(rgb.astype(np.float32))
-    np.testing.assert_allclose(data.preprocess_numpy(rgb, "caffe"), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(_preprocess(rgb, "caffe"), expected, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError):
-        data.preprocess_numpy(rgb, "unknown")
+        _preprocess(rgb, "unknown")
 
 
 def test_label_table() -> None:

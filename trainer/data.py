@@ -2,9 +2,10 @@
 
 The training chain, top to bottom (`training_dataset`):
 
-    shard paths (manifest), shuffled       file order reshuffled every pass (list_files without a glob)
-    .repeat()                              an endless stream; Keras counts steps_per_epoch
-    .interleave(one pass over a shard, cycle_length, AUTOTUNE, deterministic=--deterministic)
+    endless_shard_passes:
+      shard paths (manifest), shuffled     file order reshuffled every pass (the manifest's list, no glob)
+      .repeat()                            an endless stream; Keras counts steps_per_epoch
+      .interleave(one pass over a shard, cycle_length, AUTOTUNE, deterministic=--deterministic)
                                            several shards at once, each read in order from a random
                                            start record to its end and round to the start: the
                                            pipeline writes every shard in a fixed, fully mixed order
@@ -13,10 +14,11 @@ The training chain, top to bottom (`training_dataset`):
     .shuffle(shuffle_buffer)               mixes the interleaved shards' records further
     .batch(batch_size, drop_remainder)     then everything below works on whole batches
     .map(parse_batch)                      vectorized tf.io.parse_example, keys from schemas.record
-    [.map(keep) .unbatch() .batch()]       only with --angles / --max-images: drop other records
+    .apply(keep_records)                   only with --angles / --max-images: drop other records,
+                                           .unbatch() .batch() to full batches again
     .map(decode, targets)                  PNG/JPEG per image inside the batch map, raw vectorized;
                                            angle -> bin index -> the head's targets
-    [.enumerate() .map(augment_images)]    only with --augment: blur/sharpen, noise, (RGB) JPEG,
+    .apply(_augment)                       only with --augment: blur/sharpen, noise, (RGB) JPEG,
                                            stateless random from (seed, batch index), not the angle
     .prefetch(AUTOTUNE)
 
@@ -137,11 +139,6 @@ def preprocess_images(images, preprocessing: str):
     raise ValueError(f"unknown preprocessing {preprocessing!r}")
 
 
-def preprocess_numpy(images: np.ndarray, preprocessing: str) -> np.ndarray:
-    """`preprocess_images` for a NumPy batch (runs the same TensorFlow ops eagerly)."""
-    return preprocess_images(tf.convert_to_tensor(images, tf.uint8), preprocessing).numpy()
-
-
 # --- Augmentation ---------------------------------------------------------------------------------
 
 # --augment, per image: with probability 1/2 a blur or sharpening (the image moved towards, or away
@@ -248,67 +245,67 @@ def _shard_pass(path, num_records, compression: str, seed) -> tf.data.Dataset:
     )
 
 
-def _read_records(
-    paths: Sequence[str], config: TrainConfig, shuffle: bool, num_records: Sequence[int] | None = None
-) -> tf.data.Dataset:
-    """The records of the shards: in order (validation, evaluation), or endlessly in shuffled shard
-    passes from random starts (training; `num_records` per shard, from the manifest)."""
-    compression = "GZIP" if config.compression == "gzip" else ""
+def _cycle_length(paths: Sequence[str], config: TrainConfig) -> int:
+    return max(1, min(config.cycle_length, len(paths)))
+
+
+def _compression(config: TrainConfig) -> str:
+    return "GZIP" if config.compression == "gzip" else ""
+
+
+def records_in_order(paths: Sequence[str], config: TrainConfig) -> tf.data.Dataset:
+    """Every record of the shards, each shard in its written order (validation, evaluation)."""
     # The manifest lists the shards: no glob (one stat per shard on GCS, and a directory named like
     # "runs[1]" would be read as a pattern).
-    if not shuffle:
-        files = tf.data.Dataset.from_tensor_slices(list(paths))
-        return files.interleave(
-            lambda path: tf.data.TFRecordDataset(path, compression_type=compression),
-            cycle_length=max(1, min(config.cycle_length, len(paths))),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=True,
-        )
-    counts = list(num_records) if num_records is not None else [0] * len(paths)
-    files = (
-        tf.data.Dataset.from_tensor_slices((list(paths), tf.constant(counts, tf.int64)))
+    return tf.data.Dataset.from_tensor_slices(list(paths)).interleave(
+        lambda path: tf.data.TFRecordDataset(path, compression_type=_compression(config)),
+        cycle_length=_cycle_length(paths, config),
+        num_parallel_calls=AUTOTUNE,
+        deterministic=True,
+    )
+
+
+def endless_shard_passes(
+    paths: Sequence[str], config: TrainConfig, num_records: Sequence[int]
+) -> tf.data.Dataset:
+    """Records for ever: the shard list reshuffled every pass, each shard read once per pass from a
+    random start record (`_shard_pass`; `num_records` per shard, from the manifest)."""
+    seed = tf.constant(config.seed, tf.int64)
+    return (
+        tf.data.Dataset.from_tensor_slices((list(paths), tf.constant(list(num_records), tf.int64)))
         .shuffle(len(paths), seed=config.seed, reshuffle_each_iteration=True)
         .repeat()
-        .enumerate()
-    )
-    return files.interleave(
-        lambda position, shard: _shard_pass(
-            shard[0], shard[1], compression, tf.stack([tf.constant(config.seed, tf.int64), position])
-        ),
-        cycle_length=max(1, min(config.cycle_length, len(paths))),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=config.deterministic,
+        .enumerate()  # the pass's position in the file stream keys its random start
+        .interleave(
+            lambda position, shard: _shard_pass(
+                shard[0], shard[1], _compression(config), tf.stack([seed, position])
+            ),
+            cycle_length=_cycle_length(paths, config),
+            num_parallel_calls=AUTOTUNE,
+            deterministic=config.deterministic,
+        )
     )
 
 
-def _batched_records(
-    paths: Sequence[str],
+def _parse(fields: tuple[str, ...]) -> Callable:
+    """Batch map: serialized records (B,) -> {field: (B,) tensor}, the schema's own parser."""
+    return lambda serialized: schemas.parse_batch(serialized, fields)
+
+
+def keep_records(
+    table: tf.Tensor,
     config: TrainConfig,
+    subset: float,
+    fields: tuple[str, ...],
     batch_size: int,
-    shuffle: bool,
-    subset: float = 1.0,
-    fields: tuple[str, ...] = ("image_encoded", "angle_degrees"),
-    num_records: Sequence[int] | None = None,
-    fraction: float = 1.0,
-) -> tf.data.Dataset:
-    """Batches of the record `fields` (schemas.record names) for records whose angle is in the bins
-    (and whose image is in the --max-images subset): an endless shuffled stream (training) or the
-    shards in order, optionally a `fraction` hash sample of them (validation)."""
-    records = _hash_sample(_read_records(paths, config, shuffle, num_records), fraction)
-    if shuffle:
-        records = records.shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
-    kept_fields = fields
-    if subset < 1.0 and "image_id" not in fields:
-        fields = (*fields, "image_id")
-    batches = records.batch(batch_size, drop_remainder=shuffle).map(
-        lambda serialized: schemas.parse_batch(serialized, fields), num_parallel_calls=AUTOTUNE
-    )
-    table = tf.constant(label_table(config.bin_angles))
-    # Evaluating a 4-way model on 360-angle records, say, needs the filter; the usual run does not.
+    drop_remainder: bool,
+) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+    """For `.apply`: parsed batches -> batches of `fields` of the records whose angle has a bin in
+    `table` (label_table) and, for `subset` < 1, whose image is in the stable --max-images subset;
+    re-batched to `batch_size`. The identity when every record qualifies (the usual run)."""
     every_angle = set(config.bin_angles) >= set(config.record_angles or range(schemas.NUM_ANGLES))
     if every_angle and subset >= 1.0:
-        return batches
-
+        return lambda batches: batches
     subset_mask = subset_mask_function(subset)
 
     def keep(batch):
@@ -316,14 +313,23 @@ def _batched_records(
         if subset < 1.0:
             in_subset = tf.numpy_function(subset_mask, [batch["image_id"]], tf.bool, stateful=False)
             mask = tf.logical_and(mask, tf.ensure_shape(in_subset, [None]))
-        return {name: tf.boolean_mask(batch[name], mask) for name in kept_fields}
+        return {name: tf.boolean_mask(batch[name], mask) for name in fields}
 
     # Filtering leaves ragged batches; re-batching restores the batch size (cheap: encoded bytes only).
-    return batches.map(keep, num_parallel_calls=AUTOTUNE).unbatch().batch(batch_size, drop_remainder=shuffle)
+    return lambda batches: (
+        batches.map(keep, num_parallel_calls=AUTOTUNE)
+        .unbatch()
+        .batch(batch_size, drop_remainder=drop_remainder)
+    )
 
 
-def _to_model_inputs(config: TrainConfig, head: Head):
-    table = tf.constant(label_table(config.bin_angles))
+def _with_image_id(fields: tuple[str, ...], subset: float) -> tuple[str, ...]:
+    """The fields to parse: the subset filter also needs each record's image id."""
+    return (*fields, "image_id") if subset < 1.0 and "image_id" not in fields else fields
+
+
+def _to_model_inputs(config: TrainConfig, head: Head, table: tf.Tensor) -> Callable:
+    """Batch map: {image_encoded, angle_degrees} -> (uint8 images, the head's targets of the bins)."""
     height, width = config.image_size
 
     def convert(batch):
@@ -333,47 +339,59 @@ def _to_model_inputs(config: TrainConfig, head: Head):
     return convert
 
 
+def _augment(config: TrainConfig) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
+    """For `.apply`: --augment's draws for each batch, from the run's seed and the batch index
+    (stateless, angle-blind); the identity without --augment."""
+    if not config.augment:
+        return lambda batches: batches
+    seed = tf.constant(config.seed, tf.int64)
+    return lambda batches: batches.enumerate().map(
+        lambda index, batch: (augment_images(batch[0], tf.stack([seed, index])), batch[1]),
+        num_parallel_calls=AUTOTUNE,
+    )
+
+
+FIELDS = ("image_encoded", "angle_degrees")  # what training and validation read of a record
+
+
 def training_dataset(
     paths: Sequence[str], config: TrainConfig, head: Head, num_records: Sequence[int]
 ) -> tf.data.Dataset:
     """Endless shuffled (uint8 images, targets) batches of config.global_batch_size; `num_records` is
     each shard's record count (the manifest's)."""
-    batches = _batched_records(
-        paths,
-        config,
-        config.global_batch_size,
-        shuffle=True,
-        subset=config.train_fraction,
-        num_records=num_records,
-    )
-    batches = batches.map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE)
-    if config.augment:
-        # The batch index and the run's seed make each batch's draws: stateless, angle-blind.
-        batches = batches.enumerate().map(
-            lambda index, batch: (
-                augment_images(batch[0], tf.stack([tf.cast(config.seed, tf.int64), index])),
-                batch[1],
-            ),
-            num_parallel_calls=AUTOTUNE,
-        )
+    table = tf.constant(label_table(config.bin_angles))
+    fields = _with_image_id(FIELDS, config.train_fraction)
     options = tf.data.Options()
     options.deterministic = config.deterministic  # off: parallel steps hand on whatever is ready first
-    return batches.prefetch(AUTOTUNE).with_options(options)
+    return (
+        endless_shard_passes(paths, config, num_records)
+        .shuffle(config.shuffle_buffer, seed=config.seed, reshuffle_each_iteration=True)
+        .batch(config.global_batch_size, drop_remainder=True)
+        .map(_parse(fields), num_parallel_calls=AUTOTUNE)
+        .apply(keep_records(table, config, config.train_fraction, FIELDS, config.global_batch_size, True))
+        .map(_to_model_inputs(config, head, table), num_parallel_calls=AUTOTUNE)
+        .apply(_augment(config))
+        .prefetch(AUTOTUNE)
+        .with_options(options)
+    )
 
 
 def validation_dataset(paths: Sequence[str], config: TrainConfig, head: Head, steps: int) -> tf.data.Dataset:
     """The same `steps` batches every epoch: a hash sample spread over the whole split (shards in order,
     no shuffling; wrapping around if it falls short), kept in memory after the first epoch, with a known
     length so Keras restarts it at each validation."""
-    batches = _batched_records(
-        paths, config, config.global_batch_size, shuffle=False, fraction=config.validation_fraction
-    )
+    table = tf.constant(label_table(config.bin_angles))
+    batch_size = config.global_batch_size
     return (
-        batches.repeat()
+        _hash_sample(records_in_order(paths, config), config.validation_fraction)
+        .batch(batch_size)
+        .map(_parse(FIELDS), num_parallel_calls=AUTOTUNE)
+        .apply(keep_records(table, config, 1.0, FIELDS, batch_size, False))
+        .repeat()
         .take(steps)
         .cache()
         .apply(tf.data.experimental.assert_cardinality(steps))
-        .map(_to_model_inputs(config, head), num_parallel_calls=AUTOTUNE)
+        .map(_to_model_inputs(config, head, table), num_parallel_calls=AUTOTUNE)
         .prefetch(AUTOTUNE)
     )
 
@@ -382,12 +400,18 @@ def evaluation_dataset(paths: Sequence[str], config: TrainConfig, batch_size: in
     """Every record of the shards whose angle is in the model's bins, in shard order:
     (uint8 images, angles int32, source labels int32 (the digit for MNIST, else -1))."""
     height, width = config.image_size
+    table = tf.constant(label_table(config.bin_angles))
+    fields = ("image_encoded", "angle_degrees", "label")
 
     def convert(batch):
         images = decode_images(batch["image_encoded"], config.image_format, height, width, config.channels)
         return images, tf.cast(batch["angle_degrees"], tf.int32), tf.cast(batch["label"], tf.int32)
 
-    batches = _batched_records(
-        paths, config, batch_size, shuffle=False, fields=("image_encoded", "angle_degrees", "label")
+    return (
+        records_in_order(paths, config)
+        .batch(batch_size)
+        .map(_parse(fields), num_parallel_calls=AUTOTUNE)
+        .apply(keep_records(table, config, 1.0, fields, batch_size, False))
+        .map(convert, num_parallel_calls=AUTOTUNE)
+        .prefetch(AUTOTUNE)
     )
-    return batches.map(convert, num_parallel_calls=AUTOTUNE).prefetch(AUTOTUNE)
