@@ -498,9 +498,9 @@ def _export(
     from tools.safe_output import OutputRefusedError
     from trainer.quiet import _stderr_to_devnull, import_tensorflow
 
+    import_tensorflow()  # quietly, before tf2onnx imports it
     if format_name == "onnx":
         check_onnx_available()
-    import_tensorflow()
     from trainer.predict import Predictor
 
     try:
