@@ -3,7 +3,7 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Extras for the local environment; the Dockerfile runs the same script with pipeline,trainer,gcp.
+# Extras for the local environment; the Dockerfile runs the same script with pipeline,trainer,gcp,export.
 EXTRAS ?= pipeline,trainer,gcp,export,test
 PYTEST_ARGS ?= -n 2
 
