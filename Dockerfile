@@ -35,7 +35,7 @@ COPY pipeline/ pipeline/
 COPY trainer/ trainer/
 COPY tools/ tools/
 COPY benchmarks/ benchmarks/
-RUN EXTRAS=pipeline,trainer,gcp PIP="python -m pip" sh scripts/install.sh \
+RUN EXTRAS=pipeline,trainer,gcp,export PIP="python -m pip" sh scripts/install.sh \
     && useradd --create-home --uid 10001 rotnet \
     && mkdir /data && chown rotnet /data
 USER 10001

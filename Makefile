@@ -3,8 +3,8 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Extras for the local environment; the Dockerfile runs the same script with pipeline,trainer,gcp.
-EXTRAS ?= pipeline,trainer,gcp,test
+# Extras for the local environment; the Dockerfile runs the same script with pipeline,trainer,gcp,export.
+EXTRAS ?= pipeline,trainer,gcp,export,test
 PYTEST_ARGS ?= -n 2
 
 .PHONY: install test lint format demo bench clean

@@ -28,6 +28,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "benchmarks.cue_audit",
         "Rotation cues: the cue audit of rotnet 0.1's and rotnet 0.2's records, MNIST and Street View",
     ),
+    "inference": (
+        "benchmarks.inference",
+        "Inference: SavedModel vs rotnet-export's LiteRT (float, int8) and ONNX, images/s and size on disk",
+    ),
     "gpu_training": ("benchmarks.gpu_training", "ResNet50 mixed-precision training throughput on a GPU"),
 }
 

@@ -4,7 +4,8 @@
     rotnet-correct data/runs/mnist 'scans/*.png' --dry-run -o report/     # only predict and report
     rotnet-correct model.keras a.jpg b.jpg -o out/ --crop --keep-size --tta 4
 
-MODEL is a `rotnet-train --output` directory, its `model.keras`, or its exported SavedModel. Each input
+MODEL is a `rotnet-train --output` directory, its `model.keras`, its exported SavedModel, or a `.tflite` /
+`.onnx` file written by `rotnet-export` (its FILE.json beside it; trainer.runtimes). Each input
 is decoded with its EXIF orientation applied (so a phone photo is judged as it is shown), prepared the
 way the model was trained (center square crop, resize, grey for MNIST models), and predicted in
 batches. The model says which counter-clockwise rotation it sees; the image is rotated back by that
@@ -288,7 +289,8 @@ def main(
     no_progress: bool,
 ) -> None:
     """Predict the rotation of every image in INPUTS (files, directories, globs) with MODEL (a
-    rotnet-train output directory, model.keras or SavedModel) and write the images upright to OUTPUT."""
+    rotnet-train output directory, model.keras, SavedModel, or rotnet-export's .tflite/.onnx) and write
+    the images upright to OUTPUT."""
     if not os.path.exists(model):
         raise click.BadParameter(f"{model} does not exist", param_hint="MODEL")
     files = collect_inputs(inputs)

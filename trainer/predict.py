@@ -25,6 +25,7 @@ from typing import Any
 import numpy as np
 
 from pipeline import geometry
+from trainer import runtimes
 from trainer.config import CONFIG_FILE, MODEL_FILE, SAVED_MODEL_DIR
 from trainer.heads import Head, combine_rotations, rotate_images_90, tta_rotations
 
@@ -55,8 +56,12 @@ class Predictor:
 
     @classmethod
     def load(cls, path: str) -> Predictor:
-        """A rotnet-train --output dir, a model.keras file, or an exported SavedModel dir."""
+        """A rotnet-train --output dir, a model.keras file, an exported SavedModel dir, or a .tflite /
+        .onnx file from rotnet-export (with its FILE.json; trainer.runtimes)."""
         path = str(path)
+        if runtimes.format_of(path) and not os.path.isdir(path):  # rotnet-export's .tflite / .onnx
+            config, runtime = runtimes.load(path)
+            return cls(config, runtime.predict, path)
         if os.path.isdir(path) and os.path.exists(os.path.join(path, "saved_model.pb")):
             return cls._load_saved_model(path)
         if os.path.isdir(path):
