@@ -148,10 +148,7 @@ class Runner:
             with self.lock:
                 if self.stopping:
                     raise StopRequestedError()
-                # Its own session: a terminal's Ctrl-C reaches rotnet-ablate only, which stops it (stop()).
-                process = subprocess.Popen(
-                    command, stdout=handle, stderr=subprocess.STDOUT, env=slot.env, start_new_session=True
-                )
+                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=slot.env)
                 self.processes.add(process)
             if slot.cores:  # before TensorFlow starts its threads (they inherit the affinity)
                 os.sched_setaffinity(process.pid, slot.cores)
@@ -420,7 +417,7 @@ def main(spec_path: str, output: str, parallel: int, overwrite_changed: bool, dr
     if dry_run:
         list_runs(spec.runs(), plans(spec, output), output)
         return
-    signal.signal(signal.SIGTERM, _raise_interrupted)
+    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         failures = sweep(spec, output, parallel, overwrite_changed)
     except (KeyboardInterrupt, StopRequestedError):
@@ -433,6 +430,8 @@ def main(spec_path: str, output: str, parallel: int, overwrite_changed: bool, dr
         raise click.ClickException(
             f"cannot write in {output} ({reason}): free space or fix it, then rerun"
         ) from None
+    finally:
+        signal.signal(signal.SIGTERM, previous)
     click.echo(f"wrote {os.path.join(output, 'ablation.md')}, ablation.csv, ablation.json")
     if failures:
         raise click.ClickException(
