@@ -340,3 +340,22 @@ def test_sweep_killed_mid_arm_resumes_it_and_skips_the_finished_one(sweep: dict,
     rows = {row["arm"]: row for row in _rows(output)}
     assert sorted(rows) == ["cls", "long", "reg"] and rows["long"]["runs_scored"] == "1"
     assert rows["cls"] == next(row for row in _rows(sweep["output"]) if row["arm"] == "cls")
+
+
+@pytest.mark.slow
+def test_a_failed_run_is_named_and_the_others_still_make_the_table(records: Path, tmp_path: Path) -> None:
+    empty = tmp_path / "no-manifest"
+    empty.mkdir()
+    body = BASE + f'[[arm]]\nname = "broken"\nrecords = "{empty}"\n'
+    spec = _spec(tmp_path / "spec.toml", records, body)
+    result = _invoke(spec, "--output", tmp_path / "study")
+    assert result.exit_code == 1
+    assert "[1/1] broken-s0: FAILED: rotnet-train exited 2; see" in result.output
+    assert "runs failed: broken-s0 (rotnet-train exited 2); rerun the same command" in result.output
+    rows = _rows(tmp_path / "study")
+    assert [(row["arm"], row["runs_scored"], row["mean_error_degrees"]) for row in rows] == [
+        ("broken", "0", "")
+    ]
+    assert f"records={empty}" in rows[0]["options"]
+    assert "| broken | records=" in (tmp_path / "study" / "ablation.md").read_text()
+    assert "dataset_info.json" in (tmp_path / "study" / "logs" / "broken-s0.log").read_text()

@@ -323,7 +323,11 @@ def announce(runs: list[Run], states: dict[str, str], spec: Spec, output: str) -
         if state == "finished":
             click.echo(f"{run.name}: finished, skipped", err=True)
         elif state == "resume":
-            click.echo(f"{run.name}: interrupted, resuming from its backup", err=True)
+            backup = os.path.exists(os.path.join(out.arm_dir(output, run.name), BACKUP_METADATA))
+            how = "resuming from its backup" if backup else "no backup yet, training it again"
+            click.echo(f"{run.name}: interrupted, {how}", err=True)
+        elif state == "evaluate":
+            click.echo(f"{run.name}: trained, not yet scored: evaluating", err=True)
         elif state == "changed":
             retrain = (out.read_state(output, run.name) or {}).get("train") != identity(run)
             click.echo(
