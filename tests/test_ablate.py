@@ -234,7 +234,10 @@ def test_two_arm_sweep_writes_one_row_per_arm_and_every_run_dir(sweep: dict) -> 
     markdown = (output / "ablation.md").read_text()
     assert "| cls | head=classification | 1/1 |" in markdown and "| reg | head=regression | 1/1 |" in markdown
     assert "![ablation_arms.png](ablation_arms.png)" in markdown
+    assert "![ablation_minutes.png](ablation_minutes.png)" in markdown
     assert (output / "ablation_arms.png").read_bytes()[:4] == b"\x89PNG"
+    assert (output / "ablation_minutes.png").read_bytes()[:4] == b"\x89PNG"
+    assert not list(output.glob("ablation_head*.png"))  # head is not a number: no option chart
     assert not list(output.rglob(".*.tmp-*"))  # every file renamed into place
 
 

@@ -109,7 +109,7 @@ def gpus() -> list[str]:
 def slots(parallel: int, devices: list[str]) -> list[Slot]:
     """One slot per parallel run: a GPU each where there are GPUs, else an equal share of the cores
     (pinned with sched_setaffinity, TensorFlow's thread pools sized to it)."""
-    base = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    base = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1"}  # logs: lines, not bars
     if devices:
         return [
             Slot({**base, "CUDA_VISIBLE_DEVICES": devices[i % len(devices)]}, None) for i in range(parallel)

@@ -301,8 +301,34 @@ def option_chart(rows: list[dict[str, Any]], key: str) -> bytes:
     return data
 
 
+def minutes_chart(rows: list[dict[str, Any]]) -> bytes:
+    """Error against training minutes, one point per run, labelled with its arm: the cost frontier.
+    The error is the worst rotation code's mean where the runs were scored under rotation codes."""
+    import matplotlib.pyplot as plt
+
+    key = "worst_code_mean_error_degrees"
+    if any(s[key] is None for row in rows for s in row["per_seed"] if s["mean_error_degrees"] is not None):
+        key = "mean_error_degrees"
+    figure, axis = plt.subplots(figsize=(6, 4))
+    for row in rows:
+        points = [(s["training_minutes"], s[key]) for s in row["per_seed"] if s[key] is not None]
+        points = [(x, y) for x, y in points if x is not None]
+        axis.plot([x for x, _ in points], [y for _, y in points], "o")
+        for x, y in points:
+            axis.annotate(row["arm"], (x, y), fontsize=7, xytext=(3, 3), textcoords="offset points")
+    axis.set_xlabel("training minutes (rotnet-train wall time)")
+    label = "worst rotation code's mean error" if key.startswith("worst") else "mean error"
+    axis.set_ylabel(f"{label} (degrees)")
+    axis.set_title("error against training time, one point per run")
+    figure.tight_layout()
+    data = _png(figure)
+    plt.close(figure)
+    return data
+
+
 def write_pictures(rows: list[dict[str, Any]], output: str) -> list[str]:
-    """ablation_arms.png, and ablation_OPTION.png when arms differ in one numeric option; their names."""
+    """ablation_arms.png, ablation_minutes.png, and ablation_OPTION.png when arms differ in one numeric
+    option only; their names."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -310,6 +336,8 @@ def write_pictures(rows: list[dict[str, Any]], output: str) -> list[str]:
     if not scored:
         return []
     pictures = {"ablation_arms.png": bar_chart(scored)}
+    if len(scored) > 1:
+        pictures["ablation_minutes.png"] = minutes_chart(scored)
     key = numeric_option(scored)
     if key:
         pictures[f"ablation_{key}.png"] = option_chart(scored, key)
