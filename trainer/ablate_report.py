@@ -294,7 +294,7 @@ def option_chart(rows: list[dict[str, Any]], key: str) -> bytes:
     )
     axis.set_xlabel(key)
     axis.set_ylabel("mean angle error (degrees)")
-    axis.set_title(f"mean error against {key} (bars: sd over seeds)")
+    axis.set_title(f"mean error against {key}")
     figure.tight_layout()
     data = _png(figure)
     plt.close(figure)
