@@ -173,9 +173,13 @@ def _prepare_resume(config: TrainConfig) -> int:
         epoch = int(json.load(handle).get("epoch", 0))
     history_path = os.path.join(config.output, HISTORY_FILE)
     rows = [row for row in _read_history(history_path) if int(row.get("epoch", 0)) < epoch]
+    fieldnames: list[str] = []
     if os.path.exists(history_path):
         with open(history_path, newline="") as handle:
             fieldnames = next(csv.reader(handle), [])
+        if not fieldnames:  # killed before CSVLogger's first row: rewritten header-less, CSVLogger would
+            os.remove(history_path)  # append rows without a header; removed, it starts it again
+    if fieldnames:
         with open(history_path, "w", newline="") as handle:
             writer = csv.DictWriter(handle, fieldnames=fieldnames)
             writer.writeheader()
