@@ -105,9 +105,16 @@ def _run(
             info.config["nothing_lost"] = f"not verified: {choice.name} reported no metrics"
         image_ids.check_unique(claimed.duplicates_path)
         claimed.check_free(info)
+        try:
+            check_counts(config, info)  # before anything in place changes: a replaced dataset stays whole
+        except JobError as error:
+            kept = [claimed.keep_failed_errors(name) for name in info.error_files]
+            raise JobError(str(error).replace("{ERRORS}", ", ".join(kept) or "the errors file")) from None
+        claimed.withdraw_previous()
         publish(config, info, claimed.temp_dir, stats)
         check_outputs(config, info)
         schemas.write_manifest(config.output_dir, info)  # only now: every shard verified in place
+        claimed.remove_replaced(info)
         claimed.finish()
         return JobSummary(info, config.output_dir, wall_seconds, counters)
 
@@ -224,8 +231,8 @@ def publish(
         )
 
 
-def check_outputs(config: PipelineConfig, info: schemas.DatasetInfo) -> None:
-    """Nothing lost, not too many errors, and every shard on storage with the size the workers measured."""
+def check_counts(config: PipelineConfig, info: schemas.DatasetInfo) -> None:
+    """Nothing lost and not too many errors (from the workers' counts, before anything is published)."""
     images_written = sum(split.num_images for split in info.splits.values())
     images_read, num_errors = info.num_images_read, info.num_errors
     if images_read != images_written + num_errors:
@@ -239,10 +246,14 @@ def check_outputs(config: PipelineConfig, info: schemas.DatasetInfo) -> None:
     if error_fraction > config.max_error_fraction:
         raise JobError(
             f"{num_errors:,} of {images_read:,} source images ({error_fraction:.1%}) failed, over "
-            f"--max-error-fraction {config.max_error_fraction:g}; see {', '.join(info.error_files)} in "
-            f"{config.output_dir} for each image and reason. The records were written but the manifest was "
-            "not (the directory counts as unfinished); fix the inputs or raise --max-error-fraction"
+            f"--max-error-fraction {config.max_error_fraction:g}; see {{ERRORS}} for each image and "
+            "reason. No records were published and no manifest "
+            "written (a dataset there before is left as it was); fix the inputs or raise --max-error-fraction"
         )
+
+
+def check_outputs(config: PipelineConfig, info: schemas.DatasetInfo) -> None:
+    """Every shard on storage, in place, with the size the workers measured."""
     problems = verify.check_shards(info, config.output_dir)
     if problems:
         raise JobError(

@@ -13,6 +13,11 @@ The rules (issue 10):
 * The tool deletes only what it can prove it wrote: the files the previous run's manifest lists (with
   --overwrite) and the names the previous run's ledger lists (always: that run did not finish). Never
   anything found by a name pattern, never anything below a directory the ledger does not name.
+* `--overwrite` of a finished dataset keeps it readable (manifest and shards) until the new run has
+  checked its counts: only then is the old manifest withdrawn, the new shards renamed into place and
+  the new manifest written; the old files the new manifest does not list go last
+  (`RunOutput.withdraw_previous`, `remove_replaced`). A run that fails before leaves the old dataset as
+  it was; a kill in between leaves a ledger naming both, so the next run removes both.
 * A directory that is not empty and holds neither a manifest nor a ledger is refused unless
   --overwrite; even then its files stay untouched, and a file at a name this run would write stops the
   run instead of being replaced.
@@ -24,6 +29,7 @@ Every refusal is an `OutputDirError` (exit 2) saying what is there and how to pr
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import os
 import re
 import shutil
@@ -40,6 +46,9 @@ from pipeline.run_ledger import LEDGER_NAME, PROGRESS_PREFIX, LedgerError, RunLe
 from schemas import paths, sharding
 
 STATS_NAME = "stats.json"  # inside the run's temp dir
+# Where a run replacing a finished dataset leaves its errors file when it fails (the old dataset's own
+# errors file stays as it was); named in the run's ledger, so the next run removes it.
+FAILED_ERRORS_NAME = ".rotnet-failed-run-errors.jsonl"
 DUPLICATES_NAME = "duplicates.json"  # inside the run's temp dir
 _SHOWN_ENTRIES = 4  # names listed in a refusal
 # The one errors file a run writes (transforms.WriteErrors), and the form a manifest may list.
@@ -218,6 +227,9 @@ class RunOutput:
     ledger: RunLedger
     lock: object
     notes: list[str] = field(default_factory=list)
+    # The files of the finished dataset this run replaces (its manifest's names): kept, and readable,
+    # until the new run publishes.
+    replaced: set[str] = field(default_factory=set)
 
     @property
     def temp_dir(self) -> str:
@@ -236,12 +248,39 @@ class RunOutput:
         """Before the files are renamed into place: no name the manifest will list appeared during the
         run (the claim made them free; a file someone put there since is theirs, not replaced)."""
         names = [shard.name for split in info.splits.values() for shard in split.shards] + info.error_files
+        names = [name for name in names if name not in self.replaced]  # the old dataset's, replaced later
         taken = [name for name in names if paths.exists(paths.join(self.output_dir, name))]
         if taken:
             raise JobError(
                 f"{paths.join(self.output_dir, taken[0])} appeared while the run wrote its records; it is left "
                 "as it is and the manifest was not written: move it away and rerun"
             )
+
+    def withdraw_previous(self) -> None:
+        """Just before the new files are renamed into place: the replaced dataset's manifest goes (its
+        shards may be renamed over next; its names stay in this run's ledger until the end)."""
+        if schemas.MANIFEST_NAME in self.replaced:
+            _remove(self.output_dir, schemas.MANIFEST_NAME)
+
+    def remove_replaced(self, info: schemas.DatasetInfo) -> None:
+        """After the new manifest is written: the replaced dataset's files it does not list."""
+        kept = {shard.name for split in info.splits.values() for shard in split.shards}
+        kept |= {*info.error_files, schemas.MANIFEST_NAME}
+        for name in sorted(self.replaced - kept):
+            _remove(self.output_dir, name)
+
+    def keep_failed_errors(self, errors_name: str) -> str:
+        """A run that failed its checks: its errors file goes where the user can read it (its final
+        name, or FAILED_ERRORS_NAME beside a dataset this run was to replace). Returns that path."""
+        name = FAILED_ERRORS_NAME if self.replaced else errors_name
+        source, target = paths.join(self.temp_dir, errors_name), paths.join(self.output_dir, name)
+        if paths.exists(source):
+            from apache_beam.io.filesystems import FileSystems
+
+            if name == FAILED_ERRORS_NAME and paths.exists(target):
+                _remove(self.output_dir, name)
+            FileSystems.rename([source], [target])
+        return target
 
     def remove_temp_dir(self) -> None:
         """The run's temp dir with whatever is in it (only this run wrote there)."""
@@ -290,7 +329,12 @@ def claim(
         if stale is not None:
             run.notes.append(f"a run that was killed ({stale.describe()}) held {output_dir}; taken over")
         _clear(run, config.overwrite)
-        _write_atomically(paths.join(output_dir, LEDGER_NAME), ledger.to_json())
+        if run.replaced:  # the ledger also names the replaced files: a kill after they were withdrawn
+            extra = sorted(run.replaced - {*ledger.planned_files, schemas.MANIFEST_NAME})
+            run.ledger = dataclasses.replace(
+                ledger, planned_files=[*ledger.planned_files, *extra, FAILED_ERRORS_NAME]
+            )
+        _write_atomically(paths.join(output_dir, LEDGER_NAME), run.ledger.to_json())
     except BaseException:
         lock.release()
         raise
@@ -319,6 +363,7 @@ def _clear(run: RunOutput, overwrite: bool) -> None:
                 "to replace it (only the files its manifest lists are removed), or choose another --output-dir"
             )
         owned |= _owned_by_manifest(info)
+        run.replaced = _owned_by_manifest(info)  # kept until the new run publishes
     previous = None
     if LEDGER_NAME in present:
         try:
@@ -361,7 +406,7 @@ def _clear(run: RunOutput, overwrite: bool) -> None:
         owned - {schemas.MANIFEST_NAME, LEDGER_NAME}
     )
     for name in [*ordered, LEDGER_NAME]:
-        if name in present:
+        if name in present and name not in run.replaced:  # a finished dataset's files stay for now
             _remove(output_dir, name, tree=name in directories)
 
 

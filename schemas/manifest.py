@@ -20,6 +20,7 @@ Example (abridged):
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import os
@@ -63,6 +64,9 @@ _TOP_FIELDS = {
     "config": "object?",
     "package_version": "string?",
 }
+# The largest image side a manifest may claim (pipeline.config.MAX_IMAGE_SIZE: what rotnet-pipeline
+# writes); a larger claim would make the trainer allocate for it.
+MAX_IMAGE_SIDE = 4096
 _IMAGE_FIELDS = {"height": "positive", "width": "positive", "channels": "positive", "format": "string"}
 _SPLIT_FIELDS = {"num_images": "count", "num_records": "count", "shards": "list"}
 _SHARD_FIELDS = {"name": "string", "num_records": "count", "num_bytes": "count", "sha256": "string"}
@@ -194,6 +198,11 @@ class DatasetInfo:
     def problems(self) -> list[str]:
         """Every inconsistency found, as sentences; empty when the manifest is sound."""
         found = []
+        if max(self.image.height, self.image.width) > MAX_IMAGE_SIDE:
+            found.append(
+                f"image {self.image.height}x{self.image.width} px is over {MAX_IMAGE_SIDE} px a side "
+                "(rotnet-pipeline writes at most that)"
+            )
         if not NAME_PATTERN.match(self.dataset):
             found.append(f"dataset {self.dataset!r} must be lower-case letters, digits and '_'")
         if self.image.format not in IMAGE_FORMATS:
@@ -250,6 +259,10 @@ class DatasetInfo:
             data = json.loads(text)
         except json.JSONDecodeError as error:
             raise ManifestError(f"{source} is not valid JSON ({error}); re-run the pipeline") from error
+        except RecursionError:
+            raise ManifestError(
+                f"{source} nests JSON too deeply to be a manifest; re-run the pipeline"
+            ) from None
         if not isinstance(data, dict):
             raise ManifestError(f"{source} must hold a JSON object")
         version = data.get("schema_version")
@@ -340,11 +353,17 @@ def write_manifest(records: str, info: DatasetInfo) -> str:
             handle.write(text)
         return path
     directory = os.path.dirname(paths.local_path(path)) or "."
-    with tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", suffix=".json", delete=False) as handle:
-        handle.write(text)
-    # NamedTemporaryFile creates 0600; the manifest must be as readable as the shards beside it.
-    umask = os.umask(0)
-    os.umask(umask)
-    os.chmod(handle.name, 0o666 & ~umask)
-    os.replace(handle.name, paths.local_path(path))
+    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", suffix=".json", delete=False)  # noqa: SIM115
+    try:  # a full disk or a kill leaves no orphan .tmp-*.json behind
+        with handle:
+            handle.write(text)
+        # NamedTemporaryFile creates 0600; the manifest must be as readable as the shards beside it.
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(handle.name, 0o666 & ~umask)
+        os.replace(handle.name, paths.local_path(path))
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(handle.name)
+        raise
     return path

@@ -15,13 +15,19 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import os
+import stat
 import struct
 from collections.abc import Iterable, Iterator
 from typing import IO, Any
 
 import google_crc32c
 
-from schemas.paths import open_binary
+from schemas.paths import is_remote, local_path, open_binary
+
+# A record longer than this is damage, not data (rotnet's largest records are a few MB): its length
+# is refused before a buffer of that size is asked for.
+MAX_RECORD_BYTES = 1 << 30
 
 _MASK_DELTA = 0xA282EAD8
 _HEADER = struct.Struct("<QI")
@@ -43,8 +49,49 @@ def masked_crc32c(data: bytes) -> int:
     return (((crc >> 15) | (crc << 17)) + _MASK_DELTA) & 0xFFFFFFFF
 
 
+def _kind(mode: int) -> str:
+    if stat.S_ISFIFO(mode):
+        return "a FIFO (named pipe)"
+    if stat.S_ISDIR(mode):
+        return "a directory"
+    if stat.S_ISCHR(mode) or stat.S_ISBLK(mode):
+        return "a device"
+    if stat.S_ISSOCK(mode):
+        return "a socket"
+    return "not a regular file"
+
+
+def regular_file_problem(path: str) -> str | None:
+    """Why the local `path` is not a shard to read (a FIFO would block the reader, a device never end,
+    a directory fail), or None for a regular file (also through a symlink) and for remote paths."""
+    if is_remote(path):
+        return None
+    try:
+        mode = os.stat(local_path(path)).st_mode
+    except FileNotFoundError:
+        return None  # "missing" is said by the caller
+    except OSError as error:
+        return f"cannot be looked at ({error.strerror})"
+    return None if stat.S_ISREG(mode) else f"{_kind(mode)}, not a regular file"
+
+
+def open_shard(path: str) -> IO[bytes]:
+    """Open a shard for reading: local files without blocking on a FIFO (O_NONBLOCK, then checked on
+    the descriptor itself, so a FIFO swapped in after a check is refused too): CorruptShardError for
+    anything but a regular file."""
+    if is_remote(path):
+        return open_binary(path, "rb")
+    descriptor = os.open(local_path(path), os.O_RDONLY | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0))
+    mode = os.fstat(descriptor).st_mode
+    if not stat.S_ISREG(mode):
+        os.close(descriptor)
+        raise CorruptShardError(path, 0, f"{_kind(mode)}, not a regular file")
+    os.set_blocking(descriptor, True)
+    return os.fdopen(descriptor, "rb")
+
+
 def _open(path: str, mode: str) -> IO[bytes]:
-    handle = open_binary(path, mode)
+    handle = open_shard(path) if mode == "rb" else open_binary(path, mode)
     if not path.endswith(".gz"):
         return handle
     # mtime=0 and no name: the gzip header then depends on nothing but the data.
@@ -177,7 +224,7 @@ def iter_records(path: str, verify: bool = True, digest: Any = None) -> Iterator
         with _open(path, "rb") as handle:
             yield from _records(path, handle, verify)
         return
-    with _HashingReader(open_binary(path, "rb"), digest) as raw:
+    with _HashingReader(open_shard(path), digest) as raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
         yield from _records(path, stream, verify)
         raw.drain()
@@ -197,6 +244,8 @@ def _records(path: str, handle: Any, verify: bool) -> Iterator[bytes]:
         length, length_crc = _HEADER.unpack(header)
         if verify and masked_crc32c(header[:8]) != length_crc:
             raise CorruptShardError(path, offset, "length CRC mismatch")
+        if length > MAX_RECORD_BYTES:
+            raise CorruptShardError(path, offset, f"record length {length:,} over {MAX_RECORD_BYTES:,} bytes")
         try:
             data = handle.read(length)
             footer = handle.read(_FOOTER.size)

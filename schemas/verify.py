@@ -42,6 +42,9 @@ def check_shard(
     `on_record` sees every record's bytes as they are read (rotnet-inspect counts angles with it).
     A shard of the wrong size is still read with `read_records`, so the reason says where it breaks."""
     reasons = []
+    not_regular = tfrecord_file.regular_file_problem(path)  # never opened: a FIFO would block
+    if not_regular is not None:
+        return ShardProblem(path, not_regular)
     if expected is not None:
         size = paths.size(path)
         if size is None:

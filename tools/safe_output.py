@@ -52,19 +52,21 @@ def _sha256_of(name: str, directory: int) -> str | None:
 class OutputTree:
     """An output root opened for writing; `write(relative, data)` puts one file below it, safely.
 
-    `tool` names the writer in refusals and in the ledger, `ledger_name` is the ledger's file name.
+    `tool` names the writer in refusals and in the ledger, `ledger_name` is the ledger's file name,
+    `option` the command-line option the messages tell the user to change.
     Raises OutputRefusedError when the root itself cannot be used (a file, unwritable, a foreign ledger).
     """
 
-    def __init__(self, root: Path, tool: str, ledger_name: str) -> None:
+    def __init__(self, root: Path, tool: str, ledger_name: str, option: str = "-o") -> None:
         self.root, self.tool, self.ledger_name = Path(root), tool, ledger_name
+        self.option = option  # the command-line option that named the root, for the messages
         try:
             os.makedirs(self.root, exist_ok=True)
             # The root itself is the user's choice and may be a symlink; everything below it may not.
             self._root_descriptor = os.open(self.root, os.O_RDONLY | os.O_DIRECTORY)
         except OSError as error:
             raise OutputRefusedError(
-                f"cannot use {self.root} as the output directory ({error.strerror}); choose another -o"
+                f"cannot use {self.root} as the output directory ({error.strerror}); choose another {self.option}"
             ) from None
         self.written: dict[str, str] = self._read_ledger()
 
@@ -88,7 +90,7 @@ class OutputTree:
         path = self.root / self.ledger_name
         foreign = OutputRefusedError(
             f"{path} is not a {self.tool} ledger, so nothing in {self.root} can be shown to be "
-            f"{self.tool}'s: move it away or choose another -o"
+            f"{self.tool}'s: move it away or choose another {self.option}"
         )
         if not stat.S_ISREG(status.st_mode) or status.st_size > _MAX_LEDGER_BYTES:
             raise foreign
@@ -166,7 +168,7 @@ class OutputTree:
                         )
                         raise OutputRefusedError(
                             f"{walked} is {kind}: {self.tool} does not write through or over it; "
-                            "move it away or choose another -o"
+                            f"move it away or choose another {self.option}"
                         ) from None
                     raise
                 if descriptor != self._root_descriptor:
@@ -189,17 +191,17 @@ class OutputTree:
         if stat.S_ISLNK(status.st_mode):
             raise OutputRefusedError(
                 f"{path} is a symlink: {self.tool} never writes through or over links; remove it or choose "
-                "another -o"
+                f"another {self.option}"
             )
         if not stat.S_ISREG(status.st_mode):
             raise OutputRefusedError(
-                f"{path} exists and is not a regular file; move it away or choose another -o"
+                f"{path} exists and is not a regular file; move it away or choose another {self.option}"
             )
         recorded = self.written.get(relative)
         if recorded is None or _sha256_of(name, directory) != recorded:
             raise OutputRefusedError(
                 f"{path} already exists and was not written by {self.tool} (or was changed since): it is "
-                "left as it is; move it away or choose another -o"
+                f"left as it is; move it away or choose another {self.option}"
             )
         return True
 
@@ -245,7 +247,7 @@ class OutputTree:
             if replace:
                 if not self._replaceable(directory, name):
                     raise OutputRefusedError(
-                        f"{path} is not a regular file; move it away or choose another -o"
+                        f"{path} is not a regular file; move it away or choose another {self.option}"
                     )
                 os.replace(temporary, name, src_dir_fd=directory, dst_dir_fd=directory)
                 return

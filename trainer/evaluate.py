@@ -28,6 +28,7 @@ FLIP_ERROR_DEGREES = 170.0
 RESULT_FILE = "evaluation.json"
 PER_ANGLE_PLOT = "per_angle_error.png"
 HISTOGRAM_PLOT = "error_histogram.png"
+OUTPUT_LEDGER = ".rotnet-evaluate.json"  # in --output: the files rotnet-evaluate wrote, with SHA-256s
 
 
 @dataclass
@@ -117,6 +118,43 @@ class EvaluationError(Exception):
     """A problem the user can fix (records that do not fit the model, damaged shards); one line."""
 
 
+MAX_MODEL_FILE_BYTES = 4 * 2**30  # a model.keras or train_config.json larger than this is refused
+
+
+def load_predictor(model: str, predictor_class: Any) -> Any:
+    """`predictor_class.load(model)` after checking that the files it opens are regular files under
+    MAX_MODEL_FILE_BYTES (a FIFO would block, a device never end); a file Keras or TensorFlow cannot
+    load is one EvaluationError naming it, not a traceback."""
+    from pipeline.inputs import InputFileError, check_regular_file
+
+    candidates = [model] if not os.path.isdir(model) else []
+    if os.path.isdir(model):
+        candidates = [os.path.join(model, name) for name in ("model.keras", "train_config.json")]
+    if model.endswith(".keras"):
+        candidates.append(os.path.join(os.path.dirname(os.path.abspath(model)), "train_config.json"))
+    for path in candidates:
+        if not os.path.lexists(path):
+            continue
+        try:
+            status = check_regular_file(path)
+        except InputFileError as error:
+            raise EvaluationError(f"{path} is not read: {error}") from None
+        if status.st_size > MAX_MODEL_FILE_BYTES:
+            raise EvaluationError(
+                f"{path} is {status.st_size:,} bytes, over {MAX_MODEL_FILE_BYTES:,}: not a model"
+            )
+    try:
+        return predictor_class.load(model)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # Keras, h5py, zipfile, json and TensorFlow each raise their own
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise EvaluationError(
+            f"cannot load the model {model} ({type(error).__name__}: {reason}): it is damaged or not a "
+            "rotnet-train output; retrain it or give the run's saved_model/ directory"
+        ) from None
+
+
 def evaluate(
     model: str,
     records: str,
@@ -143,7 +181,7 @@ def evaluate(
     info = schemas.load_manifest(records)
     if split not in info.splits:
         raise EvaluationError(f"split {split!r} is not in {records}; it has {', '.join(sorted(info.splits))}")
-    predictor = Predictor.load(model)
+    predictor = load_predictor(model, Predictor)
     config = TrainConfig.from_dict(predictor.config)
     if [info.image.height, info.image.width] != list(
         predictor.image_size
@@ -258,18 +296,63 @@ def evaluate_rotation_codes(
     )
 
 
+def open_output(output: str):
+    """--output as a tools.safe_output.OutputTree, or EvaluationError (one line): a directory
+    rotnet-evaluate created or that holds its ledger; none of its three names a user's file, a file
+    changed since, a symlink or a directory. Called before the evaluation, and again to write."""
+    from tools.safe_output import OutputRefusedError, OutputTree
+
+    try:
+        names = set(os.listdir(output)) if os.path.isdir(output) else set()
+        if names and OUTPUT_LEDGER not in names:
+            raise EvaluationError(
+                f"{output} holds files rotnet-evaluate did not write ({OUTPUT_LEDGER} is missing): they are "
+                "left as they are; choose an empty or new --output"
+            )
+        tree = OutputTree(output, "rotnet-evaluate", OUTPUT_LEDGER, option="--output")
+        try:
+            for name in (RESULT_FILE, PER_ANGLE_PLOT, HISTOGRAM_PLOT):
+                tree.check_replaceable(name)
+        except BaseException:
+            tree.close()
+            raise
+    except OSError as error:
+        raise EvaluationError(f"cannot use {output} as --output ({error.strerror}): choose another") from None
+    except OutputRefusedError as error:
+        raise EvaluationError(str(error)) from None
+    return tree
+
+
+def _png(figure) -> bytes:
+    import io
+
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=100)
+    return buffer.getvalue()
+
+
 def write_outputs(result: Evaluation, errors: np.ndarray, output: str) -> list[str]:
-    """evaluation.json, the per-angle plot and the error histogram; returns their paths."""
+    """evaluation.json, the per-angle plot and the error histogram (each written aside and renamed, never
+    through a link or over a file rotnet-evaluate did not write: open_output); returns their paths."""
+    from tools.safe_output import OutputRefusedError
+
+    try:
+        with open_output(output) as tree:
+            written = _write_outputs(tree, result, errors)
+            tree.save_ledger()
+    except OutputRefusedError as error:
+        raise EvaluationError(str(error)) from None
+    return [os.path.join(output, name) for name in written]
+
+
+def _write_outputs(tree, result: Evaluation, errors: np.ndarray) -> list[str]:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    os.makedirs(output, exist_ok=True)
-    json_path = os.path.join(output, RESULT_FILE)
-    with open(json_path, "w") as handle:
-        json.dump(asdict(result), handle, indent=2)
-        handle.write("\n")
+    text = json.dumps(asdict(result), indent=2) + "\n"
+    tree.write(RESULT_FILE, text.encode("utf-8"))
 
     angles = np.array([int(angle) for angle in result.per_angle])
     means = np.array([item["mean_error_degrees"] for item in result.per_angle.values()])
@@ -287,8 +370,7 @@ def write_outputs(result: Evaluation, errors: np.ndarray, output: str) -> list[s
         f"mean {result.mean_error_degrees:.2f} deg over {result.num_records:,} records"
     )
     figure.tight_layout()
-    per_angle_path = os.path.join(output, PER_ANGLE_PLOT)
-    figure.savefig(per_angle_path, dpi=100)
+    tree.write(PER_ANGLE_PLOT, _png(figure))
     plt.close(figure)
 
     figure, axis = plt.subplots(figsize=(7, 4))
@@ -297,7 +379,6 @@ def write_outputs(result: Evaluation, errors: np.ndarray, output: str) -> list[s
     axis.set_ylabel("records (log scale)")
     axis.set_title("error distribution: the tail near 180 degrees is upside-down readings")
     figure.tight_layout()
-    histogram_path = os.path.join(output, HISTOGRAM_PLOT)
-    figure.savefig(histogram_path, dpi=100)
+    tree.write(HISTOGRAM_PLOT, _png(figure))
     plt.close(figure)
-    return [json_path, per_angle_path, histogram_path]
+    return [RESULT_FILE, PER_ANGLE_PLOT, HISTOGRAM_PLOT]

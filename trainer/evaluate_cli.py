@@ -115,8 +115,20 @@ def main(
     from trainer.quiet import import_tensorflow
 
     import_tensorflow(verbose)
-    from trainer.evaluate import EvaluationError, evaluate, evaluate_rotation_codes, write_outputs
+    from trainer.evaluate import (
+        EvaluationError,
+        evaluate,
+        evaluate_rotation_codes,
+        open_output,
+        write_outputs,
+    )
     from trainer.robustness import ROTATION_CODES
+
+    output = output or default_output(model, split, int(tta))
+    try:  # refused before the evaluation, not after it
+        open_output(output).close()
+    except EvaluationError as error:
+        raise click.ClickException(str(error)) from None
 
     codes: list[str] = []
     if rotation_codes:
@@ -168,7 +180,10 @@ def main(
         raise click.BadParameter(str(error), param_hint="--model") from None
     except EvaluationError as error:
         raise click.ClickException(str(error)) from None
-    written = write_outputs(result, errors, output or default_output(model, split, int(tta)))
+    try:
+        written = write_outputs(result, errors, output)
+    except EvaluationError as error:
+        raise click.ClickException(str(error)) from None
     click.echo(result.table())
     if codes:
         click.echo(report.table())

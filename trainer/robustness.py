@@ -222,7 +222,7 @@ def _load_image_files(
     validation_fraction: float,
     subset_fraction: float,
 ) -> list[SourceImage]:
-    from pipeline import codec
+    from pipeline import codec, inputs
     from pipeline.datasets.street_view import KEEP_VIEWS, parse_member_name  # imports Beam
 
     config = info.config or {}
@@ -245,8 +245,11 @@ def _load_image_files(
                 continue
             if assign_split(image_id, validation_fraction) != split:
                 continue
-            with open(path, "rb") as handle:
-                image = codec.decode_source_image(handle.read(), channels=info.image.channels)
+            try:  # a regular file under the pipeline's cap (a FIFO would block): else not a source
+                data = inputs.read_input_file(path)
+            except inputs.InputFileError:
+                continue  # the pipeline refused it too (an errors-file line): it has no records
+            image = codec.decode_source_image(data, channels=info.image.channels)
             if config.get("center_crop", True):
                 image = geometry.crop_square(image, config.get("crop_position", "center"))
             found.append((image_id, np.ascontiguousarray(image)))

@@ -22,6 +22,7 @@ import json
 import math
 import os
 import signal
+import stat
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -152,16 +153,20 @@ def _number(value: str) -> float | int | str:
     return int(number) if number.is_integer() and "." not in value and "e" not in value else number
 
 
-def _prepare_resume(config: TrainConfig) -> int:
+def _prepare_resume(config: TrainConfig, echo: Callable[[str], None] = print) -> int:
     """The epoch an interrupted run in --output resumes at (0 for a fresh run); refuses a backup
-    made with another config, and trims the CSV log to the backed-up epochs."""
-    backup_metadata = os.path.join(config.output, BACKUP_DIR, BACKUP_METADATA)
+    made with another config, sets a damaged backup aside (one line; the previous good one is used, or
+    the run starts over), and trims the CSV log to the backed-up epochs."""
+    backup_dir = os.path.join(config.output, BACKUP_DIR)
     saved_config = os.path.join(config.output, CONFIG_FILE)
-    if not os.path.exists(backup_metadata):
+    if not has_backup(config.output):
         return 0
     if os.path.exists(saved_config):
-        with open(saved_config) as handle:
-            previous = json.load(handle)
+        try:
+            with open(saved_config) as handle:
+                previous = json.load(handle)
+        except (OSError, ValueError):
+            previous = {}
         current = json.loads(config.to_json())
         changed = [field for field in RESUME_FIELDS if previous.get(field) != current.get(field)]
         if changed:
@@ -169,8 +174,7 @@ def _prepare_resume(config: TrainConfig) -> int:
                 f"{config.output} holds an interrupted run with a different {', '.join(changed)}; "
                 f"rerun it with the same options, use another --output, or delete {BACKUP_DIR}/ to restart"
             )
-    with open(backup_metadata) as handle:
-        epoch = int(json.load(handle).get("epoch", 0))
+    epoch = good_backup_epoch(backup_dir, echo)
     history_path = os.path.join(config.output, HISTORY_FILE)
     rows = [row for row in _read_history(history_path) if int(row.get("epoch", 0)) < epoch]
     fieldnames: list[str] = []
@@ -180,11 +184,97 @@ def _prepare_resume(config: TrainConfig) -> int:
         if not fieldnames:  # killed before CSVLogger's first row: rewritten header-less, CSVLogger would
             os.remove(history_path)  # append rows without a header; removed, it starts it again
     if fieldnames:
-        with open(history_path, "w", newline="") as handle:
-            writer = csv.DictWriter(handle, fieldnames=fieldnames)
-            writer.writeheader()
-            writer.writerows(rows)
+        _write_text_aside(history_path, _csv_text(fieldnames, rows))
     return epoch
+
+
+def _csv_text(fieldnames: list[str], rows: list[dict[str, Any]]) -> str:
+    import io
+
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=fieldnames, lineterminator="\n")
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+# --- Backups: written aside and renamed; checked (SHA-256) before a resume trusts them ---------------
+
+BACKUP_WEIGHTS = "latest.weights.h5"  # the names Keras's BackupAndRestore loads at the start of fit
+PREVIOUS_WEIGHTS = "previous.weights.h5"  # the backup before the latest, kept until a newer one exists
+PREVIOUS_METADATA = "previous_training_metadata.json"
+_BACKUP_PAIRS = ((BACKUP_WEIGHTS, BACKUP_METADATA), (PREVIOUS_WEIGHTS, PREVIOUS_METADATA))
+
+
+def has_backup(output: str) -> bool:
+    """True when --output holds an interrupted run's backup (whole or damaged)."""
+    backup_dir = os.path.join(output, BACKUP_DIR)
+    return any(os.path.lexists(os.path.join(backup_dir, name)) for pair in _BACKUP_PAIRS for name in pair)
+
+
+def _sha256_of(path: str) -> str:
+    import hashlib
+
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _backup_problem(backup_dir: str, weights: str, metadata: str) -> str | None:
+    """Why the backup pair (weights, metadata) cannot be resumed from, or None when it is whole: the
+    metadata is JSON with an integer epoch, the weights a regular file whose SHA-256 it records."""
+    weights_path, metadata_path = os.path.join(backup_dir, weights), os.path.join(backup_dir, metadata)
+    for path in (metadata_path, weights_path):
+        if not os.path.lexists(path):
+            return f"{os.path.basename(path)} is missing"
+        if not stat.S_ISREG(os.lstat(path).st_mode):
+            return f"{os.path.basename(path)} is not a regular file"
+    try:
+        with open(metadata_path, "rb") as handle:
+            data = json.loads(handle.read(1 << 16))
+        epoch = data["epoch"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return f"{metadata} is not a backup's metadata"
+    if not isinstance(epoch, int) or epoch < 0:
+        return f"{metadata} holds no epoch"
+    expected = data.get("sha256")
+    if expected is None:  # a backup written before the digest was recorded: open it as HDF5 at least
+        try:
+            import h5py
+
+            with h5py.File(weights_path, "r"):
+                pass
+        except Exception as error:  # h5py raises OSError, ValueError or its own errors
+            return f"{weights} cannot be read ({str(error).splitlines()[0][:80]})"
+        return None
+    if _sha256_of(weights_path) != expected:
+        return f"{weights} does not match the SHA-256 its metadata recorded (cut short or damaged)"
+    return None
+
+
+def good_backup_epoch(backup_dir: str, echo: Callable[[str], None]) -> int:
+    """The epoch to resume at from the newest whole backup in `backup_dir` (left as latest.* for
+    Keras to load); damaged ones are renamed to damaged-* with one line each; 0 when none is whole
+    (the run starts over)."""
+    for weights, metadata in _BACKUP_PAIRS:
+        if not any(os.path.lexists(os.path.join(backup_dir, name)) for name in (weights, metadata)):
+            continue
+        problem = _backup_problem(backup_dir, weights, metadata)
+        if problem is None:
+            if weights != BACKUP_WEIGHTS:  # the previous one becomes the one Keras loads
+                os.replace(os.path.join(backup_dir, weights), os.path.join(backup_dir, BACKUP_WEIGHTS))
+                os.replace(os.path.join(backup_dir, metadata), os.path.join(backup_dir, BACKUP_METADATA))
+            with open(os.path.join(backup_dir, BACKUP_METADATA)) as handle:
+                return int(json.load(handle)["epoch"])
+        for name in (weights, metadata):
+            if os.path.lexists(os.path.join(backup_dir, name)):
+                os.replace(os.path.join(backup_dir, name), os.path.join(backup_dir, f"damaged-{name}"))
+        later = "trying the previous backup" if weights == BACKUP_WEIGHTS else "no whole backup is left"
+        echo(f"the backup in {backup_dir} is damaged ({problem}): set aside as damaged-*; {later}")
+    echo(f"no whole backup in {backup_dir}: training starts over at epoch 1")
+    return 0
 
 
 # --- The output directory: ours only ----------------------------------------------------------------
@@ -246,16 +336,19 @@ def claim_output(config: TrainConfig, overwrite: bool = False) -> None:
                 "links; remove it or choose another --output"
             )
     marker = os.path.join(config.output, RUN_MARKER)
-    if names - {".rotnet-lock"} and RUN_MARKER not in names:
+    # A run interrupted before the marker existed: only rotnet-train's names, its config and a backup.
+    legacy = (
+        RUN_MARKER not in names
+        and {CONFIG_FILE, BACKUP_DIR} <= names
+        and names <= {*OUTPUT_NAMES, ".rotnet-lock"}
+        and has_backup(config.output)
+    )
+    if names - {".rotnet-lock"} and RUN_MARKER not in names and not legacy:
         raise TrainingError(
             f"{config.output} holds files rotnet-train did not write ({RUN_MARKER} is missing): they are "
             "left as they are; choose an empty or new --output"
         )
-    finished = (
-        RUN_MARKER in names
-        and METRICS_FILE in names
-        and not os.path.exists(os.path.join(config.output, BACKUP_DIR, BACKUP_METADATA))
-    )
+    finished = RUN_MARKER in names and METRICS_FILE in names and not has_backup(config.output)
     if finished and not overwrite:
         raise TrainingError(
             f"{config.output} holds a finished run (its model.keras is kept): pass --overwrite to train "
@@ -316,12 +409,36 @@ class Throughput(keras.callbacks.Callback):
 
 
 class Backup(keras.callbacks.BackupAndRestore):
-    """BackupAndRestore that, when saving every N steps, also saves at each epoch end."""
+    """BackupAndRestore that writes each backup aside and renames it into place (a kill mid-write leaves
+    the previous backup whole), keeps the one before as previous.*, records the weights' SHA-256 in the
+    metadata (good_backup_epoch checks it before a resume), and, when saving every N steps, also saves at
+    each epoch end."""
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
         if self.save_freq != "epoch":
             self._save_model()
+
+    def _save_model(self):
+        os.makedirs(self.backup_dir, exist_ok=True)
+        join = lambda name: os.path.join(self.backup_dir, name)  # noqa: E731
+        temporary = join(f".rotnet-tmp-{os.getpid()}.weights.h5")  # Keras wants the .weights.h5 suffix
+        try:
+            self.model.save_weights(filepath=temporary, overwrite=True)
+            metadata = {
+                "epoch": self._current_epoch,
+                "batch": self._last_batch_seen,
+                "sha256": _sha256_of(temporary),
+            }
+            if os.path.exists(join(BACKUP_WEIGHTS)) and os.path.exists(join(BACKUP_METADATA)):
+                os.replace(join(BACKUP_WEIGHTS), join(PREVIOUS_WEIGHTS))  # the last whole pair is kept
+                os.replace(join(BACKUP_METADATA), join(PREVIOUS_METADATA))
+            os.replace(temporary, join(BACKUP_WEIGHTS))
+        except BaseException:
+            if os.path.lexists(temporary):
+                os.remove(temporary)
+            raise
+        _write_json(join(BACKUP_METADATA), metadata)  # last: until then the pair does not check out
 
 
 class BackupOnSignal(keras.callbacks.Callback):
@@ -406,7 +523,7 @@ def run(
 
 
 def _run_locked(config, info, strategy, callbacks, echo, started, digest_at_start) -> TrainResult:
-    initial_epoch = _prepare_resume(config)
+    initial_epoch = _prepare_resume(config, echo)
     if not initial_epoch:  # a fresh run: an earlier run's best aside must not be mistaken for ours
         aside = os.path.join(config.output, BEST_MODEL_ASIDE)
         if os.path.lexists(aside):

@@ -13,6 +13,9 @@ pure zip reader (`iter_zip_images`, `parse_member_name`), the plan (`plan`) and 
 * Image ids are the member's base name without extension ("008922_1"): unique in the dataset and the
   same on every machine, so train/validation is split by a stable hash of them (RotNet split by
   directory listing order, which differs between machines).
+* Memory: a part's central directory is listed first and only member names cross the shuffle; each
+  member is then read on its own (`_ReadZipMemberFn`, in READ_CHUNK_BYTES chunks, never past
+  MAX_MEMBER_BYTES), so a worker holds one member at a time whatever the number of members.
 * Integrity: the dataset publishes no checksums. A downloaded part is accepted when its zip central
   directory reads (a truncated file fails there), and every member's CRC-32 is checked by zipfile as
   the member is read; a corrupt member raises `CorruptMemberError` naming it.
@@ -179,16 +182,73 @@ def _describe(path_or_fileobj) -> str:
     return getattr(path_or_fileobj, "name", None) or "zip stream"
 
 
+# Members are read in chunks of this size into one buffer that stops at MAX_MEMBER_BYTES.
+READ_CHUNK_BYTES = 1 << 20
+
+
 def _read_member(archive: zipfile.ZipFile, info: zipfile.ZipInfo, image_id: str | None) -> bytes:
+    """One member's bytes, read in READ_CHUNK_BYTES chunks and never more than MAX_MEMBER_BYTES (a
+    member whose header claims less but that decompresses to more stops at the cap)."""
     if info.file_size > MAX_MEMBER_BYTES:
         raise CorruptMemberError(
             info.filename, f"claims {info.file_size:,} bytes, over the {MAX_MEMBER_BYTES:,} limit", image_id
         )
+    data = bytearray()
     try:
         with archive.open(info) as member:  # zipfile checks the CRC-32 when the member's end is read
-            return member.read()
+            while chunk := member.read(min(READ_CHUNK_BYTES, MAX_MEMBER_BYTES + 1 - len(data))):
+                data += chunk
+                if len(data) > MAX_MEMBER_BYTES:
+                    raise CorruptMemberError(
+                        info.filename, f"holds over the {MAX_MEMBER_BYTES:,} byte limit", image_id
+                    )
     except (zipfile.BadZipFile, zlib.error, EOFError, RuntimeError, NotImplementedError, OSError) as error:
         raise CorruptMemberError(info.filename, f"{type(error).__name__}: {error}", image_id) from None
+    return bytes(data)
+
+
+def _open_archive(stack: contextlib.ExitStack, path_or_fileobj) -> zipfile.ZipFile:
+    source = path_or_fileobj
+    if isinstance(source, str) and "://" in source:
+        from schemas.paths import open_binary
+
+        source = stack.enter_context(open_binary(source))
+    try:
+        return stack.enter_context(zipfile.ZipFile(source))
+    except (zipfile.BadZipFile, EOFError, OSError) as error:
+        raise ValueError(f"{_describe(path_or_fileobj)} is not a readable zip archive ({error})") from None
+
+
+def _kept_members(
+    archive: zipfile.ZipFile, counts: MemberCounts
+) -> Iterator[tuple[zipfile.ZipInfo, str, int]]:
+    """(member, image id, view) of every side view 1-4, in the archive's order; the rest counted."""
+    for info in archive.infolist():
+        parsed = None if info.is_dir() else parse_member_name(info.filename)
+        if parsed is None:
+            counts.not_an_image += 1
+            continue
+        _, view = parsed
+        if view not in KEEP_VIEWS:
+            if view == 0:
+                counts.dropped_view0 += 1
+            elif view == 5:
+                counts.dropped_view5 += 1
+            else:
+                counts.dropped_other_view += 1
+            continue
+        yield info, _member_image_id(info.filename), view
+
+
+def iter_zip_members(
+    path_or_fileobj: str | os.PathLike | IO[bytes], counts: MemberCounts | None = None
+) -> list[tuple[str, str, int]]:
+    """(member name, image id, view) of the kept side views of one zip part, from its central
+    directory alone (no member is read); the other members are tallied in `counts`."""
+    counts = MemberCounts() if counts is None else counts
+    with contextlib.ExitStack() as stack:
+        archive = _open_archive(stack, path_or_fileobj)
+        return [(info.filename, image_id, view) for info, image_id, view in _kept_members(archive, counts)]
 
 
 def iter_zip_images(
@@ -207,32 +267,8 @@ def iter_zip_images(
     """
     counts = MemberCounts() if counts is None else counts
     with contextlib.ExitStack() as stack:
-        source = path_or_fileobj
-        if isinstance(source, str) and "://" in source:
-            from schemas.paths import open_binary
-
-            source = stack.enter_context(open_binary(source))
-        try:
-            archive = stack.enter_context(zipfile.ZipFile(source))
-        except (zipfile.BadZipFile, EOFError, OSError) as error:
-            raise ValueError(
-                f"{_describe(path_or_fileobj)} is not a readable zip archive ({error})"
-            ) from None
-        for info in archive.infolist():
-            parsed = None if info.is_dir() else parse_member_name(info.filename)
-            if parsed is None:
-                counts.not_an_image += 1
-                continue
-            _, view = parsed
-            if view not in KEEP_VIEWS:
-                if view == 0:
-                    counts.dropped_view0 += 1
-                elif view == 5:
-                    counts.dropped_view5 += 1
-                else:
-                    counts.dropped_other_view += 1
-                continue
-            image_id = _member_image_id(info.filename)
+        archive = _open_archive(stack, path_or_fileobj)
+        for info, image_id, view in _kept_members(archive, counts):
             try:
                 data = _read_member(archive, info, image_id)
             except CorruptMemberError as error:
@@ -366,32 +402,31 @@ def identify_loose_file(path: str, relative: str) -> tuple[str | None, str | Non
     return posixpath.splitext(posixpath.basename(relative))[0], None
 
 
-class _ReadZipPartFn(CountingDoFn):
-    """(part name, local or gs:// path or None) -> SourceImage per kept view; None = download it here."""
+def _part_path(config: PipelineConfig, part_name: str, path: str | None) -> str:
+    """The part's path on this worker: downloaded here (cached) when the job downloads the parts."""
+    if path is None or (not paths.is_remote(path) and not os.path.exists(path)):
+        mirrors = config.street_view_mirrors or (STREET_VIEW_BASE_URL,)
+        return str(download_part(part_name, config.download_dir, mirrors))
+    return path
+
+
+class _ListZipPartFn(CountingDoFn):
+    """(part name, local or gs:// path or None) -> (part name, path, member name, image id) per kept
+    view (None = download the part here). Only names cross the shuffle that follows: each member's
+    bytes are read after it (_ReadZipMemberFn), one member at a time per worker, so the memory a
+    part takes does not grow with its number of members."""
 
     def process(self, element: tuple[str, str | None]) -> Iterator[Any]:
-        part_name, path = element
+        part_name, given = element
         config = self.config
-        if path is None:
-            mirrors = config.street_view_mirrors or (STREET_VIEW_BASE_URL,)
-            path = str(download_part(part_name, config.download_dir, mirrors))
+        path = _part_path(config, part_name, given)
         counts = MemberCounts()
         read = 0
-        for item in iter_zip_images(path, counts, yield_errors=True):
-            corrupt = isinstance(item, CorruptMemberError)
-            image_id = (item.image_id or item.member_name) if corrupt else item.image_id
+        for member, image_id, _view in iter_zip_members(path, counts):
             if config.subset_fraction < 1.0 and not in_subset(image_id, config.subset_fraction):
                 continue
             read += 1
-            split = train_split(image_id, config)
-            if corrupt:
-                yield beam.pvalue.TaggedOutput(
-                    ERRORS, error_entry("street_view", split, image_id, "read", str(item))
-                )
-                self.counters.add(**{progress.IMAGE_ERRORS: 1})
-            else:
-                source = f"{part_name}:{item.member}"
-                yield SourceImage("street_view", split, image_id, encoded=item.data, source=source)
+            yield part_name, given if given is not None else path, member, image_id
         self.counters.add(
             **{
                 progress.IMAGES_READ: read,
@@ -401,6 +436,57 @@ class _ReadZipPartFn(CountingDoFn):
                 progress.FILES_SKIPPED: counts.not_an_image,
             }
         )
+
+
+class _ReadZipMemberFn(CountingDoFn):
+    """(part name, path, member name, image id) -> SourceImage, or one errors-file line (bad CRC, bad
+    compressed data, over MAX_MEMBER_BYTES). The last part opened stays open for the next member."""
+
+    def setup(self) -> None:
+        super().setup()
+        self._open: tuple[str, contextlib.ExitStack, zipfile.ZipFile] | None = None
+
+    def _archive(self, part_name: str, path: str) -> zipfile.ZipFile:
+        if self._open is None or self._open[0] != path:
+            self._close()
+            stack = contextlib.ExitStack()
+            try:
+                archive = _open_archive(stack, _part_path(self.config, part_name, path))
+            except BaseException:
+                stack.close()
+                raise
+            self._open = (path, stack, archive)
+        return self._open[2]
+
+    def _close(self) -> None:
+        if self._open is not None:
+            self._open[1].close()
+            self._open = None
+
+    def process(self, element: tuple[str, str, str, str]) -> Iterator[Any]:
+        part_name, path, member, image_id = element
+        split = train_split(image_id, self.config)
+        try:
+            archive = self._archive(part_name, path)
+            data = _read_member(archive, archive.getinfo(member), image_id)
+        except (CorruptMemberError, ValueError, KeyError) as error:
+            reason = (
+                str(error) if isinstance(error, CorruptMemberError) else f"zip member {member!r}: {error}"
+            )
+            yield beam.pvalue.TaggedOutput(
+                ERRORS, error_entry("street_view", split, image_id, "read", reason)
+            )
+            self.counters.add(**{progress.IMAGE_ERRORS: 1})
+            return
+        yield SourceImage("street_view", split, image_id, encoded=data, source=f"{part_name}:{member}")
+
+    def finish_bundle(self) -> None:
+        self._close()
+        super().finish_bundle()
+
+    def teardown(self) -> None:
+        self._close()
+        super().teardown()
 
 
 class ReadStreetView(beam.PTransform):
@@ -429,12 +515,14 @@ class ReadStreetView(beam.PTransform):
                 pbegin
                 | "ListParts" >> beam.Create(self.parts)
                 | "OnePartPerWorker" >> beam.Reshuffle()
-                | "ReadPart"
-                >> beam.ParDo(_ReadZipPartFn(self.config, self.progress_dir)).with_outputs(
+                | "ListMembers" >> beam.ParDo(_ListZipPartFn(self.config, self.progress_dir))
+                | "SpreadMembers" >> beam.Reshuffle()  # names only: the bytes are read after it
+                | "ReadMembers"
+                >> beam.ParDo(_ReadZipMemberFn(self.config, self.progress_dir)).with_outputs(
                     ERRORS, main="images"
                 )
             )
-            images.append(from_zips.images | "SpreadImages" >> beam.Reshuffle())
+            images.append(from_zips.images)
             errors.append(from_zips[ERRORS])
         if self.loose_files is not None:
             loose = pbegin | "ReadLooseFiles" >> ReadFiles(
