@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import sys
 from pathlib import Path
 
 import click
@@ -338,10 +339,24 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         summary = job.run(
             config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
         )
-    except output_dir.OutputDirError as error:
+    except (output_dir.OutputDirError, ConfigError) as error:
         raise RefusedError(str(error)) from None
     except JobError as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # a full disk, a read-only directory: where and what to do, not a traceback
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        raise click.ClickException(
+            f"cannot write the records{where}: {error.strerror or error}; free space or choose a writable "
+            "--output-dir, then rerun the same command (what this run wrote is named by its ledger and "
+            "removed by the rerun)"
+        ) from None
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted (Ctrl-C): no manifest was written; rerun the same command (the run's ledger "
+            "names what it wrote, and the rerun removes it)",
+            err=True,
+        )
+        sys.exit(130)
     click.echo(summary.table())
 
 

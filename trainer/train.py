@@ -132,6 +132,11 @@ def usable_shards(
         shards[split] = [path for path in paths if path not in bad]
     if not shards.get("train"):
         raise TrainingError("no usable training shards left")
+    if "validation" in shards and not shards["validation"]:  # the checkpoint would be chosen on train error
+        raise TrainingError(
+            "every validation shard is damaged, so the best model cannot be chosen on validation error: "
+            "re-run the pipeline to repair the records"
+        )
     return shards, skipped
 
 
