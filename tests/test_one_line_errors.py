@@ -120,6 +120,27 @@ def test_a_manifest_write_cut_short_leaves_no_temporary_file(tmp_path: Path, mon
     assert not [p.name for p in (tmp_path / "records").iterdir() if p.name.startswith(".tmp-")]
 
 
+@pytest.mark.parametrize("code", [errno.ENOSPC, errno.EROFS])
+def test_inspect_sheet_on_a_full_or_read_only_disk_is_one_line(
+    tmp_path: Path, monkeypatch, code: int
+) -> None:
+    from tools import inspect
+
+    write_records_dir(tmp_path / "records")
+
+    def fail(records, path, title):
+        raise OSError(code, os.strerror(code), str(path))
+
+    monkeypatch.setattr(inspect, "write_sheet", fail)
+    sheet = tmp_path / "sheet.png"
+    result = CliRunner().invoke(
+        inspect.main, [str(tmp_path / "records"), "--sheet", str(sheet), "--no-progress"]
+    )
+    line = _one_error_line(result, 1)
+    assert f"cannot write {sheet} ({os.strerror(code)})" in line
+    assert not sheet.exists()
+
+
 # --- manifests that would cost a traceback or all memory --------------------------------------------
 
 

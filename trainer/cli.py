@@ -11,6 +11,7 @@ training_curves.png; the last line printed is the best validation angle error. S
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import click
@@ -272,6 +273,13 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
             train.run(config, echo=lambda line: click.echo(line, err=True), overwrite=overwrite)
         except ManifestError as error:
             raise click.BadParameter(str(error), param_hint="--records") from None
+        except train.OutputWriteError as error:
+            if not error.hdf5_left_open:
+                raise click.ClickException(str(error)) from None
+            click.echo(f"Error: {error}", err=True)  # and exit now: HDF5's exit handlers would crash
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         except TrainingError as error:
             raise click.ClickException(str(error)) from None
         except train.TrainingInterruptedError as error:
