@@ -19,6 +19,7 @@ import json
 import logging
 import os
 import re
+import signal
 import sys
 from pathlib import Path
 
@@ -335,6 +336,7 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         problem = str(error)
     if problem:
         raise click.UsageError(problem)
+    previous_handler = signal.signal(signal.SIGINT, _interrupted) if _in_main_thread() else None
     try:
         summary = job.run(
             config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
@@ -357,7 +359,26 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
             err=True,
         )
         sys.exit(130)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
     click.echo(summary.table())
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: Beam's worker threads and log handlers would each report the workers' end with a
+    traceback; from now on they are muted, and the one line is printed where KeyboardInterrupt lands."""
+    import threading
+
+    logging.disable(logging.CRITICAL)
+    threading.excepthook = lambda arguments: None
+    signal.default_int_handler(signum, frame)
 
 
 class RefusedError(click.ClickException):

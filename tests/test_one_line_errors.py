@@ -238,3 +238,42 @@ def test_ctrl_c_of_training_is_one_line_and_exit_130(records: Path, tmp_path: Pa
     lines = [line for line in interrupted.stderr.splitlines() if "interrupted (Ctrl-C)" in line]
     assert len(lines) == 1 and "rerun the same command to resume" in lines[0]
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(180)
+def test_ctrl_c_of_a_two_worker_pipeline_is_one_line_and_exit_130(tmp_path: Path, shared_data: Path) -> None:
+    """Ctrl-C as a terminal sends it: SIGINT to the whole process group, Beam's workers included."""
+    import signal
+    import time
+
+    script = "import sys; from pipeline.cli import main; main(sys.argv[1:])"
+    arguments = [
+        *(
+            "--dataset",
+            "mnist",
+            "--mnist-dir",
+            str(shared_data / "mnist-5k"),
+            "--output-dir",
+            str(tmp_path / "out"),
+        ),
+        *("--image-size", "28", "--direct_num_workers", "2", "--no-progress"),
+    ]
+    environment = {**os.environ, "PYTHONPATH": str(REPO_ROOT)}
+    process = subprocess.Popen(
+        [sys.executable, "-c", script, *arguments], stderr=subprocess.PIPE, stdout=subprocess.DEVNULL,
+        text=True, env=environment, cwd=REPO_ROOT, start_new_session=True,
+    )  # fmt: skip
+    lines = []
+    for line in process.stderr:  # the job has started once it says what it writes
+        lines.append(line)
+        if line.startswith("writing mnist"):
+            break
+    time.sleep(3)  # the workers are rendering (the whole job takes over a minute here)
+    os.killpg(process.pid, signal.SIGINT)
+    lines += process.stderr.readlines()
+    assert process.wait(timeout=120) == 130, "".join(lines)
+    output = "".join(lines)
+    assert "Traceback" not in output and "CRITICAL" not in output, output
+    assert sum("interrupted (Ctrl-C)" in line for line in lines) == 1, output
+    assert not (tmp_path / "out" / schemas.MANIFEST_NAME).exists()
