@@ -19,6 +19,8 @@ import json
 import logging
 import os
 import re
+import signal
+import sys
 from pathlib import Path
 
 import click
@@ -335,15 +337,49 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         problem = str(error)
     if problem:
         raise click.UsageError(problem)
+    previous_handler = signal.signal(signal.SIGINT, _interrupted) if _in_main_thread() else None
     try:
         summary = job.run(
             config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
         )
-    except output_dir.OutputDirError as error:
+    except (output_dir.OutputDirError, ConfigError) as error:
         raise RefusedError(str(error)) from None
     except JobError as error:
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # a full disk, a read-only directory: where and what to do, not a traceback
+        where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        raise click.ClickException(
+            f"cannot write the records{where}: {error.strerror or error}; free space or choose a writable "
+            "--output-dir, then rerun the same command (what this run wrote is named by its ledger and "
+            "removed by the rerun)"
+        ) from None
+    except KeyboardInterrupt:
+        click.echo(
+            "interrupted (Ctrl-C): no manifest was written; rerun the same command (the run's ledger "
+            "names what it wrote, and the rerun removes it)",
+            err=True,
+        )
+        sys.exit(130)
+    finally:
+        if previous_handler is not None:
+            signal.signal(signal.SIGINT, previous_handler)
     click.echo(summary.table())
+
+
+def _in_main_thread() -> bool:
+    import threading
+
+    return threading.current_thread() is threading.main_thread()
+
+
+def _interrupted(signum: int, frame: object) -> None:
+    """Ctrl-C: Beam's worker threads and log handlers would each report the workers' end with a
+    traceback; from now on they are muted, and the one line is printed where KeyboardInterrupt lands."""
+    import threading
+
+    logging.disable(logging.CRITICAL)
+    threading.excepthook = lambda arguments: None
+    signal.default_int_handler(signum, frame)
 
 
 class RefusedError(click.ClickException):

@@ -193,6 +193,21 @@ class DirectoryEntry:
     problem: str | None = None
 
 
+# Words in the `problem` of an entry that is skipped (counted, reported), not an error: a directory
+# already read under another path, and a symlink leaving the input (never followed).
+ALREADY_READ = "already read"
+NOT_FOLLOWED = "not followed"
+
+
+def is_skipped_link(problem: str | None) -> bool:
+    """True for a walk problem that is a skip (ALREADY_READ, NOT_FOLLOWED), not a read error."""
+    return bool(problem) and (ALREADY_READ in problem or NOT_FOLLOWED in problem)
+
+
+def _inside(path: str, directory: str) -> bool:
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
 def walk_directory(root: str) -> Iterator[DirectoryEntry]:
     """Every non-directory entry below `root` (files, FIFOs, devices, symlinks that do not lead to a
     directory), in a stable order, recursing into every directory and into symlinked directories once.
@@ -200,9 +215,12 @@ def walk_directory(root: str) -> Iterator[DirectoryEntry]:
     Real directories are walked first (depth first, by name), symlinked ones after, so a file reachable
     both ways keeps its real path. A directory reached a second time (a symlink cycle, or two links to
     one directory) and a directory that cannot be listed come out as entries with a `problem`, so a
-    caller can count them. Whether a yielded entry is readable is read_input_file's question.
+    caller can count them. A symlinked directory whose target is outside `root` (`ln -s / root`, a
+    `..` link that loops back above it) is an entry with a NOT_FOLLOWED problem: never walked.
+    Whether a yielded entry is readable is read_input_file's question.
     """
     root_status = os.stat(root)
+    root_real = os.path.realpath(root)
     visited = {(root_status.st_dev, root_status.st_ino)}
     real_directories = [(root, "")]  # a stack: depth first
     linked_directories: list[tuple[str, str]] = []  # a queue, walked once the real tree is done
@@ -222,8 +240,17 @@ def walk_directory(root: str) -> Iterator[DirectoryEntry]:
                 yield DirectoryEntry(
                     directory,
                     prefix.rstrip("/"),
-                    "symlink to a directory that is already read (a cycle, or a second link to it): "
+                    f"symlink to a directory that is {ALREADY_READ} (a cycle, or a second link to it): "
                     "its files are read once, under their first path",
+                )
+                continue
+            target = os.path.realpath(directory)
+            if not _inside(target, root_real):
+                where = "above the input (a loop back)" if _inside(root_real, target) else "outside the input"
+                yield DirectoryEntry(
+                    directory,
+                    prefix.rstrip("/"),
+                    f"symlink to the directory {printable_name(target)}, {where}: {NOT_FOLLOWED}",
                 )
                 continue
             visited.add((status.st_dev, status.st_ino))

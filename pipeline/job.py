@@ -18,6 +18,7 @@ it is an unfinished run.
 from __future__ import annotations
 
 import json
+import math
 import os
 import sys
 import time
@@ -28,7 +29,7 @@ from typing import Any
 
 import schemas
 from pipeline import datasets, image_ids, output_dir, progress, runner
-from pipeline.config import JobError, PipelineConfig
+from pipeline.config import ConfigError, JobError, PipelineConfig
 from pipeline.datasets.common import ERRORS, SourcePlan
 from schemas import gcs, paths, sharding, verify
 from schemas.manifest import manifest_path
@@ -69,6 +70,12 @@ def _run(
     num_shards = {split: config.shards_for(plan.expected_images[split], parallelism) for split in plan.splits}
     for note in plan.notes:
         log(note)
+    expected_records = math.ceil(sum(plan.expected_images.values()) * len(config.angles_degrees))
+    if config.num_shards and config.num_shards > max(1, expected_records):
+        raise ConfigError(
+            f"--num-shards {config.num_shards} is more shards per split than the about {expected_records:,} "
+            "records the whole dataset will hold: most would be empty files; give fewer, or 0 (automatic)"
+        )
 
     # Locked, the ledger written before anything else; the temp and progress dirs go at the end.
     with output_dir.for_run(config, run_id, num_shards, progress_dir, dry_run, log) as claimed:

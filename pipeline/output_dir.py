@@ -123,6 +123,13 @@ def check_location(output_dir: str, inputs: Sequence[str]) -> None:
         )
     if os.path.lexists(local) and not os.path.isdir(local):
         raise OutputDirError(f"{shown} is a file, not a directory: choose a directory for the records")
+    parent = os.path.dirname(os.path.abspath(local))
+    while not os.path.lexists(parent) and parent != os.path.dirname(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise OutputDirError(
+            f"{shown} lies below {parent}, which is a file, not a directory: choose a directory for the records"
+        )
     for given in inputs:
         source = os.path.realpath(given)
         if real == source:

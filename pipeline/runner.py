@@ -191,6 +191,10 @@ def beam_options(beam_args: Sequence[str], choice: RunnerChoice | None = None) -
         if options.view_as(TestOptions).dry_run:
             raise JobError("--dry_run is for DataflowRunner (it builds and stages the job, then stops)")
         direct = options.view_as(DirectOptions)
+        if (direct.direct_num_workers or 0) < 0:
+            raise JobError(
+                f"--direct_num_workers {direct.direct_num_workers} must be >= 1 (or 0: one per core)"
+            )
         if not _flag_given(beam_args, "direct_num_workers"):
             direct.direct_num_workers = os.cpu_count() or 1
         if not _flag_given(beam_args, "direct_running_mode"):

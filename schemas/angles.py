@@ -78,8 +78,12 @@ def click_callback(ctx: Any, param: Any, value: str | None) -> tuple[int, ...] |
     else the parsed angles; a syntax error is click's usage error (exit 2, one line)."""
     import click
 
-    if value is None or value.strip().lower() in ("", "all"):
+    if value is None or value.strip().lower() == "all":
         return None
+    if not value.strip():
+        raise click.BadParameter(
+            "is empty: give angles (e.g. 0-359 or 0,90,180,270), or leave it out for all"
+        )
     try:
         return parse_angles(value)
     except AngleSyntaxError as error:

@@ -46,7 +46,7 @@ def plant_hostile_inputs(root: Path, outside: Path) -> list[Planted]:
     """Plant the collection in `root` (created); `outside` (created) holds a directory linked from it.
 
     Images: good.jpg, link_to_good.jpg (symlink to it), album.jpg/inner.jpg (a directory named like an
-    image), linked_album/outside.jpg (a symlink to a directory outside the root, followed once),
+    image), linked_album (a symlink to a directory outside the root: reported, not followed),
     caf\\xe9.jpg (a non-UTF-8 name). Refused: fifo.jpg, zero.jpg (symlink to /dev/zero), loop.jpg (a
     symlink to itself), dangling.jpg, huge.jpg (1.5 GB, sparse). Reported by the walk: cycle (a symlink
     to the root itself).
@@ -76,7 +76,7 @@ def plant_hostile_inputs(root: Path, outside: Path) -> list[Planted]:
         Planted("good.jpg"),
         Planted("huge.jpg", "over the limit"),
         Planted("link_to_good.jpg"),
-        Planted("linked_album/outside.jpg"),
+        Planted("linked_album", walk_problem="outside the input: not followed"),
         Planted("loop.jpg", "symlink loop"),
         Planted("zero.jpg", "symlink to a character device"),
     ]

@@ -89,3 +89,27 @@ def test_nan_loss_fails_and_keeps_the_last_good_model(records: Path, finished: P
     assert result.exit_code == 1, result.output
     assert "NaN or infinite" in result.output
     assert (finished / "model.keras").read_bytes() == before
+
+
+def test_records_replaced_during_training_are_not_published(tmp_path: Path) -> None:
+    """A pipeline --overwrite of the records while a run reads them: the run fails, no model published."""
+    import keras
+
+    from trainer import train
+
+    records = tmp_path / "records"
+    write_records_dir(records, images_per_split={"train": 8, "validation": 2}, angles=(0, 90, 180, 270))
+
+    class ReplaceRecords(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            manifest = records / "dataset_info.json"
+            manifest.write_text(manifest.read_text() + "\n")  # another run's manifest, same shards
+
+    original = train.run
+    patched = lambda config, callbacks=(), **kw: original(config, [*callbacks, ReplaceRecords()], **kw)  # noqa: E731
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(train, "run", patched)
+        result = _train(records, tmp_path / "run")
+    assert result.exit_code == 1, result.output
+    assert "were replaced during training" in result.output and "Traceback" not in result.output
+    assert not (tmp_path / "run" / "model.keras").exists()

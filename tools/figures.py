@@ -88,5 +88,6 @@ def write_new_file(path: Path | str, write: Callable[[str], object]) -> Path:
                 f"{path} already exists: give another path or move that file away"
             ) from None
     finally:
-        temporary.unlink(missing_ok=True)
+        if os.path.lexists(temporary):  # unlink() of a missing name says EROFS on a read-only disk
+            temporary.unlink()
     return path

@@ -283,6 +283,14 @@ def _inspect(
             figures.write_new_file(audit_plot, lambda temporary: cue_audit.plot(audit, temporary))
     except FileExistsError as error:  # made meanwhile, by someone else
         raise click.ClickException(str(error)) from None
+    except OSError as error:  # a full disk, a read-only directory: nothing half-written is left
+        where = error.filename or sheet or audit_plot
+        if ".rotnet-tmp-" in str(where):  # the figure's temporary name beside it: name the directory
+            where = os.path.dirname(str(where))
+        raise click.ClickException(
+            f"cannot write {where} ({error.strerror or error}): free space or give a path in a writable "
+            "directory"
+        ) from None
     if as_json:
         click.echo(
             json.dumps(

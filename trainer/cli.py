@@ -11,6 +11,7 @@ training_curves.png; the last line printed is the best validation angle error. S
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import click
@@ -31,6 +32,25 @@ def _removed(value: object, option: str) -> None:
             "reads each shard in order from a random start and steps over nothing; drop the option",
             param_hint=option,
         )
+
+
+HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"  # the first bytes of every Keras .h5 weights file
+
+
+def weights_file_problem(path: str) -> str | None:
+    """Why a local --weights file is not a Keras HDF5 weights file (a FIFO, a device, /etc/passwd), or
+    None. Only its first 8 bytes are read, from a regular file."""
+    from pipeline.inputs import InputFileError, check_regular_file
+
+    try:
+        check_regular_file(path)
+        with open(path, "rb") as handle:
+            head = handle.read(len(HDF5_SIGNATURE))
+    except (InputFileError, OSError) as error:
+        return f"is not read: {error}"
+    if head != HDF5_SIGNATURE:
+        return "is not an HDF5 weights file (.h5, as Keras saves them)"
+    return None
 
 
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
@@ -234,6 +254,10 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
     config = TrainConfig(**options)  # type: ignore[arg-type]
     if config.weights not in (None, "imagenet", "none") and not paths.exists(config.weights):
         raise click.BadParameter(f"weights file {config.weights} does not exist", param_hint="--weights")
+    if config.weights not in (None, "imagenet", "none") and not paths.is_remote(config.weights):
+        problem = weights_file_problem(config.weights)
+        if problem:
+            raise click.BadParameter(f"{config.weights} {problem}", param_hint="--weights")
     problems = check(config)
     if problems:
         raise click.UsageError("; ".join(problems))
@@ -249,6 +273,13 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
             train.run(config, echo=lambda line: click.echo(line, err=True), overwrite=overwrite)
         except ManifestError as error:
             raise click.BadParameter(str(error), param_hint="--records") from None
+        except train.OutputWriteError as error:
+            if not error.hdf5_left_open:
+                raise click.ClickException(str(error)) from None
+            click.echo(f"Error: {error}", err=True)  # and exit now: HDF5's exit handlers would crash
+            sys.stdout.flush()
+            sys.stderr.flush()
+            os._exit(1)
         except TrainingError as error:
             raise click.ClickException(str(error)) from None
         except train.TrainingInterruptedError as error:

@@ -16,13 +16,17 @@ Outputs in --output (see docs/trainer.md):
 
 from __future__ import annotations
 
+import contextlib
 import csv
+import gc
 import importlib.util
 import json
 import math
 import os
+import re
 import signal
 import stat
+import sys
 import threading
 import time
 from collections.abc import Callable, Sequence
@@ -30,6 +34,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import keras
+import numpy as np
 
 import schemas
 from schemas import paths as schema_paths
@@ -58,6 +63,15 @@ RESUME_FIELDS = (
     "resolved_precision",
     "num_replicas",
 )
+
+
+class OutputWriteError(TrainingError):
+    """Writing in --output failed (a full disk, a read-only directory). `hdf5_left_open`: the failed
+    write left HDF5 objects open, which can crash the interpreter as it exits (the CLI exits at once)."""
+
+    def __init__(self, message: str, hdf5_left_open: bool = False):
+        super().__init__(message)
+        self.hdf5_left_open = hdf5_left_open
 
 
 class TrainingInterruptedError(Exception):
@@ -132,6 +146,11 @@ def usable_shards(
         shards[split] = [path for path in paths if path not in bad]
     if not shards.get("train"):
         raise TrainingError("no usable training shards left")
+    if "validation" in shards and not shards["validation"]:  # the checkpoint would be chosen on train error
+        raise TrainingError(
+            "every validation shard is damaged, so the best model cannot be chosen on validation error: "
+            "re-run the pipeline to repair the records"
+        )
     return shards, skipped
 
 
@@ -423,6 +442,7 @@ class Backup(keras.callbacks.BackupAndRestore):
         os.makedirs(self.backup_dir, exist_ok=True)
         join = lambda name: os.path.join(self.backup_dir, name)  # noqa: E731
         temporary = join(f".rotnet-tmp-{os.getpid()}.weights.h5")  # Keras wants the .weights.h5 suffix
+        _check_free_space(self.backup_dir, self._expected_bytes(join(BACKUP_WEIGHTS)))
         try:
             self.model.save_weights(filepath=temporary, overwrite=True)
             metadata = {
@@ -439,6 +459,25 @@ class Backup(keras.callbacks.BackupAndRestore):
                 os.remove(temporary)
             raise
         _write_json(join(BACKUP_METADATA), metadata)  # last: until then the pair does not check out
+
+    def _expected_bytes(self, latest: str) -> int:
+        """About the size of the next backup: the last one's, else the weights and optimizer state."""
+        if os.path.isfile(latest):
+            return os.path.getsize(latest)
+        optimizer = getattr(self.model, "optimizer", None)
+        variables = [*self.model.weights, *(getattr(optimizer, "variables", None) or [])]
+        return sum(math.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables)
+
+
+def _check_free_space(directory: str, expected_bytes: int) -> None:
+    """OSError(ENOSPC) before a write that would not fit: h5py, stopped by a full disk in the middle of
+    a file, leaves HDF5 objects open that crash the interpreter at exit (SIGSEGV)."""
+    import errno
+    import shutil
+
+    needed = int(expected_bytes * 1.1) + (1 << 20)
+    if shutil.disk_usage(directory).free < needed:
+        raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), directory)
 
 
 class BackupOnSignal(keras.callbacks.Callback):
@@ -511,15 +550,65 @@ def run(
         lock.acquire()
     except LockHeldError as error:
         raise TrainingError(str(error).replace("--output-dir", "--output")) from None
+    failure, hdf5_at_start = None, hdf5_objects_open()
+    # h5py objects of a failed write complain as they are freed (Cython prints through excepthook,
+    # then unraisablehook): the one line below says it.
+    hook, excepthook = sys.unraisablehook, sys.excepthook
+    sys.unraisablehook = lambda raised: None if _write_failure(raised.exc_value) else hook(raised)
+    sys.excepthook = lambda kind, value, tb: None if _write_failure(value) else excepthook(kind, value, tb)
     try:
-        return _run_locked(config, info, strategy, callbacks, echo, started, digest_at_start)
-    except OSError as error:  # a full disk, a read-only directory: h5py and Keras raise OSError
-        raise TrainingError(
-            f"cannot write in {config.output} ({getattr(error, 'strerror', None) or error}): free space "
-            "or choose another --output, then rerun the same command to resume"
-        ) from None
+        try:
+            return _run_locked(config, info, strategy, callbacks, echo, started, digest_at_start)
+        except (OSError, RuntimeError) as error:  # a full disk, a read-only directory (h5py, Keras)
+            failure = _write_failure(error)
+            if failure is None:
+                raise
+        finally:
+            lock.release()
+        gc.collect()  # the failed write's h5py objects go now, while their complaints are muted
+        _close_hdf5_files()
     finally:
-        lock.release()
+        sys.unraisablehook, sys.excepthook = hook, excepthook
+    raise OutputWriteError(
+        f"cannot write in {config.output} ({failure}): free space or choose another --output, then rerun "
+        "the same command to resume",
+        hdf5_left_open=hdf5_objects_open() > hdf5_at_start,
+    )
+
+
+def _close_hdf5_files() -> None:
+    """Close the HDF5 files a failed write left open (HDF5 would flush them at exit, and crash)."""
+    try:
+        import h5py
+    except ImportError:
+        return
+    for identifier in h5py.h5f.get_obj_ids(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_FILE):
+        with contextlib.suppress(Exception):  # the disk is still full: nothing more to save
+            identifier.close()
+
+
+def hdf5_objects_open() -> int:
+    """How many HDF5 objects are still open (after a failed write: its datasets and groups keep the
+    file open inside HDF5 even once _close_hdf5_files closed the file's handle)."""
+    try:
+        import h5py
+    except ImportError:
+        return 0
+    return int(h5py.h5f.get_obj_count(h5py.h5f.OBJ_ALL, h5py.h5f.OBJ_ALL))
+
+
+def _write_failure(error: BaseException) -> str | None:
+    """What failed a write, in a few words (h5py puts 'errno = 28' in a multi-line RuntimeError), or None
+    for an error that is not a write failure."""
+    text = str(error)
+    found = re.search(r"errno = (\d+)", text)
+    if isinstance(error, OSError) and error.errno:
+        return os.strerror(error.errno)
+    if found:
+        return os.strerror(int(found.group(1)))
+    if isinstance(error, OSError):
+        return (text.strip().splitlines() or [type(error).__name__])[0][:200]
+    return None
 
 
 def _run_locked(config, info, strategy, callbacks, echo, started, digest_at_start) -> TrainResult:

@@ -211,8 +211,8 @@ class _ReadFileFn(CountingDoFn):
                 relative_id(element.metadata.path, self.base),
                 None,
             )
-        if problem is not None and "already read" in problem:
-            self.counters.add(**{progress.FILES_SKIPPED: 1})  # its files are read under their first path
+        if inputs.is_skipped_link(problem):  # read under its first path, or a link leaving the input
+            self.counters.add(**{progress.FILES_SKIPPED: 1})
             return
         image_id, skipped = (relative, None) if problem else self.identify(path, relative)
         if image_id is None:

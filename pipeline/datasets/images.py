@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import os
 
-from pipeline import progress
+from pipeline import inputs, progress
 from pipeline.codec import IMAGE_EXTENSIONS
 from pipeline.config import JobError, PipelineConfig
 from pipeline.datasets.common import FileSource, ReadFiles, SourcePlan, list_files, train_and_validation
@@ -50,8 +50,10 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
             f"no image files ({', '.join(IMAGE_EXTENSIONS)}) match --input {config.input_pattern} "
             f"({len(listed)} other file(s))"
         )
-    notes = [
-        f"images: {len(images):,} image file(s) under {files.base}, {len(listed) - len(images):,} other file(s)"
+    links = sum(1 for entry in problems if inputs.is_skipped_link(entry.problem))
+    notes = [  # "other" counts what the summary's "non-image files skipped" will count
+        f"images: {len(images):,} image file(s) under {files.base}, {len(listed) - len(images) + links:,} "
+        f"other file(s) skipped ({links:,} of them symlinked directories not followed or read twice)"
     ]
     notes += [f"{files.base}/{entry.relative}: {entry.problem}" for entry in problems]
     source = ReadFiles(config, files, identify_file, progress_dir)
