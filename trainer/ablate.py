@@ -256,8 +256,23 @@ def progress_line(
     return f"[{done}/{total}] {run.name}: {result} ({seconds / 60:.1f} min); about {left / 60:.0f} min left"
 
 
+def collect(pending: set[concurrent.futures.Future], spec: Spec, output: str) -> list[str]:
+    """Wait for the runs, a progress line as each ends; the failed runs' names and reasons."""
+    failures: list[str] = []
+    total, done, started = len(pending), 0, time.perf_counter()
+    while pending:  # a short wait, so that Ctrl-C reaches this thread at once
+        finished, pending = concurrent.futures.wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+        for future in finished:
+            run, problem, seconds = future.result()
+            done += 1
+            left = (time.perf_counter() - started) / done * (total - done)
+            click.echo(progress_line(done, total, run, problem, seconds, left, output, spec.tta), err=True)
+            failures += [f"{run.name} ({problem})"] if problem else []
+    return failures
+
+
 def run_all(todo: list[Run], spec: Spec, output: str, parallel: int, runner: Runner) -> list[str]:
-    """Run `todo`, `parallel` at once, a progress line per run; the failed runs' names and reasons."""
+    """Run `todo`, `parallel` at once, each in a free slot; the failed runs' names and reasons."""
     free = slots(parallel, gpus())
     lock = threading.Lock()
 
@@ -271,28 +286,12 @@ def run_all(todo: list[Run], spec: Spec, output: str, parallel: int, runner: Run
             with lock:
                 free.append(slot)
 
-    failures: list[str] = []
-    started, done = time.perf_counter(), 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        pending = {pool.submit(work, run) for run in todo}
         try:
-            while pending:  # a short wait, so that Ctrl-C reaches this thread at once
-                finished, pending = concurrent.futures.wait(
-                    pending, timeout=0.5, return_when="FIRST_COMPLETED"
-                )
-                for future in finished:
-                    run, problem, seconds = future.result()
-                    done += 1
-                    left = (time.perf_counter() - started) / done * (len(todo) - done)
-                    click.echo(
-                        progress_line(done, len(todo), run, problem, seconds, left, output, spec.tta),
-                        err=True,
-                    )
-                    failures += [f"{run.name} ({problem})"] if problem else []
+            return collect({pool.submit(work, run) for run in todo}, spec, output)
         except BaseException:
             runner.stop()  # before the pool waits for its threads, which wait for the processes
             raise
-    return failures
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
