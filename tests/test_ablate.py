@@ -362,3 +362,18 @@ def test_a_failed_run_is_named_and_the_others_still_make_the_table(records: Path
     assert f"records={empty}" in rows[0]["options"]
     assert "| broken | records=" in (tmp_path / "study" / "ablation.md").read_text()
     assert "dataset_info.json" in (tmp_path / "study" / "logs" / "broken-s0.log").read_text()
+
+
+def test_table_only_writes_the_table_of_what_is_scored_and_trains_nothing(
+    records: Path, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path / "spec.toml", records, BASE + TWO_ARMS)
+    result = _invoke(spec, "--output", tmp_path / "nothing", "--table-only")
+    assert result.exit_code == 2 and "not a rotnet-ablate study" in result.output
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / ".rotnet-ablate.json").write_text("{}")
+    result = _invoke(spec, "--output", study, "--table-only")
+    assert result.exit_code == 0 and "(0 of 2 runs scored)" in result.output
+    assert [(row["arm"], row["runs_scored"]) for row in _rows(study)] == [("cls", "0"), ("reg", "0")]
+    assert not (study / "arms").exists() and not (study / "ablation_arms.png").exists()

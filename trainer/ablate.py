@@ -369,6 +369,15 @@ def sweep(spec: Spec, output: str, parallel: int, overwrite_changed: bool) -> li
     return failures
 
 
+def table(spec: Spec, output: str) -> None:
+    """The results of a study made by rotnet-ablate, from what its runs have written so far."""
+    if not os.path.isfile(os.path.join(output, out.MARKER_FILE)):
+        raise click.UsageError(f"{output} is not a rotnet-ablate study ({out.MARKER_FILE} is missing)")
+    rows = write_results(spec, output)
+    scored = sum(row["runs_scored"] for row in rows)
+    click.echo(f"wrote {os.path.join(output, 'ablation.md')} ({scored} of {len(spec.runs())} runs scored)")
+
+
 # --- the command -----------------------------------------------------------------------------------
 
 
@@ -404,7 +413,15 @@ def sweep(spec: Spec, output: str, parallel: int, overwrite_changed: bool) -> li
     help="Check the spec and list every run with its state (new, resume, evaluate, finished, changed) and "
     "its rotnet-train options; train nothing, write nothing.",
 )
-def main(spec_path: str, output: str, parallel: int, overwrite_changed: bool, dry_run: bool) -> None:
+@click.option(
+    "--table-only",
+    is_flag=True,
+    help="Write ablation.csv/json/md and the pictures from the runs scored so far (the others show '-'); "
+    "train nothing. Works beside a sweep that is still running on DIR.",
+)
+def main(
+    spec_path: str, output: str, parallel: int, overwrite_changed: bool, dry_run: bool, table_only: bool
+) -> None:
     """Train every arm x seed of SPEC.toml on the same shards, score each alike, write one table.
 
     The whole spec is checked first, with rotnet-train's own option checks: an unknown key, option or
@@ -419,6 +436,9 @@ def main(spec_path: str, output: str, parallel: int, overwrite_changed: bool, dr
         raise click.UsageError(str(error)) from None
     if dry_run:
         list_runs(spec.runs(), plans(spec, output), output)
+        return
+    if table_only:
+        table(spec, output)
         return
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
