@@ -362,3 +362,35 @@ def test_a_failed_run_is_named_and_the_others_still_make_the_table(records: Path
     assert f"records={empty}" in rows[0]["options"]
     assert "| broken | records=" in (tmp_path / "study" / "ablation.md").read_text()
     assert "dataset_info.json" in (tmp_path / "study" / "logs" / "broken-s0.log").read_text()
+
+
+def test_table_only_writes_the_table_of_what_is_scored_and_trains_nothing(
+    records: Path, tmp_path: Path
+) -> None:
+    spec = _spec(tmp_path / "spec.toml", records, BASE + TWO_ARMS)
+    result = _invoke(spec, "--output", tmp_path / "nothing", "--table-only")
+    assert result.exit_code == 2 and "not a rotnet-ablate study" in result.output
+    study = tmp_path / "study"
+    study.mkdir()
+    (study / ".rotnet-ablate.json").write_text("{}")
+    result = _invoke(spec, "--output", study, "--table-only")
+    assert result.exit_code == 0 and "(0 of 2 runs scored)" in result.output
+    assert [(row["arm"], row["runs_scored"]) for row in _rows(study)] == [("cls", "0"), ("reg", "0")]
+    assert not (study / "arms").exists() and not (study / "ablation_arms.png").exists()
+
+
+def test_resume_after_a_kill_before_the_first_history_row_starts_history_again(tmp_path: Path) -> None:
+    """A sweep killed between rotnet-train's first backup and CSVLogger's first row left an empty
+    history.csv; the resume rewrote it header-less and the run crashed at its end (found by the kill
+    test above). Now the empty file is removed, so CSVLogger writes its header again."""
+    from trainer.config import TrainConfig
+    from trainer.train import _prepare_resume
+
+    (tmp_path / "backup").mkdir()
+    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 2}')
+    (tmp_path / "history.csv").write_text("")
+    assert _prepare_resume(TrainConfig(output=str(tmp_path))) == 1
+    assert not (tmp_path / "history.csv").exists()
+    (tmp_path / "history.csv").write_text("epoch,loss\n0,1.5\n1,1.2\n")
+    assert _prepare_resume(TrainConfig(output=str(tmp_path))) == 1
+    assert (tmp_path / "history.csv").read_text().splitlines() == ["epoch,loss", "0,1.5"]

@@ -256,8 +256,23 @@ def progress_line(
     return f"[{done}/{total}] {run.name}: {result} ({seconds / 60:.1f} min); about {left / 60:.0f} min left"
 
 
+def collect(pending: set[concurrent.futures.Future], spec: Spec, output: str) -> list[str]:
+    """Wait for the runs, a progress line as each ends; the failed runs' names and reasons."""
+    failures: list[str] = []
+    total, done, started = len(pending), 0, time.perf_counter()
+    while pending:  # a short wait, so that Ctrl-C reaches this thread at once
+        finished, pending = concurrent.futures.wait(pending, timeout=0.5, return_when="FIRST_COMPLETED")
+        for future in finished:
+            run, problem, seconds = future.result()
+            done += 1
+            left = (time.perf_counter() - started) / done * (total - done)
+            click.echo(progress_line(done, total, run, problem, seconds, left, output, spec.tta), err=True)
+            failures += [f"{run.name} ({problem})"] if problem else []
+    return failures
+
+
 def run_all(todo: list[Run], spec: Spec, output: str, parallel: int, runner: Runner) -> list[str]:
-    """Run `todo`, `parallel` at once, a progress line per run; the failed runs' names and reasons."""
+    """Run `todo`, `parallel` at once, each in a free slot; the failed runs' names and reasons."""
     free = slots(parallel, gpus())
     lock = threading.Lock()
 
@@ -271,28 +286,12 @@ def run_all(todo: list[Run], spec: Spec, output: str, parallel: int, runner: Run
             with lock:
                 free.append(slot)
 
-    failures: list[str] = []
-    started, done = time.perf_counter(), 0
     with concurrent.futures.ThreadPoolExecutor(max_workers=parallel) as pool:
-        pending = {pool.submit(work, run) for run in todo}
         try:
-            while pending:  # a short wait, so that Ctrl-C reaches this thread at once
-                finished, pending = concurrent.futures.wait(
-                    pending, timeout=0.5, return_when="FIRST_COMPLETED"
-                )
-                for future in finished:
-                    run, problem, seconds = future.result()
-                    done += 1
-                    left = (time.perf_counter() - started) / done * (len(todo) - done)
-                    click.echo(
-                        progress_line(done, len(todo), run, problem, seconds, left, output, spec.tta),
-                        err=True,
-                    )
-                    failures += [f"{run.name} ({problem})"] if problem else []
+            return collect({pool.submit(work, run) for run in todo}, spec, output)
         except BaseException:
             runner.stop()  # before the pool waits for its threads, which wait for the processes
             raise
-    return failures
 
 
 def _raise_interrupted(signum: int, frame: Any) -> None:
@@ -370,6 +369,15 @@ def sweep(spec: Spec, output: str, parallel: int, overwrite_changed: bool) -> li
     return failures
 
 
+def table(spec: Spec, output: str) -> None:
+    """The results of a study made by rotnet-ablate, from what its runs have written so far."""
+    if not os.path.isfile(os.path.join(output, out.MARKER_FILE)):
+        raise click.UsageError(f"{output} is not a rotnet-ablate study ({out.MARKER_FILE} is missing)")
+    rows = write_results(spec, output)
+    scored = sum(row["runs_scored"] for row in rows)
+    click.echo(f"wrote {os.path.join(output, 'ablation.md')} ({scored} of {len(spec.runs())} runs scored)")
+
+
 # --- the command -----------------------------------------------------------------------------------
 
 
@@ -405,7 +413,15 @@ def sweep(spec: Spec, output: str, parallel: int, overwrite_changed: bool) -> li
     help="Check the spec and list every run with its state (new, resume, evaluate, finished, changed) and "
     "its rotnet-train options; train nothing, write nothing.",
 )
-def main(spec_path: str, output: str, parallel: int, overwrite_changed: bool, dry_run: bool) -> None:
+@click.option(
+    "--table-only",
+    is_flag=True,
+    help="Write ablation.csv/json/md and the pictures from the runs scored so far (the others show '-'); "
+    "train nothing. Works beside a sweep that is still running on DIR.",
+)
+def main(
+    spec_path: str, output: str, parallel: int, overwrite_changed: bool, dry_run: bool, table_only: bool
+) -> None:
     """Train every arm x seed of SPEC.toml on the same shards, score each alike, write one table.
 
     The whole spec is checked first, with rotnet-train's own option checks: an unknown key, option or
@@ -420,6 +436,9 @@ def main(spec_path: str, output: str, parallel: int, overwrite_changed: bool, dr
         raise click.UsageError(str(error)) from None
     if dry_run:
         list_runs(spec.runs(), plans(spec, output), output)
+        return
+    if table_only:
+        table(spec, output)
         return
     previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
