@@ -349,7 +349,10 @@ def open_output(output: Path, overwrite: bool):
     try:
         tree = OutputTree(output.parent, runtimes.EXPORT_TOOL, LEDGER_NAME)
     except OutputRefusedError as error:
-        raise click.UsageError(str(error).replace("-o", "--output")) from None
+        raise click.UsageError(str(error).replace("another -o", "another --output")) from None
+    if not os.access(output.parent, os.W_OK | os.X_OK):  # found now, not after minutes of converting
+        tree.close()
+        raise click.UsageError(f"cannot write in {output.parent}: choose another --output")
     try:
         for path in output_names(name):
             if os.path.lexists(output.parent / path) and not overwrite:

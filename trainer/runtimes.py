@@ -111,8 +111,11 @@ class TFLiteRuntime:
     def predict(self, images: np.ndarray) -> np.ndarray:
         images = np.ascontiguousarray(images, dtype=np.uint8)
         if len(images) != self._batch:
+            from trainer.quiet import _stderr_to_devnull
+
             self._interpreter.resize_tensor_input(self._input, list(images.shape), strict=False)
-            self._interpreter.allocate_tensors()
+            with _stderr_to_devnull():  # "INFO: Created TensorFlow Lite XNNPACK delegate" from C++
+                self._interpreter.allocate_tensors()
             self._batch = len(images)
         self._interpreter.set_tensor(self._input, images)
         self._interpreter.invoke()
