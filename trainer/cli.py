@@ -217,6 +217,14 @@ def _removed(value: object, option: str) -> None:
     help="Write TensorBoard logs.",
 )
 @click.option(
+    "--cluster-timeout",
+    type=float,
+    default=DEFAULT["cluster_timeout"],
+    show_default=True,
+    help="Multi-worker training (TF_CONFIG): seconds to wait for every other worker to start before "
+    "stopping with an error naming the missing ones (SIGTERM also stops the wait).",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Train a new run into an --output that holds a finished run; its model.keras is replaced only "
@@ -244,11 +252,15 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
     with gcs.failures_in_one_line([config.records], click.ClickException):  # seconds, not minutes
         import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
         from trainer import train
+        from trainer.distributed import PeerWaitInterruptedError
 
         try:
             train.run(config, echo=lambda line: click.echo(line, err=True), overwrite=overwrite)
         except ManifestError as error:
             raise click.BadParameter(str(error), param_hint="--records") from None
+        except PeerWaitInterruptedError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(143)
         except TrainingError as error:
             raise click.ClickException(str(error)) from None
         except train.TrainingInterruptedError as error:

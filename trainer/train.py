@@ -346,11 +346,13 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _make_strategy(kind: str):
+def _make_strategy(kind: str, cluster_timeout: float = 300.0):
     import tensorflow as tf
 
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "multi_worker":  # waits for every peer first: one line after cluster_timeout seconds
+        from trainer import distributed
+
+        return distributed.make_strategy(os.environ["TF_CONFIG"], cluster_timeout)
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -377,7 +379,9 @@ def run(
     tf_config = os.environ.get("TF_CONFIG")
     num_gpus = len(tf.config.list_physical_devices("GPU"))
     config.strategy = choose_strategy_kind(num_gpus, tf_config)
-    strategy = _make_strategy(config.strategy)  # before other TensorFlow work (multi-worker needs that)
+    strategy = _make_strategy(
+        config.strategy, config.cluster_timeout
+    )  # before other TensorFlow work (multi-worker needs that)
     config.resolved_precision = resolve_precision(config.precision, num_gpus)
     resolve(config, info, strategy.num_replicas_in_sync)
     if not is_chief(tf_config):  # workers train too but write their files aside
@@ -516,15 +520,23 @@ def _fit(
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: on_signal.signalled.set())
     try:
-        model.fit(
-            train_data,
-            epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch,
-            validation_data=validation_data,
-            shuffle=False,  # the dataset shuffles itself
-            callbacks=callbacks,
-            verbose=1 if os.isatty(1) else 2,
-        )
+        if config.strategy == "multi_worker":  # model.fit fails there (keras-team/keras#20585)
+            from trainer import distributed
+
+            train_shards = (shards["train"], [num_records[p] for p in shards["train"]])
+            distributed.fit(
+                model, strategy, config, head, train_shards, validation_data, callbacks, initial_epoch
+            )
+        else:
+            model.fit(
+                train_data,
+                epochs=config.epochs,
+                steps_per_epoch=config.steps_per_epoch,
+                validation_data=validation_data,
+                shuffle=False,  # the dataset shuffles itself
+                callbacks=callbacks,
+                verbose=1 if os.isatty(1) else 2,
+            )
     except tf.errors.DataLossError as error:
         paths = [path for split_paths in shards.values() for path in split_paths]
         raise TrainingError(data.damaged_record_message(paths, error, DAMAGED_SHARD_FIX)) from None
