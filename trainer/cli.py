@@ -11,6 +11,7 @@ training_curves.png; the last line printed is the best validation angle error. S
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 
 import click
@@ -250,8 +251,10 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
     from trainer.quiet import import_tensorflow
 
     with gcs.failures_in_one_line([config.records], click.ClickException):  # seconds, not minutes
+        if os.environ.get("TF_CONFIG") and not verbose:  # a lost peer: our one line, not TF's ERROR lines
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
-        from trainer import train
+        from trainer import distributed, train
         from trainer.distributed import PeerWaitInterruptedError
 
         try:
@@ -266,6 +269,10 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
         except train.TrainingInterruptedError as error:
             click.echo(str(error), err=True)
             sys.exit(143)
+        except Exception as error:  # with TF_CONFIG: a peer died while variables were made or saved
+            if not os.environ.get("TF_CONFIG") or not distributed.is_peer_failure(error):
+                raise
+            raise click.ClickException(distributed.peer_failure_message(error)) from None
         except KeyboardInterrupt:
             click.echo(
                 "interrupted (Ctrl-C): rerun the same command to resume from the last backup", err=True

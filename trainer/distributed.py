@@ -30,6 +30,7 @@ import dataclasses
 import json
 import math
 import os
+import re
 import signal
 import socket
 import sys
@@ -43,7 +44,7 @@ from trainer.config import TrainConfig, TrainingError
 # The sums every step reduces over all replicas; means are sum / count.
 SUMS = ("loss", "angle_error", "accuracy", "count")
 # TensorFlow errors that mean a peer worker died or cannot be reached during training.
-PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError", "InternalError")
+PEER_ERRORS = ("UnavailableError", "DeadlineExceededError", "AbortedError", "CancelledError")
 FIX = "start every worker of TF_CONFIG again with the same command: they resume from the last backup"
 
 
@@ -63,6 +64,27 @@ def cluster_addresses(tf_config: str) -> tuple[list[str], int]:
     if mine is None:
         raise TrainingError(f"TF_CONFIG's task {task} is not in its cluster {cluster}: fix TF_CONFIG")
     return addresses, mine
+
+
+def worker_output(output: str, tf_config: str) -> str:
+    """Where a non-chief task writes: beside --output (`runs/a` -> `runs/a-worker-1`), never inside it,
+    so the chief's --output holds only the chief's files (a task writing inside it would race the
+    chief's check that --output holds nothing it did not write)."""
+    task = json.loads(tf_config).get("task", {})
+    return f"{output.rstrip(os.sep) or os.sep}-{task.get('type', 'worker')}-{int(task.get('index', 0))}"
+
+
+def is_peer_failure(error: BaseException) -> bool:
+    """A TensorFlow error that means another worker died or cannot be reached."""
+    names = {cls.__name__ for cls in type(error).__mro__}
+    return "OpError" in names and type(error).__name__ in PEER_ERRORS
+
+
+def peer_failure_message(error: BaseException) -> str:
+    """One line: what the transport said (gRPC's message, not "Graph execution error:") and the fix."""
+    found = re.search(r'grpc_message:"([^"]+)"', str(error)) or re.search(r"aborted by: (.+)", str(error))
+    cause = found.group(1) if found else _first_line(error)
+    return f"lost contact with another worker ({cause.strip()[:200]}): {FIX}"
 
 
 def _split(address: str) -> tuple[str, int]:
@@ -175,21 +197,24 @@ def worker_dataset(
     return data.training_dataset(paths, own, head, counts)
 
 
-def distribute_inputs(strategy, config, head, paths, counts, validation_data) -> tuple[Any, Any]:
-    """The distributed training stream, and the validation batches split over all replicas (or None)."""
-    import tensorflow as tf
+def distribute_training(strategy: Any, config: TrainConfig, head: Any, paths, counts) -> Any:
+    """The training stream as per-replica batches, one input pipeline per worker (`worker_dataset`)."""
 
     def dataset_fn(context: Any) -> Any:
         return worker_dataset(
             config, head, paths, counts, context.input_pipeline_id, context.num_input_pipelines
         )
 
-    training = strategy.distribute_datasets_from_function(dataset_fn)
-    if validation_data is None:
-        return training, None
+    return strategy.distribute_datasets_from_function(dataset_fn)
+
+
+def distribute_validation(strategy: Any, validation_data: Any) -> Any:
+    """The validation batches (global batch size) split over all replicas of all workers."""
+    import tensorflow as tf
+
     options = tf.data.Options()
     options.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
-    return training, strategy.experimental_distribute_dataset(validation_data.with_options(options))
+    return strategy.experimental_distribute_dataset(validation_data.with_options(options))
 
 
 # --- Steps -----------------------------------------------------------------------------------------
@@ -258,17 +283,9 @@ def broadcast_from_chief(strategy: Any, variables: Sequence[Any], value: int) ->
         context = tf.distribute.get_replica_context()
         first = tf.equal(context.replica_id_in_sync_group, 0)
         tensors = [tf.constant(value, tf.int64), *[tf.convert_to_tensor(v) for v in variables]]
-        masked = [tf.where(first, t, tf.zeros_like(t)) for t in tensors]
-        by_dtype: dict[Any, list[int]] = {}  # one all-reduce per dtype (a packed one needs one dtype)
-        for index, tensor in enumerate(masked):
-            by_dtype.setdefault(tensor.dtype, []).append(index)
-        reduced = [None] * len(masked)
-        for indices in by_dtype.values():
-            for index, tensor in zip(
-                indices, context.all_reduce("SUM", [masked[i] for i in indices]), strict=True
-            ):
-                reduced[index] = tensor
-        return reduced
+        # One dtype for one packed all-reduce: float64 holds float32/16 and counters (< 2**53) exactly.
+        masked = [tf.where(first, tf.cast(t, tf.float64), tf.zeros_like(t, tf.float64)) for t in tensors]
+        return [tf.cast(r, t.dtype) for r, t in zip(context.all_reduce("SUM", masked), tensors, strict=True)]
 
     reduced = strategy.experimental_local_results(strategy.run(tf.function(replica)))[0]
     for variable, tensor in zip(variables, reduced[1:], strict=True):
@@ -294,18 +311,18 @@ def fit(
     strategy: Any,
     config: TrainConfig,
     head: Any,
-    shards: tuple[Sequence[str], Sequence[int]],
+    training: Any,
     validation_data: Any,
     callbacks: Sequence[Any],
     initial_epoch: int,
 ) -> None:
-    """Train `model` (compiled under `strategy`) for config.epochs x config.steps_per_epoch global steps
+    """Train `model` (compiled under `strategy`) on `training` (`distribute_training`) for config.epochs x config.steps_per_epoch global steps
     from `initial_epoch`, calling `callbacks` as model.fit would; a lost peer is one TrainingError."""
     import keras
     import tensorflow as tf
 
     with strategy.scope():
-        training, validation = distribute_inputs(strategy, config, head, *shards, validation_data)
+        validation = None if validation_data is None else distribute_validation(strategy, validation_data)
         train_step, eval_step = step_functions(model, head, strategy, config.global_batch_size)
         model.optimizer.build(model.trainable_variables)
         callback_list = keras.callbacks.CallbackList(list(callbacks), model=model)
@@ -314,9 +331,9 @@ def fit(
             start = broadcast_from_chief(strategy, _state_variables(model), initial_epoch)
             _epochs(model, config, iter(training), validation, train_step, eval_step, callback_list, start)
         except tf.errors.OpError as error:
-            if type(error).__name__ not in PEER_ERRORS:
+            if not is_peer_failure(error):
                 raise
-            raise TrainingError(f"lost contact with another worker ({_first_line(error)}): {FIX}") from None
+            raise TrainingError(peer_failure_message(error)) from None
     callback_list.on_train_end()
 
 

@@ -384,8 +384,10 @@ def run(
     )  # before other TensorFlow work (multi-worker needs that)
     config.resolved_precision = resolve_precision(config.precision, num_gpus)
     resolve(config, info, strategy.num_replicas_in_sync)
-    if not is_chief(tf_config):  # workers train too but write their files aside
-        config.output = os.path.join(config.output, f"worker-{json.loads(tf_config)['task']['index']}")
+    if not is_chief(tf_config):  # workers train too but write their files aside, beside --output
+        from trainer.distributed import worker_output
+
+        config.output = worker_output(config.output, tf_config)
     claim_output(config, overwrite)
     from pipeline.output_lock import LocalLock, LockHeldError
 
@@ -470,9 +472,13 @@ def _fit(
             info.splits[split].shards, info.shard_paths(config.records, split), strict=True
         )
     }
-    train_data = data.training_dataset(
-        shards["train"], config, head, [num_records[p] for p in shards["train"]]
-    )
+    train_counts = [num_records[p] for p in shards["train"]]
+    if config.strategy != "multi_worker":
+        train_data = data.training_dataset(shards["train"], config, head, train_counts)
+    else:  # one input pipeline per worker, per-replica batches (trainer/distributed.py)
+        from trainer import distributed
+
+        train_data = distributed.distribute_training(strategy, config, head, shards["train"], train_counts)
     has_validation = bool(shards.get("validation")) and bool(config.validation_steps)
     validation_data = (
         data.validation_dataset(shards["validation"], config, head, config.validation_steps)
@@ -521,11 +527,8 @@ def _fit(
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: on_signal.signalled.set())
     try:
         if config.strategy == "multi_worker":  # model.fit fails there (keras-team/keras#20585)
-            from trainer import distributed
-
-            train_shards = (shards["train"], [num_records[p] for p in shards["train"]])
             distributed.fit(
-                model, strategy, config, head, train_shards, validation_data, callbacks, initial_epoch
+                model, strategy, config, head, train_data, validation_data, callbacks, initial_epoch
             )
         else:
             model.fit(
