@@ -373,6 +373,10 @@ def run(
     import tensorflow as tf
 
     if "://" in config.records:  # TensorFlow's own GCS client reads the shards: fail now if it cannot
+        from schemas.gcs import tensorflow_emulator_problem
+
+        if problem := tensorflow_emulator_problem(config.records):
+            raise TrainingError(problem)
         first_split = next(iter(info.splits))
         tf.io.gfile.stat(info.shard_paths(config.records, first_split)[0])
 
