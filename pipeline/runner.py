@@ -273,9 +273,10 @@ for counter in result.metrics().query(MetricsFilter().with_namespace("{PROBE_NAM
 
 
 def external_pool_problem(beam_args: Sequence[str], environ: dict[str, str] | None = None) -> str | None:
-    """For --environment_type EXTERNAL: run a one-element job on the worker pool and say in one line
-    what its workers lack (Beam: no worker ever starts, so the wait times out; rotnet; Beam's version),
-    or None. Seconds instead of a silent hang or ~115 lines of Beam traceback."""
+    """For --environment_type EXTERNAL on this machine (127.0.0.1, localhost): run a one-element job on
+    the worker pool and say in one line what its workers lack (Beam: no worker ever starts, so the
+    wait times out; rotnet; Beam's version), or None. Seconds instead of a silent hang or ~115 lines
+    of Beam traceback. ROTNET_POOL_CHECK_TIMEOUT (seconds, 0 = no check) bounds the wait."""
     import subprocess
 
     environ = os.environ if environ is None else environ
@@ -283,7 +284,9 @@ def external_pool_problem(beam_args: Sequence[str], environ: dict[str, str] | No
         return None
     address = _arg_value(beam_args, "environment_config") or ""
     timeout_s = float(environ.get(POOL_CHECK_TIMEOUT_VARIABLE) or POOL_CHECK_TIMEOUT_S)
-    if not address or timeout_s <= 0:
+    # Only a pool on this machine: the probe's embedded job server listens on localhost, which the
+    # workers of a pool elsewhere could not call back (the check would always time out there).
+    if not address or timeout_s <= 0 or address.rsplit(":", 1)[0] not in LOOPBACK_HOSTS:
         return None
     import apache_beam
 

@@ -86,6 +86,7 @@ def test_a_pool_whose_python_lacks_rotnet_names_it_in_one_line(
 def test_a_working_pool_passes_and_a_closed_one_is_named(beam_worker_pool, tmp_path: Path) -> None:
     assert runner.external_pool_problem(portable(beam_worker_pool.address)) is None
     assert runner.external_pool_problem(["--environment_type", "DOCKER"]) is None
+    assert runner.external_pool_problem(portable("10.0.0.5:50000")) is None  # elsewhere: not probed
     assert (
         runner.external_pool_problem(portable("127.0.0.1:9"), {runner.POOL_CHECK_TIMEOUT_VARIABLE: "0"})
         is None
