@@ -50,14 +50,14 @@ from trainer.cli import main
 main(sys.argv[1:])
 """
 
-# One run on two logical CPUs (or one device): prints the resolved replicas and the history as JSON.
-# Dropout is the identity (its masks are drawn per replica, so they differ from one device's), the
-# weights come from Python's seeded random (no TensorFlow global seed), and the stream is unshuffled
-# (one shard, a shuffle buffer of 1): Keras' fit under a strategy makes one extra iterator of the
-# dataset before training, and a reshuffling dataset gives each iterator another order.
-MIRRORED_RUN = """
-import json, random, sys
-import numpy as np
+# Three runs in one process, on two logical CPUs: one device, then model.fit and the custom loop under
+# one MirroredStrategy (two strategies in a process would reuse collective keys); prints each run's
+# replicas and history as JSON. Dropout is the identity (its masks are drawn per replica, so they
+# differ from one device's), and the stream is unshuffled (one shard, a shuffle buffer of 1): Keras'
+# fit under a strategy makes one extra iterator of the dataset before training, and a reshuffling
+# dataset gives each iterator another order.
+MIRRORED_RUNS = """
+import json, sys
 import tensorflow as tf
 
 cpu = tf.config.list_physical_devices("CPU")[0]
@@ -68,19 +68,23 @@ keras.layers.Dropout = lambda rate, **kwargs: keras.layers.Identity(**kwargs)
 from trainer import train
 from trainer.config import TrainConfig
 
-records, output, kind = sys.argv[1:4]
-if kind != "default":
-    train.choose_strategy_kind = lambda num_gpus, tf_config: kind
-    train._make_strategy = lambda kind, timeout=0: tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
-random.seed(0)
-np.random.seed(0)
-config = TrainConfig(
-    records=records, output=output, batch_size=8 if kind == "default" else 4, epochs=2, steps_per_epoch=3,
-    validation_steps=1, shuffle_buffer=1, cycle_length=1, deterministic=True, tensorboard=False, seed=3,
-)
-result = train.run(config, echo=lambda line: None)
-print(json.dumps({"replicas": result.config.num_replicas, "global_batch": result.config.global_batch_size,
-                  "history": result.metrics["history"]}))
+records, root = sys.argv[1:3]
+strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
+runs = {}
+for kind in ("default", "mirrored", "multi_worker"):
+    if kind != "default":
+        train.choose_strategy_kind = lambda num_gpus, tf_config, kind=kind: kind
+        train._make_strategy = lambda kind, timeout=0: strategy
+    keras.utils.set_random_seed(0)
+    config = TrainConfig(
+        records=records, output=f"{root}/{kind}", batch_size=8 if kind == "default" else 4, epochs=2,
+        steps_per_epoch=3, validation_steps=1, shuffle_buffer=1, cycle_length=1, deterministic=True,
+        tensorboard=False, seed=3,
+    )
+    result = train.run(config, echo=lambda line: None)
+    runs[kind] = {"replicas": result.config.num_replicas, "global_batch": result.config.global_batch_size,
+                  "history": result.metrics["history"]}
+print(json.dumps(runs))
 """
 
 
@@ -272,21 +276,12 @@ def test_mirrored_strategy_on_two_logical_cpus_matches_one_device(tmp_path: Path
     validation loss agree within 1e-5 relative (measured: about 2e-7, float summation order)."""
     records = tmp_path / "records"
     write_records_dir(records, images_per_split={"train": 8, "validation": 2}, num_shards=1)
-    processes = {
-        kind: subprocess.Popen(
-            [sys.executable, "-c", MIRRORED_RUN, str(records), str(tmp_path / kind), kind],
-            env=_environment(),
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for kind in ("default", "mirrored", "multi_worker")
-    }
-    runs = {}
-    for kind, process in processes.items():
-        code, stdout, stderr = _finish(process, timeout=500)
-        assert code == 0, stderr[-3000:]
-        runs[kind] = json.loads(stdout.strip().splitlines()[-1])
+    done = subprocess.run(
+        [sys.executable, "-c", MIRRORED_RUNS, str(records), str(tmp_path)],
+        env=_environment(), capture_output=True, text=True, timeout=500, check=False,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr[-3000:]
+    runs = json.loads(done.stdout.strip().splitlines()[-1])
     assert (runs["default"]["replicas"], runs["default"]["global_batch"]) == (1, 8)
     reference = runs["default"]["history"]
     assert len(reference) == 2
