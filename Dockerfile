@@ -9,10 +9,14 @@
 # run with `docker run --gpus all`. The trainer picks mixed_float16 automatically on a GPU.
 #
 # Dataflow custom container (`--sdk_container_image`): build the `dataflow` target, which adds Beam's
-# SDK worker boot binary as the entrypoint, push it, and pass it to the pipeline:
-#   docker build --target dataflow -t REGION-docker.pkg.dev/PROJECT/rotnet/worker:0.1.0 .
-#   docker push REGION-docker.pkg.dev/PROJECT/rotnet/worker:0.1.0
-#   rotnet-pipeline ... --runner DataflowRunner --sdk_container_image REGION-docker.pkg.dev/PROJECT/rotnet/worker:0.1.0
+# SDK worker boot binary as the entrypoint, push it, and pass it to the pipeline. Tag it with the
+# package version, read from schemas/version.py (never spelled here, so it cannot go stale):
+#   VERSION=$(python3 -c 'from schemas.version import PACKAGE_VERSION; print(PACKAGE_VERSION)')
+#   docker build --target dataflow -t "REGION-docker.pkg.dev/PROJECT/rotnet/worker:$VERSION" .
+#   docker push "REGION-docker.pkg.dev/PROJECT/rotnet/worker:$VERSION"
+#   rotnet-pipeline ... --runner DataflowRunner --sdk_container_image "REGION-docker.pkg.dev/PROJECT/rotnet/worker:$VERSION"
+#
+# The build context is only what .dockerignore leaves (no .venv, data/, caches or .git).
 # (the Beam version in the image must equal the launcher's: both come from constraints.txt).
 
 ARG PYTHON_IMAGE=python:3.11-slim-bookworm

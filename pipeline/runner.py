@@ -7,7 +7,8 @@
   runner's module is imported first, so options it defines (DaskOptions, ...) are known.
 * `beam_options`: the PipelineOptions, with local defaults (one worker process per core) and, for
   workers outside this environment, the rotnet sdist (pipeline/packaging.py) and no pickled main session.
-* `local_path_problem`: local paths a remote runner's workers cannot see; `check_arguments` both checks.
+* `local_path_problem`: local paths a remote runner's workers cannot see; `external_pool_problem`: an
+  EXTERNAL worker pool whose Python lacks Beam or rotnet (a probe job); `check_arguments` does all checks.
 * `local_runner`: Beam's FnApiRunner set explicitly, worker processes' stderr to a log file.
 * `failure_message`, `metric_counters`: what went wrong in a job, and the rotnet counters of one that ran.
 * `dataflow_dry_run`: --dry_run True on DataflowRunner: stage the job and write its description, no submit.
@@ -225,10 +226,106 @@ def check_arguments(config: PipelineConfig, beam_args: Sequence[str]) -> RunnerC
     unknown = unknown_beam_args(beam_args)
     if unknown:
         raise JobError(f"unknown option(s) {' '.join(unknown)}: neither a rotnet-pipeline nor a Beam option")
-    problem = local_path_problem(config, choice)
+    problem = local_path_problem(config, choice) or external_pool_problem(beam_args)
     if problem:
         raise JobError(problem)
     return choice
+
+
+# --- EXTERNAL worker pools -----------------------------------------------------------------------------
+
+# What an EXTERNAL worker pool's Python needs, said once (docs/pipeline.md says the same).
+WORKER_REQUIREMENTS = (
+    "the pool starts each SDK worker as `python` from its own PATH, and that Python needs apache-beam=={beam} "
+    "and rotnet (`pip install 'rotnet[pipeline]'` from this checkout, or the Dockerfile's image); start the "
+    "pool with that environment's bin/ first on PATH"
+)
+POOL_CHECK_TIMEOUT_VARIABLE = "ROTNET_POOL_CHECK_TIMEOUT"  # seconds; 0 skips the check
+POOL_CHECK_TIMEOUT_S = 60.0
+PROBE_NAMESPACE = "rotnet-worker-probe"
+# Run in a child process (killed on a timeout: a pool whose workers never start makes Beam wait for
+# ever): a one-element job on the pool whose only DoFn, pickled by value from __main__, needs nothing
+# but Beam, and reports the worker's Python, Beam version and whether rotnet imports, as a counter name.
+_PROBE_SCRIPT = f"""
+import json, sys
+import apache_beam as beam
+from apache_beam.metrics.metric import MetricsFilter
+from apache_beam.options.pipeline_options import PipelineOptions
+
+
+def report(_):
+    import sys
+    import apache_beam
+    try:
+        import pipeline.rotations  # noqa: F401
+        problem = None
+    except Exception as error:
+        problem = f"{{type(error).__name__}}: {{error}}"
+    facts = {{"python": sys.executable, "beam": apache_beam.__version__, "rotnet": problem}}
+    beam.metrics.Metrics.counter("{PROBE_NAMESPACE}", json.dumps(facts)).inc()
+
+
+options = PipelineOptions(["--runner", "PortableRunner", "--job_endpoint", "embed",
+                           "--environment_type", "EXTERNAL", "--environment_config", sys.argv[1]])
+pipeline = beam.Pipeline(options=options)
+_ = pipeline | beam.Create([0]) | beam.Map(report)
+result = pipeline.run()
+result.wait_until_finish()
+for counter in result.metrics().query(MetricsFilter().with_namespace("{PROBE_NAMESPACE}"))["counters"]:
+    print("{PROBE_NAMESPACE}", counter.key.metric.name)
+"""
+
+
+def external_pool_problem(beam_args: Sequence[str], environ: dict[str, str] | None = None) -> str | None:
+    """For --environment_type EXTERNAL on this machine (127.0.0.1, localhost): run a one-element job on
+    the worker pool and say in one line what its workers lack (Beam: no worker ever starts, so the
+    wait times out; rotnet; Beam's version), or None. Seconds instead of a silent hang or ~115 lines
+    of Beam traceback. ROTNET_POOL_CHECK_TIMEOUT (seconds, 0 = no check) bounds the wait."""
+    import subprocess
+
+    environ = os.environ if environ is None else environ
+    if (_arg_value(beam_args, "environment_type") or "").upper() != "EXTERNAL":
+        return None
+    address = _arg_value(beam_args, "environment_config") or ""
+    timeout_s = float(environ.get(POOL_CHECK_TIMEOUT_VARIABLE) or POOL_CHECK_TIMEOUT_S)
+    # Only a pool on this machine: the probe's embedded job server listens on localhost, which the
+    # workers of a pool elsewhere could not call back (the check would always time out there).
+    if not address or timeout_s <= 0 or address.rsplit(":", 1)[0] not in LOOPBACK_HOSTS:
+        return None
+    import apache_beam
+
+    needs = WORKER_REQUIREMENTS.format(beam=apache_beam.__version__)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-c", _PROBE_SCRIPT, address],
+            capture_output=True, text=True, timeout=timeout_s, check=False, cwd=tempfile.gettempdir(),
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        return (
+            f"the Beam worker pool at {address} started no working SDK worker within {timeout_s:g} s "
+            f"(its log then says why, e.g. No module named 'apache_beam'): {needs}"
+        )
+    facts = [
+        line.split(" ", 1)[1] for line in done.stdout.splitlines() if line.startswith(PROBE_NAMESPACE + " ")
+    ]
+    if not facts:
+        lines = [line for line in done.stderr.strip().splitlines() if line.strip()]
+        cause = lines[-1].strip()[:300] if lines else f"exit code {done.returncode}"
+        return f"cannot run a job on the Beam worker pool at {address} ({cause}): start the pool, or fix the address"
+    return _worker_problem(address, json.loads(facts[0]), apache_beam.__version__)
+
+
+def _worker_problem(address: str, facts: dict[str, Any], beam_version: str) -> str | None:
+    where = f"the Beam worker pool at {address} runs its workers with {facts.get('python')}"
+    if facts.get("rotnet"):
+        return (
+            f"{where}, which cannot import rotnet ({facts['rotnet']}): install it in that environment "
+            "(`pip install 'rotnet[pipeline]'` from this checkout), or start the pool with an environment "
+            "that has it first on PATH"
+        )
+    if facts.get("beam") != beam_version:
+        return f"{where}, which has apache-beam {facts.get('beam')}, this launcher {beam_version}: install apache-beam=={beam_version} there"
+    return None
 
 
 def local_path_problem(config: PipelineConfig, choice: RunnerChoice) -> str | None:

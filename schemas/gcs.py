@@ -118,6 +118,23 @@ def storage_problem(
     return None
 
 
+def tensorflow_emulator_problem(path: str, environ: MutableMapping[str, str] = os.environ) -> str | None:
+    """Why TensorFlow cannot read gs:// `path` from the emulator, or None. TensorFlow's own GCS client
+    (tf.io.gfile, tf.data: what the trainer reads shards with) ignores STORAGE_EMULATOR_HOST and always
+    calls storage.googleapis.com / www.googleapis.com, so with an emulator and no HTTPS proxy to carry
+    those names to it, it would read another store (or nothing) while Beam reads the emulator."""
+    host = emulator_host(environ)
+    if not is_gcs(path) or not host or environ.get("HTTPS_PROXY") or environ.get("https_proxy"):
+        return None
+    return (
+        f"{path}: TensorFlow's GCS client, which reads the shards, ignores {EMULATOR_VARIABLE}={host} "
+        "(it always calls storage.googleapis.com); to train from the emulator set HTTPS_PROXY to a proxy "
+        "that takes *.googleapis.com to it and CURL_CA_BUNDLE to that proxy's CA (docs/trainer.md, "
+        f"'gs:// without a cloud'), or copy the records to a local directory, or unset {EMULATOR_VARIABLE} "
+        "to read Google Cloud Storage"
+    )
+
+
 @contextlib.contextmanager
 def failures_in_one_line(paths: Sequence[str | None], error_type: type[Exception]) -> Iterator[None]:
     """Check `paths` first (`storage_problem`), then turn a failure to reach or use gs:// inside the block

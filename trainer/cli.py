@@ -237,6 +237,14 @@ def weights_file_problem(path: str) -> str | None:
     help="Write TensorBoard logs.",
 )
 @click.option(
+    "--cluster-timeout",
+    type=float,
+    default=DEFAULT["cluster_timeout"],
+    show_default=True,
+    help="Multi-worker training (TF_CONFIG): seconds to wait for every other worker to start before "
+    "stopping with an error naming the missing ones (SIGTERM also stops the wait).",
+)
+@click.option(
     "--overwrite",
     is_flag=True,
     help="Train a new run into an --output that holds a finished run; its model.keras is replaced only "
@@ -266,8 +274,11 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
     from trainer.quiet import import_tensorflow
 
     with gcs.failures_in_one_line([config.records], click.ClickException):  # seconds, not minutes
+        if os.environ.get("TF_CONFIG") and not verbose:  # a lost peer: our one line, not TF's ERROR lines
+            os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
         import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
-        from trainer import train
+        from trainer import distributed, train
+        from trainer.distributed import PeerWaitInterruptedError
 
         try:
             train.run(config, echo=lambda line: click.echo(line, err=True), overwrite=overwrite)
@@ -280,11 +291,18 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(1)
+        except PeerWaitInterruptedError as error:
+            click.echo(f"Error: {error}", err=True)
+            sys.exit(143)
         except TrainingError as error:
             raise click.ClickException(str(error)) from None
         except train.TrainingInterruptedError as error:
             click.echo(str(error), err=True)
             sys.exit(143)
+        except Exception as error:  # with TF_CONFIG: a peer died while variables were made or saved
+            if not os.environ.get("TF_CONFIG") or not distributed.is_peer_failure(error):
+                raise
+            raise click.ClickException(distributed.peer_failure_message(error)) from None
         except KeyboardInterrupt:
             click.echo(
                 "interrupted (Ctrl-C): rerun the same command to resume from the last backup", err=True

@@ -84,6 +84,7 @@ class TrainConfig:
     # --- fault tolerance and logs ---
     backup_every_steps: int | None = None  # None = back up at each epoch end; N = every N steps too
     tensorboard: bool = True
+    cluster_timeout: float = 300.0  # seconds a TF_CONFIG worker waits for its peers before giving up
 
     # --- filled in by `resolve` from the manifest and the machine ---
     dataset: str = ""
@@ -158,6 +159,10 @@ def check(config: TrainConfig) -> list[str]:
         value = getattr(config, name)
         if value is not None and value < 1:
             problems.append(f"{name.replace('_', '-')} must be at least 1")
+    if not (math.isfinite(config.cluster_timeout) and config.cluster_timeout > 0):
+        problems.append(
+            f"--cluster-timeout must be a positive number of seconds, not {config.cluster_timeout}"
+        )
     if not (math.isfinite(config.learning_rate) and config.learning_rate > 0):
         problems.append(f"--lr must be a positive, finite number (e.g. 1e-3), not {config.learning_rate}")
     return problems

@@ -240,9 +240,9 @@ class Head:
             return keras.losses.CategoricalCrossentropy()
         return keras.losses.MeanSquaredError()
 
-    def metrics(self) -> list:
-        """angle_error (mean absolute circular difference, degrees, RotNet's metric) and accuracy."""
-        import keras
+    def metric_functions(self) -> dict:
+        """Per-example metrics of (targets, outputs) tensors: angle_error (absolute circular difference
+        between the true and the predicted bin's angle, degrees) and accuracy (1.0 for the right bin)."""
         import tensorflow as tf
 
         bins = tf.constant(self.bin_angles, tf.float32)
@@ -255,9 +255,14 @@ class Head:
         def accuracy(y_true, y_pred):
             return tf.cast(tf.equal(self.true_bins_tf(y_true), self.predicted_bins_tf(y_pred)), tf.float32)
 
+        return {"angle_error": angle_error, "accuracy": accuracy}
+
+    def metrics(self) -> list:
+        """angle_error (mean absolute circular difference, degrees, RotNet's metric) and accuracy."""
+        import keras
+
         return [
-            keras.metrics.MeanMetricWrapper(angle_error, name="angle_error"),
-            keras.metrics.MeanMetricWrapper(accuracy, name="accuracy"),
+            keras.metrics.MeanMetricWrapper(fn, name=name) for name, fn in self.metric_functions().items()
         ]
 
 

@@ -506,11 +506,13 @@ class TrainResult:
     metrics: dict[str, Any]
 
 
-def _make_strategy(kind: str):
+def _make_strategy(kind: str, cluster_timeout: float = 300.0):
     import tensorflow as tf
 
-    if kind == "multi_worker":
-        return tf.distribute.MultiWorkerMirroredStrategy()
+    if kind == "multi_worker":  # waits for every peer first: one line after cluster_timeout seconds
+        from trainer import distributed
+
+        return distributed.make_strategy(os.environ["TF_CONFIG"], cluster_timeout)
     if kind == "mirrored":
         return tf.distribute.MirroredStrategy()
     return tf.distribute.get_strategy()
@@ -531,17 +533,25 @@ def run(
     import tensorflow as tf
 
     if "://" in config.records:  # TensorFlow's own GCS client reads the shards: fail now if it cannot
+        from schemas.gcs import tensorflow_emulator_problem
+
+        if problem := tensorflow_emulator_problem(config.records):
+            raise TrainingError(problem)
         first_split = next(iter(info.splits))
         tf.io.gfile.stat(info.shard_paths(config.records, first_split)[0])
 
     tf_config = os.environ.get("TF_CONFIG")
     num_gpus = len(tf.config.list_physical_devices("GPU"))
     config.strategy = choose_strategy_kind(num_gpus, tf_config)
-    strategy = _make_strategy(config.strategy)  # before other TensorFlow work (multi-worker needs that)
+    strategy = _make_strategy(
+        config.strategy, config.cluster_timeout
+    )  # before other TensorFlow work (multi-worker needs that)
     config.resolved_precision = resolve_precision(config.precision, num_gpus)
     resolve(config, info, strategy.num_replicas_in_sync)
-    if not is_chief(tf_config):  # workers train too but write their files aside
-        config.output = os.path.join(config.output, f"worker-{json.loads(tf_config)['task']['index']}")
+    if not is_chief(tf_config):  # workers train too but write their files aside, beside --output
+        from trainer.distributed import worker_output
+
+        config.output = worker_output(config.output, tf_config)
     claim_output(config, overwrite)
     from pipeline.output_lock import LocalLock, LockHeldError
 
@@ -676,9 +686,13 @@ def _fit(
             info.splits[split].shards, info.shard_paths(config.records, split), strict=True
         )
     }
-    train_data = data.training_dataset(
-        shards["train"], config, head, [num_records[p] for p in shards["train"]]
-    )
+    train_counts = [num_records[p] for p in shards["train"]]
+    if config.strategy != "multi_worker":
+        train_data = data.training_dataset(shards["train"], config, head, train_counts)
+    else:  # one input pipeline per worker, per-replica batches (trainer/distributed.py)
+        from trainer import distributed
+
+        train_data = distributed.distribute_training(strategy, config, head, shards["train"], train_counts)
     has_validation = bool(shards.get("validation")) and bool(config.validation_steps)
     validation_data = (
         data.validation_dataset(shards["validation"], config, head, config.validation_steps)
@@ -726,15 +740,20 @@ def _fit(
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: on_signal.signalled.set())
     try:
-        model.fit(
-            train_data,
-            epochs=config.epochs,
-            steps_per_epoch=config.steps_per_epoch,
-            validation_data=validation_data,
-            shuffle=False,  # the dataset shuffles itself
-            callbacks=callbacks,
-            verbose=1 if os.isatty(1) else 2,
-        )
+        if config.strategy == "multi_worker":  # model.fit fails there (keras-team/keras#20585)
+            distributed.fit(
+                model, strategy, config, head, train_data, validation_data, callbacks, initial_epoch
+            )
+        else:
+            model.fit(
+                train_data,
+                epochs=config.epochs,
+                steps_per_epoch=config.steps_per_epoch,
+                validation_data=validation_data,
+                shuffle=False,  # the dataset shuffles itself
+                callbacks=callbacks,
+                verbose=1 if os.isatty(1) else 2,
+            )
     except tf.errors.DataLossError as error:
         paths = [path for split_paths in shards.values() for path in split_paths]
         raise TrainingError(data.damaged_record_message(paths, error, DAMAGED_SHARD_FIX)) from None
