@@ -18,30 +18,39 @@ both versions print: Beam start-up included, interpreter start-up not).
 * MNIST: the 5,000-digit subset x 360 angles, local runner with 2 worker processes: records/s and the
   time extrapolated to the full 70,000 digits (target <= 15 minutes on 2 cores).
 * Byte identity: a subset written with 1 and with 2 workers; the shard files' SHA-256s compared.
+* Stages: one profiled run (cProfile) of the shard writer's chain in this process, MNIST and Street
+  View: each stage's share of the run (decode, prepare, render, encode, serialize, write, and the rest:
+  the shard order, keys and loops), so the next regression shows where it is.
 """
 
 from __future__ import annotations
 
+import cProfile
 import dataclasses
 import hashlib
 import logging
 import os
+import pstats
 import re
 import shutil
 import statistics
 import subprocess
 import sys
 import tempfile
+import time
+from collections.abc import Callable
 from pathlib import Path
 
 import cv2
+import numpy as np
 
 import schemas
 from benchmarks.common import REPO_ROOT, best_of, shared_data_dir, street_view_samples
-from pipeline import codec, geometry, transforms
+from pipeline import codec, geometry, local_writer, rotations, transforms
 from pipeline.config import PipelineConfig
+from pipeline.datasets import mnist
 from pipeline.datasets.common import SourceImage
-from schemas import tfrecord_file
+from schemas import record, sharding, tfrecord_file
 
 IMAGE_SIZE = 224
 JPEG_QUALITY = 95
@@ -66,6 +75,8 @@ def run(quick: bool = False) -> str:
         lines += _street_view(scratch, baseline, quick)
         lines += ["", *_mnist(scratch, baseline, quick)]
         lines += ["", *_identity(scratch, baseline, quick)]
+        lines += ["", *_stages(scratch, quick)]
+        lines += ["", *_png_encoders(quick)]
     finally:
         if (scratch / "baseline").exists():
             subprocess.run(["git", "worktree", "remove", "--force", str(scratch / "baseline")], cwd=REPO_ROOT)
@@ -160,8 +171,8 @@ def _street_view(scratch: Path, baseline: Path | None, quick: bool) -> list[str]
     def without_beam() -> None:
         for index, data in enumerate(encoded):
             image = SourceImage("street_view", "train", f"{index}_1", pixels=codec.decode_source_image(data))
-            for record in transforms.rotation_records(transforms.prepare(image, resolved), resolved):
-                tfrecord_file.frame_record(record)
+            for data in transforms.rotation_records(transforms.prepare(image, resolved), resolved):
+                tfrecord_file.frame_record(data)
 
     core_rate = len(encoded) * len(resolved.angles_degrees) / best_of(1, without_beam)
     new = statistics.median(rates["new"])
@@ -268,3 +279,166 @@ def _shards_line(info: schemas.DatasetInfo, directory: str) -> str:
         f"Shards: {len(sizes)}, {min(sizes) / 1e6:.1f}-{max(sizes) / 1e6:.1f} MB each "
         f"({sum(sizes) / 1e6:.1f} MB in all), {per_record:,.0f} bytes/record."
     )
+
+
+# Stage -> the functions whose inclusive time it is (disjoint: none calls another of a different stage).
+def _stage_functions() -> dict[str, list[Callable]]:
+    serialize_record = record.example_encoder(schemas.Record(b"", "png", 1, 1, 1, 0, "x", "y", "z"))
+    return {
+        "decode (IDX / JPEG to pixels)": [mnist.read_offline_split, codec.decode_source_image],
+        "prepare (square, render levels)": [transforms.prepare],
+        "render (jitter from the key, warp)": [rotations.rotation_image],
+        "encode (PNG / JPEG)": [codec.encode_image],
+        "serialize (tf.train.Example, TFRecord frame)": [serialize_record, tfrecord_file.frame_record],
+        "write (SHA-256, file)": [tfrecord_file._HashingWriter.write, tfrecord_file.ShardWriter.close],
+    }
+
+
+def _profiled_chain(config: PipelineConfig, images: Callable[[], list[SourceImage]], directory: Path) -> int:
+    """The shard writer's chain in this process (decode, prepare, shard_records, ShardWriter); records."""
+    decoded = []
+    for image in images():
+        pixels = image.pixels
+        if pixels is None:
+            pixels = codec.decode_source_image(image.encoded, config.channels, config.max_pixels)
+        decoded.append(dataclasses.replace(image, encoded=None, pixels=pixels))
+    by_shard: dict[str, list[rotations.PreparedImage]] = {}
+    for image in decoded:
+        prepared = transforms.prepare(image, config)
+        by_shard.setdefault(
+            f"{image.split}-{sharding.shard_index(image.dataset, image.image_id, 2)}", []
+        ).append(prepared)
+    count = 0
+    for name, prepared_images in sorted(by_shard.items()):
+        records = rotations.shard_records(
+            prepared_images,
+            config.angles_degrees,
+            config.image_size,
+            config.image_format,
+            config.jpeg_quality,
+            config.resampling,
+        )
+        with tfrecord_file.ShardWriter(str(directory / f"{name}.tfrecord")) as writer:
+            for data in records:
+                writer.write(data)
+        count += writer.num_records
+    return count
+
+
+def stage_breakdown(
+    config: PipelineConfig, images: Callable[[], list[SourceImage]], directory: Path
+) -> tuple[float, int, dict[str, float]]:
+    """(profiled CPU seconds, records, {stage: CPU seconds}) of one cProfile'd run of `_profiled_chain`;
+    the stage "other" is what no stage function accounts for. CPU time of this process, not wall time,
+    so that other work on a shared machine does not land in the stages."""
+    directory.mkdir(parents=True, exist_ok=True)
+    profile = cProfile.Profile(time.process_time)
+    started = time.process_time()
+    profile.enable()
+    count = _profiled_chain(config, images, directory)
+    profile.disable()
+    wall = time.process_time() - started
+    stats = pstats.Stats(profile).stats  # (file, line, name) -> (calls, primitive, own, inclusive, callers)
+    seconds = {}
+    for stage, functions in _stage_functions().items():
+        keys = {(f.__code__.co_filename, f.__code__.co_firstlineno, f.__code__.co_name) for f in functions}
+        seconds[stage] = sum(entry[3] for key, entry in stats.items() if key in keys)
+    seconds["other (shard order, keys, loops)"] = max(0.0, wall - sum(seconds.values()))
+    return wall, count, seconds
+
+
+def _stages(scratch: Path, quick: bool) -> list[str]:
+    mnist_config = PipelineConfig(dataset="mnist", output_dir="-").resolved()
+    fraction = 0.01 if quick else 0.05
+
+    def mnist_images() -> list[SourceImage]:
+        sources = local_writer.mnist_sources(shared_data_dir() / "mnist-5k", subset_fraction=fraction)
+        return [
+            SourceImage("mnist", split, image_id, label, pixels=pixels)
+            for split, images in sorted(sources.items())
+            for image_id, pixels, label in images
+        ]
+
+    street_config = PipelineConfig(
+        dataset="street_view",
+        output_dir="-",
+        angles_degrees=tuple(range(0, 360, 8 if quick else 1)),
+    ).resolved()
+
+    def street_images() -> list[SourceImage]:
+        return [
+            SourceImage("street_view", "train", path.stem, encoded=path.read_bytes())
+            for path in street_view_samples()
+        ]
+
+    runs = {
+        f"MNIST ({fraction:.0%} subset, 28 px PNG)": stage_breakdown(
+            mnist_config, mnist_images, scratch / "stages-mnist"
+        ),
+        f"Street View (10 samples, {IMAGE_SIZE} px JPEG q{JPEG_QUALITY})": stage_breakdown(
+            street_config, street_images, scratch / "stages-street-view"
+        ),
+    }
+    names = list(next(iter(runs.values()))[2])
+    lines = [
+        "Stages: one run of the shard writer's chain (decode, prepare, pipeline.rotations.shard_records, "
+        "ShardWriter) in this process under cProfile (CPU time of the process), all angles; each stage's "
+        "inclusive time as a share of the run, and per record. cProfile slows Python-level work more than "
+        "OpenCV/zlib calls: compare shares between versions, not with the rates above.",
+        "",
+        "| stage | " + " | ".join(runs) + " |",
+        "|---|" + "---:|" * len(runs),
+    ]
+    for name in names:
+        cells = [
+            f"{seconds[name] / wall:.0%} ({seconds[name] / count * 1e6:,.1f} us/record)"
+            for wall, count, seconds in runs.values()
+        ]
+        lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    cells = [f"{wall:.1f} CPU s, {count:,} records" for wall, count, _ in runs.values()]
+    lines.append("| profiled run | " + " | ".join(cells) + " |")
+    return lines
+
+
+def _png_encoders(quick: bool) -> list[str]:
+    """CPU time and bytes of 28 px PNG encoders on rendered MNIST records: the lever of issue 22."""
+    sources = local_writer.mnist_sources(shared_data_dir() / "mnist-5k", subset_fraction=0.02)
+    digits = [item for split in sorted(sources) for item in sources[split]][: 20 if quick else 60]
+    pictures = []
+    for image_id, pixels, label in digits:
+        prepared = local_writer.prepared_image(
+            image_id, pixels, label, dataset="mnist", split="train", angles=range(360), image_size=28,
+            crop_largest_rect=False,
+        )  # fmt: skip
+        for angle in range(0, 360, 10):
+            key = record.example_key("mnist", "train", image_id, angle)
+            pictures.append(rotations.rotation_image(prepared.source, key, angle, 28))
+
+    def opencv(level: int) -> Callable[[np.ndarray], bytes]:
+        return lambda picture: cv2.imencode(".png", picture, [cv2.IMWRITE_PNG_COMPRESSION, level])[
+            1
+        ].tobytes()
+
+    encoders = {
+        "this version: unfiltered rows + zlib level 1 (codec.encode_image)": lambda p: codec.encode_image(
+            p, "png"
+        ),
+        "OpenCV/libpng level 1, adaptive row filters (rotnet 0.1 and before this change)": opencv(1),
+        "OpenCV/libpng level 3 (OpenCV's default)": opencv(3),
+        "OpenCV/libpng level 0 (stored, no compression)": opencv(0),
+    }
+    lines = [
+        f"PNG encoders on {len(pictures):,} rendered 28 px MNIST records ({len(digits)} digits x 36 angles): "
+        "CPU time per image (best of 3 passes) and mean size; every one is a lossless PNG of the same pixels.",
+        "",
+        "| encoder | CPU us/image | bytes/image |",
+        "|---|---:|---:|",
+    ]
+    for name, encode in encoders.items():
+        best = float("inf")
+        for _ in range(3):
+            started = time.process_time()
+            sizes = [len(encode(picture)) for picture in pictures]
+            best = min(best, time.process_time() - started)
+        lines.append(f"| {name} | {best / len(pictures) * 1e6:.1f} | {statistics.mean(sizes):.0f} |")
+    return lines

@@ -10,8 +10,11 @@
 
 from __future__ import annotations
 
+import functools
 import io
+import struct
 import warnings
+import zlib
 from typing import IO
 
 import cv2
@@ -25,6 +28,14 @@ IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".tif", ".tiff", "
 DEFAULT_JPEG_QUALITY = 95  # photo records (README: jpeg q95): ~27 KB per 224 px image
 # PNG compression 1 is ~4x faster than OpenCV's default 3 and within a few % of its size at 28-224 px.
 _PNG_PARAMS = [cv2.IMWRITE_PNG_COMPRESSION, 1]
+# Grey images up to this side (MNIST's 28 px digits) are written as PNG here (_small_grey_png) instead
+# of by OpenCV: every row unfiltered (filter type 0), the data deflated by zlib at level 1. Measured on
+# 2,000 rendered 28 px MNIST records (one core, CPU time): 27 us and 442 bytes per image against
+# OpenCV's 33 us and 469 bytes (libpng's adaptive row filters only cost bytes on a digit's smooth
+# strokes over black). Larger images keep libpng's filters, which photos need. Both encoders are
+# deterministic for a given zlib (Python's zlib module here, OpenCV's bundled one there).
+SMALL_PNG_MAX_SIDE = 64
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class BadImageError(ValueError):
@@ -37,6 +48,8 @@ def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = DEFAU
         raise ValueError(f"expected HWC uint8 with 1 or 3 channels, got {image.dtype} {image.shape}")
     if image_format == "raw":
         return np.ascontiguousarray(image).tobytes()
+    if image_format == "png" and image.shape[2] == 1 and max(image.shape[:2]) <= SMALL_PNG_MAX_SIDE:
+        return _small_grey_png(image)
     pixels = cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.shape[2] == 3 else image
     if image_format == "png":
         ok, encoded = cv2.imencode(".png", pixels, _PNG_PARAMS)
@@ -47,6 +60,28 @@ def encode_image(image: np.ndarray, image_format: str, jpeg_quality: int = DEFAU
     if not ok:
         raise ValueError(f"OpenCV could not encode a {image.shape} image as {image_format}")
     return encoded.tobytes()
+
+
+def _png_chunk(kind: bytes, data: bytes) -> bytes:
+    """One PNG chunk: length, type, data, CRC-32 of type and data (big-endian)."""
+    return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(data, zlib.crc32(kind)))
+
+
+@functools.lru_cache(maxsize=256)
+def _png_header(height: int, width: int) -> bytes:
+    """PNG signature and IHDR of an 8-bit grey image (colour type 0, no interlace)."""
+    return _PNG_SIGNATURE + _png_chunk(b"IHDR", struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0))
+
+
+_PNG_END = _png_chunk(b"IEND", b"")
+
+
+def _small_grey_png(image: np.ndarray) -> bytes:
+    """A grey HW1 uint8 image as PNG: unfiltered rows, zlib level 1 (see SMALL_PNG_MAX_SIDE)."""
+    height, width = image.shape[:2]
+    rows = np.zeros((height, width + 1), np.uint8)  # each row: filter type 0, then its pixels
+    rows[:, 1:] = image[:, :, 0]
+    return _png_header(height, width) + _png_chunk(b"IDAT", zlib.compress(rows, 1)) + _PNG_END
 
 
 def decode_image(data: bytes, image_format: str, height: int, width: int, channels: int) -> np.ndarray:

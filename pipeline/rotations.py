@@ -122,9 +122,10 @@ def record_encoder(
     image_size: int,
     jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
     resampling: str = "fixed",
-) -> Callable[[int], bytes]:
-    """`encode(angle_degrees) -> serialized record` of one prepared image (its fixed fields serialized
-    once; `resampling` is "fixed" or "random", geometry.RESAMPLINGS)."""
+) -> Callable[..., bytes]:
+    """`encode(angle_degrees, key=None) -> serialized record` of one prepared image (its fixed fields
+    serialized once; `resampling` is "fixed" or "random", geometry.RESAMPLINGS). `key`, when given, is
+    the record's `example_key` (shard_records has it already)."""
     if resampling not in geometry.RESAMPLINGS:
         raise ValueError(f"resampling {resampling!r} is not one of {', '.join(geometry.RESAMPLINGS)}")
     template = schemas.Record(
@@ -140,11 +141,15 @@ def record_encoder(
         label=image.label,
     )
     serialize = example_encoder(template)
+    source, encode_image = image.source, codec.encode_image
+    dataset, split, image_id = image.dataset, image.split, image.image_id
 
-    def encode(angle_degrees: int) -> bytes:
-        key = example_key(image.dataset, image.split, image.image_id, int(angle_degrees))
-        picture = rotation_image(image.source, key, int(angle_degrees), image_size, resampling)
-        return serialize(codec.encode_image(picture, image_format, jpeg_quality), int(angle_degrees))
+    def encode(angle_degrees: int, key: str | None = None) -> bytes:
+        angle_degrees = int(angle_degrees)
+        if key is None:
+            key = example_key(dataset, split, image_id, angle_degrees)
+        picture = rotation_image(source, key, angle_degrees, image_size, resampling)
+        return serialize(encode_image(picture, image_format, jpeg_quality), angle_degrees)
 
     return encode
 
@@ -164,17 +169,21 @@ def encode_rotations(
 
 def record_order(images: Sequence[PreparedImage], angles_degrees: Sequence[int]) -> list[tuple[int, int]]:
     """(index into `images`, angle) of every record of a shard, in the shard's order."""
-    keyed = [
-        (
-            sharding.record_order_key(example_key(image.dataset, image.split, image.image_id, angle)),
-            index,
-            angle,
-        )
-        for index, image in enumerate(images)
-        for angle in angles_degrees
-    ]
+    return [(index, angle) for _, index, angle, _ in _keyed_order(images, angles_degrees)]
+
+
+def _keyed_order(
+    images: Sequence[PreparedImage], angles_degrees: Sequence[int]
+) -> list[tuple[bytes, int, int, str]]:
+    """(order key, index into `images`, angle, example key) of every record of a shard, sorted."""
+    order_key = sharding.record_order_key
+    keyed = []
+    for index, image in enumerate(images):
+        for angle in angles_degrees:
+            key = example_key(image.dataset, image.split, image.image_id, int(angle))
+            keyed.append((order_key(key), index, angle, key))
     keyed.sort()
-    return [(index, angle) for _, index, angle in keyed]
+    return keyed
 
 
 def shard_records(
@@ -188,7 +197,7 @@ def shard_records(
     """Every record of a shard holding `images` (any order), rendered one at a time in the shard's order."""
     images = sorted(images, key=lambda image: image.image_id)  # ties of the order key: never arrival order
     encoders = [record_encoder(image, image_format, image_size, jpeg_quality, resampling) for image in images]
-    order = record_order(images, angles_degrees)
+    order = _keyed_order(images, angles_degrees)
     # Rendering in the shard's order jumps from image to image at every record, and a 224 px photo's
     # render level (~1.6 MB) falls out of the cache each time: half the rate (measured 1,235 against
     # 2,299 records/s on one core). So each window of the order is rendered image by image, then
@@ -197,9 +206,9 @@ def shard_records(
     for start in range(0, len(order), window):
         chunk = order[start : start + window]
         encoded: list[bytes] = [b""] * len(chunk)
-        for position in sorted(range(len(chunk)), key=lambda position: chunk[position]):
-            index, angle = chunk[position]
-            encoded[position] = encoders[index](angle)
+        for position in sorted(range(len(chunk)), key=lambda position: chunk[position][1:3]):
+            _, index, angle, key = chunk[position]
+            encoded[position] = encoders[index](angle, key)
         yield from encoded
 
 

@@ -19,6 +19,20 @@ def test_lossless_formats_round_trip(image_format: str, channels: int) -> None:
     assert np.array_equal(codec.decode_image(data, image_format, 9, 13, channels), image)
 
 
+@pytest.mark.parametrize("shape", [(1, 1), (28, 28), (64, 3), (5, 64), (65, 65)])
+def test_grey_png_is_a_standard_png_other_decoders_read(shape: tuple[int, int]) -> None:
+    # Small grey images take rotnet's own PNG writer, larger ones OpenCV's: both must be plain PNGs.
+    image = np.random.default_rng(1).integers(0, 256, (*shape, 1), dtype=np.uint8)
+    image[: shape[0] // 2] = 0  # a black half, as around a digit
+    data = codec.encode_image(image, "png")
+    assert data.startswith(b"\x89PNG\r\n\x1a\n") and data.endswith(b"IEND\xaeB`\x82")
+    with Image.open(io.BytesIO(data)) as decoded:  # Pillow checks every chunk's CRC
+        decoded.load()
+        assert decoded.mode == "L" and decoded.size == (shape[1], shape[0])
+        assert np.array_equal(np.asarray(decoded), image[:, :, 0])
+    assert codec.encode_image(image.copy(), "png") == data  # deterministic
+
+
 def test_jpeg_round_trip_keeps_rgb_order() -> None:
     image = np.zeros((32, 32, 3), np.uint8)
     image[..., 0] = 250  # pure red must not come back blue (BGR mix-up)

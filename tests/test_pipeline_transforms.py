@@ -93,7 +93,12 @@ def test_example_encoder_writes_the_bytes_of_encode_example() -> None:
     template = schemas.Record(b"", "jpeg", 224, 224, 3, 0, "street_view", "validation", "008922_1")
     encode = example_encoder(template)
     for angle in (0, 1, 127, 128, 359):
-        for image in (b"", b"\xff" * 300, b"x" * 70_000):
+        for image in (
+            b"",
+            b"\xff" * 300,
+            b"x" * 70_000,
+            *(b"y" * size for size in (127, 128, 16_383, 16_384)),
+        ):
             expected = schemas.encode_example(
                 dataclasses.replace(template, image_encoded=image, angle_degrees=angle)
             )
