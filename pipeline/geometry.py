@@ -335,18 +335,6 @@ def fast_rotation(
     return cv2.cvtColor(rotated, cv2.COLOR_RGBA2RGB) if source.channels == 3 else _with_channels(rotated)
 
 
-def fast_chain(
-    image: np.ndarray,
-    angle_degrees: float,
-    image_size: Size,
-    center_crop_square: bool = True,
-    crop_largest_rect: bool = True,
-) -> np.ndarray:
-    """Same signature and picture as `reference_chain`, for one angle (prepares the source each call)."""
-    source = prepare_source(image, image_size, [angle_degrees], center_crop_square, crop_largest_rect)
-    return fast_rotation(source, angle_degrees, image_size)
-
-
 # --- Preprocessing ----------------------------------------------------------------------------
 
 
@@ -783,22 +771,6 @@ def render(
             borderType=cv2.BORDER_REFLECT_101,
         )
     return _with_channels(rotated)
-
-
-def render_chain(
-    image: np.ndarray,
-    angle_degrees: float,
-    image_size: Size,
-    jitter: Jitter = NO_JITTER,
-    center_crop_square: bool = True,
-    crop_largest_rect: bool = True,
-    crop_scale: str = "largest",
-) -> np.ndarray:
-    """`prepare_render_source` + `render` for one angle (with one angle, "constant" is "largest")."""
-    source = prepare_render_source(
-        image, image_size, [angle_degrees], center_crop_square, crop_largest_rect, crop_scale
-    )
-    return render(source, angle_degrees, image_size, jitter)
 
 
 # --- The view: what a record shows of its source, for training and serving alike ----------------

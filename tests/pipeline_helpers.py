@@ -81,7 +81,8 @@ def content_hash(serialized: Iterable[bytes]) -> str:
 
 def error_entries(directory: Path | str) -> list[dict]:
     entries = []
-    for path in sorted(Path(directory).glob(sharding.errors_glob())):
+    path = Path(directory) / sharding.errors_name()
+    if path.exists():
         entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return entries
 

@@ -22,6 +22,7 @@ from pipeline.datasets.common import SourceImage
 from pipeline.geometry import crop_square
 from schemas import sharding, tfrecord_file
 from schemas.record import example_encoder
+from tests.helpers import file_sha256, legacy_chain
 from tests.pipeline_helpers import digit, expected_picture, in_process_pipeline
 
 # --- Pure pieces -----------------------------------------------------------------------------
@@ -121,7 +122,7 @@ def test_rotation_records_match_the_geometry_core_exactly_for_mnist() -> None:
     legacy_records = [schemas.decode_example(data) for data in transforms.rotation_records(prepared, legacy)]
     np.testing.assert_array_equal(codec.decode_record_image(legacy_records[2]), np.rot90(image))
     for record in legacy_records:
-        expected = geometry.fast_chain(image, record.angle_degrees, 28, crop_largest_rect=False)
+        expected = legacy_chain(image, record.angle_degrees, 28, crop_largest_rect=False)
         np.testing.assert_array_equal(codec.decode_record_image(record), expected)
 
 
@@ -193,7 +194,7 @@ def test_write_shards_writes_every_shard_in_its_fixed_mixed_order_with_its_stats
         [item] = [item for item in written if item["name"] == path.name]
         assert item["num_records"] == len(expected) == 12 * len(images)
         assert item["num_bytes"] == path.stat().st_size
-        assert item["sha256"] == tfrecord_file.file_sha256(str(path))
+        assert item["sha256"] == file_sha256(str(path))
     # Mixing: consecutive records of a shard rarely come from the same image or the same angle.
     fullest = max(by_shard, key=lambda index: len(by_shard[index]))
     keys = [

@@ -187,15 +187,18 @@ def test_preprocessing_matches_numpy_and_keras() -> None:
 
     image = synthetic_image(3, size=28, channels=1)
     image[0, :4, 0] = [0, 25, 26, 255]  # around the 0.1 threshold: 25.5
-    np.testing.assert_array_equal(
-        data.preprocess_numpy(image[np.newaxis], "binarize")[0], geometry.binarize(image)
-    )
-    np.testing.assert_allclose(data.preprocess_numpy(image[np.newaxis], "scale")[0], image / 255.0, rtol=1e-6)
+    import tensorflow as tf
+
+    def preprocess(images: np.ndarray, preprocessing: str) -> np.ndarray:
+        return data.preprocess_images(tf.convert_to_tensor(images, tf.uint8), preprocessing).numpy()
+
+    np.testing.assert_array_equal(preprocess(image[np.newaxis], "binarize")[0], geometry.binarize(image))
+    np.testing.assert_allclose(preprocess(image[np.newaxis], "scale")[0], image / 255.0, rtol=1e-6)
     rgb = synthetic_image(4, size=32, channels=3)[np.newaxis]
     expected = keras.applications.resnet50.preprocess_input(rgb.astype(np.float32))
-    np.testing.assert_allclose(data.preprocess_numpy(rgb, "caffe"), expected, rtol=1e-5, atol=1e-4)
+    np.testing.assert_allclose(preprocess(rgb, "caffe"), expected, rtol=1e-5, atol=1e-4)
     with pytest.raises(ValueError):
-        data.preprocess_numpy(rgb, "unknown")
+        preprocess(rgb, "unknown")
 
 
 def test_label_table() -> None:

@@ -137,11 +137,6 @@ def preprocess_images(images, preprocessing: str):
     raise ValueError(f"unknown preprocessing {preprocessing!r}")
 
 
-def preprocess_numpy(images: np.ndarray, preprocessing: str) -> np.ndarray:
-    """`preprocess_images` for a NumPy batch (runs the same TensorFlow ops eagerly)."""
-    return preprocess_images(tf.convert_to_tensor(images, tf.uint8), preprocessing).numpy()
-
-
 # --- Augmentation ---------------------------------------------------------------------------------
 
 # --augment, per image: with probability 1/2 a blur or sharpening (the image moved towards, or away
