@@ -8,7 +8,7 @@ of exactly the files earlier rotnet runs can be shown to have written.
                                          per-file counts (stats.json) and duplicate ids; deleted at the end
     OUTPUT_DIR/.rotnet-progress-RUN/     local runs: the DoFns' live counts (deleted at the end)
 
-The rules (issue 10):
+The rules (a user's data is never lost to a rerun, a typo or a crash):
 
 * The tool deletes only what it can prove it wrote: the files the previous run's manifest lists (with
   --overwrite) and the names the previous run's ledger lists (always: that run did not finish). Never

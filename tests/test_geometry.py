@@ -219,7 +219,7 @@ def test_crop_square_center_and_right(street_view_images):
         geometry.crop_square(image, "left")
 
 
-# --- Angle-independent rendering (issue 13) ----------------------------------------------------
+# --- Angle-independent rendering ----------------------------------------------------
 
 JITTER_CORNERS = [geometry.Jitter(x, y) for x in (-0.5, 0.49999) for y in (-0.5, 0.49999)]
 
@@ -416,8 +416,8 @@ def test_render_rotates_counter_clockwise() -> None:
 
 
 def test_right_angles_are_not_copies_and_as_sharp_as_any_angle(shared_data) -> None:
-    # Today's chain copies pixels at 0/90/180/270 degrees: sharper than at any other angle, the cue of
-    # issue 13. The rendering interpolates every angle alike: per digit, the Laplacian variance at each
+    # The legacy chain copies pixels at 0/90/180/270 degrees: sharper than at any other angle, a cue a
+    # network reads instead of the image. The rendering interpolates every angle alike: per digit, the Laplacian variance at each
     # angle over the same digit's at 37 degrees, averaged over 120 digits and their record keys.
     digits = _mnist_digits(shared_data, 120)
     angles = (0, 1, 5, 45, 89, 90, 180, 270)

@@ -1,4 +1,4 @@
-"""The pipeline under bad inputs and faults (issue 4): nothing lost silently, nothing partial visible.
+"""The pipeline under bad inputs and faults: nothing lost silently, nothing partial visible.
 
 * bad and unusual images become correct records or an errors-file line with a reason; counts add up;
 * too many bad images fail the run (exit 1) and leave no manifest;

@@ -214,3 +214,27 @@ def test_progress_counters_are_summed_from_files(tmp_path: Path) -> None:
     first.flush()
     second.flush()
     assert progress.read_progress(tmp_path) == {"images_read": 5, "records": 1080}
+
+
+def test_images_expanded_counts_as_the_records_are_written(tmp_path: Path, monkeypatch) -> None:
+    config = PipelineConfig(
+        dataset="mnist", output_dir=str(tmp_path), angles_degrees=(0, 90, 180, 270)
+    ).resolved()
+    images = [
+        transforms.prepare(SourceImage("mnist", "train", f"{index:05d}", 1, pixels=digit(index)), config)
+        for index in range(5)
+    ]
+    monkeypatch.setattr(transforms, "PROGRESS_RECORDS", 6)  # 20 records: updates at 6, 12, 18 and the end
+    seen = []
+
+    class Recorder:
+        def add(self, **counts: int) -> None:
+            seen.append((counts[progress.RECORDS], counts[progress.IMAGES_EXPANDED]))
+
+    write = transforms._WriteShardFn(config, "train", 1, str(tmp_path / "temp"), None)
+    write.setup()
+    write.counters = Recorder()
+    [stats] = list(write.process((0, images)))
+    assert stats["num_records"] == 20
+    # (records, images' worth of records) per update: 6 // 4 = 1, 12 // 4 = 3, 18 // 4 = 4, then the rest.
+    assert seen == [(6, 1), (6, 2), (6, 1), (2, 1)]

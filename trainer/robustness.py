@@ -5,7 +5,7 @@
     report = robustness.evaluate_codes(predictor, images, seed=0, tta=(1, 4))
     print(report.table())
 
-A model that learnt how *this* pipeline resamples (issue 13) scores well on its own records and worse
+A model that learnt how *this* pipeline resamples (an angle cue of the rendering) scores well on its own records and worse
 on the same images turned by any other code. Here each ORIGINAL source image (not a record) is turned
 at the same random angles by every code of ROTATION_CODES and predicted; the per-code errors and the
 worst/best ratio of their means say whether the model reads the image or the rendering.
