@@ -35,7 +35,7 @@ from dataclasses import dataclass, field
 import schemas
 from pipeline import output_lock
 from pipeline.config import JobError, PipelineConfig
-from pipeline.inputs import InputFileError, read_input_file
+from pipeline.inputs import InputFileError, literal_or_glob, read_input_file
 from pipeline.run_ledger import LEDGER_NAME, PROGRESS_PREFIX, LedgerError, RunLedger
 from schemas import paths, sharding
 
@@ -80,9 +80,8 @@ def input_roots(config: PipelineConfig) -> list[str]:
     for given in (config.input_pattern, config.mnist_dir, config.street_view_dir):
         if not given or paths.is_remote(given):
             continue
-        if not os.path.lexists(given) and paths.has_pattern_characters(given):
-            fixed = given[: min(given.index(c) for c in "*?[" if c in given)]
-            given = os.path.dirname(fixed) or "."
+        if literal_or_glob(given) == "glob" and paths.has_pattern_characters(given):
+            given = paths.pattern_base(given)
         roots.append(given)
     return roots
 

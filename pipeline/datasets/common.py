@@ -148,12 +148,12 @@ def list_local_files(given: str) -> FileSource:
     exists: Beam's pattern syntax, `**` recursing) that --input or --street-view-dir names."""
     from apache_beam.io.filesystem import FileSystem
 
-    if os.path.isdir(given):
+    kind = inputs.literal_or_glob(given)
+    if kind == "directory":
         return FileSource(given, tuple(inputs.walk_directory(given)))
-    if os.path.lexists(given):
+    if kind == "file":
         return FileSource(os.path.dirname(given) or ".", (DirectoryEntry(given, os.path.basename(given)),))
-    fixed = given[: min((given.index(c) for c in "*?[" if c in given), default=len(given))]
-    base = os.path.dirname(fixed) or "."
+    base = paths.pattern_base(given)
     if not os.path.isdir(base):
         return FileSource(base)
     matches = re.compile(FileSystem.translate_pattern(given)).match
@@ -172,8 +172,7 @@ def remote_files(given: str) -> FileSource:
         return FileSource(prefix, pattern=paths.literal_pattern(prefix) + "/**")
     if paths.exists(given):
         return FileSource(prefix.rsplit("/", 1)[0], pattern=paths.literal_pattern(given))
-    fixed = given[: min((given.index(c) for c in "*?[" if c in given), default=len(given))]
-    return FileSource(fixed.rsplit("/", 1)[0], pattern=given)
+    return FileSource(paths.pattern_base(given), pattern=given)
 
 
 def read_bounded_file(path: str, max_bytes: int) -> bytes:

@@ -9,12 +9,11 @@ are skipped and counted; files that are images by name but cannot be decoded bec
 
 from __future__ import annotations
 
-import os
-
 from pipeline import progress
 from pipeline.codec import IMAGE_EXTENSIONS
 from pipeline.config import JobError, PipelineConfig
 from pipeline.datasets.common import FileSource, ReadFiles, SourcePlan, list_files, train_and_validation
+from pipeline.inputs import literal_or_glob
 
 DEFAULTS = {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True}
 
@@ -28,7 +27,7 @@ def resolve_input(given: str) -> FileSource:
     """The files --input names. A path that exists is literal, even with glob characters in it (a
     directory `photos[2020]` is read, not `photos2`); only a path that does not exist is a glob."""
     files = list_files(given)
-    if files.pattern is None and not files.entries and not os.path.lexists(given):
+    if files.pattern is None and not files.entries and literal_or_glob(given) == "glob":
         raise JobError(f"--input {given} does not exist (give a directory, a file or a glob)")
     return files
 
