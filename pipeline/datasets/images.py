@@ -9,10 +9,22 @@ are skipped and counted; files that are images by name but cannot be decoded bec
 
 from __future__ import annotations
 
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
 from pipeline import progress
 from pipeline.codec import IMAGE_EXTENSIONS
 from pipeline.config import JobError, PipelineConfig
-from pipeline.datasets.common import FileSource, ReadFiles, SourcePlan, list_files, train_and_validation
+from pipeline.datasets.common import (
+    FileSource,
+    ReadFiles,
+    SourcePlan,
+    list_files,
+    load_image_files,
+    train_and_validation,
+)
 from pipeline.inputs import literal_or_glob
 
 DEFAULTS = {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True}
@@ -55,3 +67,11 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     notes += [f"{files.base}/{entry.relative}: {entry.problem}" for entry in problems]
     source = ReadFiles(config, files, identify_file, progress_dir)
     return SourcePlan(source, train_and_validation(config, len(images) * config.subset_fraction), notes)
+
+
+def source_images(
+    config: Mapping[str, Any], split: str, source_dir: str | None = None, channels: int = DEFAULTS["channels"]
+) -> list[tuple[str, np.ndarray]]:
+    """The image files of `split` below `source_dir`, else the run's --input directory, as the run
+    selected them (ids: paths below it; common.load_image_files)."""
+    return load_image_files(source_dir or config.get("input_pattern"), split, config, channels, identify_file)
