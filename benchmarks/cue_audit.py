@@ -106,7 +106,7 @@ def run(quick: bool = False) -> str:
             )
     lines += [
         "",
-        "Target (issue 13): within 2 points of chance on the new shards. The pre-rotated rows show what "
+        "Target: within 2 points of chance on the new shards. The pre-rotated rows show what "
         "the rendering alone leaves; on upright sources the content's own orientation adds to it.",
     ]
     return "\n".join(lines)

@@ -9,7 +9,7 @@ Two figures from the real trainer (trainer.train.run, random init so nothing is 
 * model only: the same, fed one cached batch over and over (what the GPU can do when the input
   pipeline keeps up).
 
-Anchor from issue 3: ~2,400-2,800 images/s on one A100/H100. Without a GPU the body says so and
+Anchor (what the original RotNet setup reaches): ~2,400-2,800 images/s on one A100/H100. Without a GPU the body says so and
 measures nothing (a CPU figure would say nothing about the GPU path).
 """
 
@@ -56,7 +56,9 @@ def measure(records: Path, output: Path, batch_size: int, steps: int, precision:
 
 
 def run(quick: bool = False) -> str:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from trainer.quiet import import_tensorflow
+
+    import_tensorflow()  # without its oneDNN/CUDA start-up lines, as the tools do
     import tensorflow as tf
 
     gpus = tf.config.list_physical_devices("GPU")

@@ -257,7 +257,9 @@ def median_spread(rates: list[float]) -> str:
 
 
 def run(quick: bool = False) -> str:
-    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    from trainer.quiet import import_tensorflow
+
+    import_tensorflow()  # without its oneDNN/CUDA start-up lines, as the tools do
     cores = os.cpu_count() or 1
     with tempfile.TemporaryDirectory(prefix="rotnet-input-bench-") as scratch:
         # 224 px JPEG, Street View: the stream, rotnet 0.1's strided stream and decoding alone, in turn

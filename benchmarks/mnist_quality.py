@@ -26,7 +26,7 @@ PIL bicubic, 4x supersampled). A model that reads the digit scores alike under e
 learnt the pipeline's interpolation does not. The checkpoint is chosen on the same validation digits
 (no held-out test digits are in the 5k subset), and each figure is of one run.
 
-Targets (issue 13): rotnet 0.2's mean error <= 5.5 degrees under every code with tta 1 (stretch 4.5),
+Targets: rotnet 0.2's mean error <= 5.5 degrees under every code with tta 1 (stretch 4.5),
 worst/best <= 1.10, pipeline + training + the tta-1 evaluation <= 30 minutes on 2 cores. RotNet reports
 6.45 degrees (its CNN, 12x more training digits, its own rotation code).
 """

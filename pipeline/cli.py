@@ -30,6 +30,7 @@ from pipeline.config import (
     DUPLICATE_ID_POLICIES,
     MAX_IMAGE_SIZE,
     MIN_IMAGE_SIZE,
+    TARGET_SHARD_BYTES,
     ConfigError,
     JobError,
     PipelineConfig,
@@ -240,7 +241,7 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     default=DEFAULT["num_shards"],
     show_default=True,
     type=click.IntRange(0),
-    help="Shards per split; 0 chooses about 192 MB per shard.",
+    help=f"Shards per split; 0 chooses about {TARGET_SHARD_BYTES // 2**20} MB per shard.",
 )
 @click.option(
     "--compression",

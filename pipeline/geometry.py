@@ -335,18 +335,6 @@ def fast_rotation(
     return cv2.cvtColor(rotated, cv2.COLOR_RGBA2RGB) if source.channels == 3 else _with_channels(rotated)
 
 
-def fast_chain(
-    image: np.ndarray,
-    angle_degrees: float,
-    image_size: Size,
-    center_crop_square: bool = True,
-    crop_largest_rect: bool = True,
-) -> np.ndarray:
-    """Same signature and picture as `reference_chain`, for one angle (prepares the source each call)."""
-    source = prepare_source(image, image_size, [angle_degrees], center_crop_square, crop_largest_rect)
-    return fast_rotation(source, angle_degrees, image_size)
-
-
 # --- Preprocessing ----------------------------------------------------------------------------
 
 
@@ -372,7 +360,9 @@ def undo_rotation(image: np.ndarray, angle_degrees: float, crop_largest_rect: bo
 # The fast chain samples a source only 1.5x finer than the output (28 px digits: the source itself)
 # with bilinear interpolation. At 0/90/180/270 degrees the output grid then sits on the source grid
 # and copies pixels (sharp); at 45 degrees every output pixel blends neighbours (blurred). A network
-# learns that sharpness as a cue for `angle mod 90` (issue 13). The rendering below removes it:
+# learns that sharpness as a cue for `angle mod 90` instead of reading the image (a model that scores
+# well on its own records and worse on the same images turned by any other code). The rendering below
+# removes it:
 #
 # 1. `prepare_render_source` (once per image): low-pass the square with an isotropic Gaussian and
 #    resample it to a "level" SUPERSAMPLE times finer than the output pixel spacing. An isotropic
@@ -414,12 +404,12 @@ MIN_SIGMA_SOURCE_PX = 0.8
 # the sub-pixel phase; at exact right angles every output pixel has the same phase (the record's
 # offset), elsewhere the phases mix. Measured on 200 MNIST digits (each statistic minus the same digit's
 # mean over angles, tools/cue_audit.py): at 2x, the energy above a 0.7 px Gaussian is 8 standard errors
-# lower at 0 degrees than at the other angles (today's chain: 450 higher); at 4x it is within noise.
+# lower at 0 degrees than at the other angles (the legacy chain: 450 higher); at 4x it is within noise.
 # 4x costs nothing at small outputs (the warp's cost follows the output size; a 28 px digit's level is
 # 128 px) but a 224 px photo's level would be larger than the photo itself; there 2x: a 634 px level,
 # ~335 us per warp (951 px: 436 us). The Laplacian variance ratio (rendering over the same digit at 37
 # degrees) is 1.000-1.004 on average at 0, 1, 5, 22, 45, 89 and 90 degrees at 2x, 3x and 4x alike
-# (today's chain: 1.81 at 0 and 90 degrees, 0.84 at 5).
+# (the legacy chain: 1.81 at 0 and 90 degrees, 0.84 at 5).
 SUPERSAMPLE = 2.0
 SUPERSAMPLE_SMALL = 4.0
 SMALL_OUTPUT_PX = 64  # outputs up to this size (height and width) get SUPERSAMPLE_SMALL
@@ -783,22 +773,6 @@ def render(
             borderType=cv2.BORDER_REFLECT_101,
         )
     return _with_channels(rotated)
-
-
-def render_chain(
-    image: np.ndarray,
-    angle_degrees: float,
-    image_size: Size,
-    jitter: Jitter = NO_JITTER,
-    center_crop_square: bool = True,
-    crop_largest_rect: bool = True,
-    crop_scale: str = "largest",
-) -> np.ndarray:
-    """`prepare_render_source` + `render` for one angle (with one angle, "constant" is "largest")."""
-    source = prepare_render_source(
-        image, image_size, [angle_degrees], center_crop_square, crop_largest_rect, crop_scale
-    )
-    return render(source, angle_degrees, image_size, jitter)
 
 
 # --- The view: what a record shows of its source, for training and serving alike ----------------

@@ -1,4 +1,5 @@
-"""Duplicate image ids: found, reported, or made unique by a stable suffix -- never silent (finding 7).
+"""Duplicate image ids: found, reported, or made unique by a stable suffix -- never silent (a
+duplicate id would put two photos under one key and, with it, one split).
 
 An image id names a source image in every record and decides its split and shard. Street View ids
 are file stems, so zip members `x/dup_1.jpg`, `y/dup_1.jpg` and a loose `dup_1.jpg` (three different

@@ -12,6 +12,8 @@ readers and `rotnet-correct`, so both refuse the same files with the same reason
 * `read_bounded(stream, max_bytes, size)`: the same cap for streams that have no `lstat` (gs://).
 * `walk_directory(root)`: every non-directory entry below `root`, in a stable order, following each
   symlinked directory once (cycle-safe) and reporting what cannot be listed, so nothing is left out.
+* `literal_or_glob(path)`: how a user's path is read: literally when anything has that name, as a glob
+  only when nothing does (the one rule of rotnet-correct's INPUTS and the pipeline's --input).
 * `printable_name(path)`: a name that is not UTF-8 (bytes the OS gave us, held as surrogate escapes)
   with its undecodable bytes written as `\\xNN`, so it can go into an errors file or a report.
 
@@ -41,6 +43,15 @@ class InputFileError(codec.BadImageError):
 
     A BadImageError, so that every reader already turning BadImageError into an error line keeps doing so.
     """
+
+
+def literal_or_glob(given: str) -> str:
+    """How a user's local path is read: "directory" (an existing directory, walked), "file" (anything else
+    that exists, a dangling link included: that entry, glob characters and all) or "glob" (nothing has that
+    name: a pattern). Paths from users are literal: a directory `photos[2020]` is read, not `photos2`."""
+    if os.path.isdir(given):
+        return "directory"
+    return "file" if os.path.lexists(given) else "glob"
 
 
 def printable_name(path: str | bytes) -> str:

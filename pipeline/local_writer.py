@@ -147,17 +147,10 @@ def mnist_sources(
     schemas.splits.in_subset, the train file into train/validation by schemas.splits.assign_split,
     t10k into test. Images are 28 x 28 x 1 uint8; labels are the digits."""
     from pipeline.datasets import mnist
-    from schemas.splits import assign_split, in_subset
 
     sources: dict[str, list[SourceTuple]] = {}
-    for file_split, paths in sorted(mnist.find_offline_files(mnist_dir).items()):
-        images, labels = mnist.read_offline_split(paths)
-        for index in range(len(images)):
-            image_id = mnist.image_id(index)
-            if subset_fraction < 1.0 and not in_subset(image_id, subset_fraction):
-                continue
-            split = assign_split(image_id, validation_fraction) if file_split == "train" else file_split
-            sources.setdefault(split, []).append(
-                (image_id, images[index][:, :, np.newaxis], int(labels[index]))
-            )
+    for split, image_id, pixels, label in mnist.offline_digits(
+        mnist_dir, validation_fraction, subset_fraction
+    ):
+        sources.setdefault(split, []).append((image_id, pixels, label))
     return sources

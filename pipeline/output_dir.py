@@ -8,7 +8,7 @@ of exactly the files earlier rotnet runs can be shown to have written.
                                          per-file counts (stats.json) and duplicate ids; deleted at the end
     OUTPUT_DIR/.rotnet-progress-RUN/     local runs: the DoFns' live counts (deleted at the end)
 
-The rules (issue 10):
+The rules (a user's data is never lost to a rerun, a typo or a crash):
 
 * The tool deletes only what it can prove it wrote: the files the previous run's manifest lists (with
   --overwrite) and the names the previous run's ledger lists (always: that run did not finish). Never
@@ -41,7 +41,7 @@ from dataclasses import dataclass, field
 import schemas
 from pipeline import output_lock
 from pipeline.config import JobError, PipelineConfig
-from pipeline.inputs import InputFileError, read_input_file
+from pipeline.inputs import InputFileError, literal_or_glob, read_input_file
 from pipeline.run_ledger import LEDGER_NAME, PROGRESS_PREFIX, LedgerError, RunLedger
 from schemas import paths, sharding
 
@@ -89,9 +89,8 @@ def input_roots(config: PipelineConfig) -> list[str]:
     for given in (config.input_pattern, config.mnist_dir, config.street_view_dir):
         if not given or paths.is_remote(given):
             continue
-        if not os.path.lexists(given) and paths.has_pattern_characters(given):
-            fixed = given[: min(given.index(c) for c in "*?[" if c in given)]
-            given = os.path.dirname(fixed) or "."
+        if literal_or_glob(given) == "glob" and paths.has_pattern_characters(given):
+            given = paths.pattern_base(given)
         roots.append(given)
     return roots
 

@@ -24,7 +24,9 @@ METRICS_NAMESPACE = "rotnet"
 
 # Counter names, shared by the DoFns (Beam metrics + progress files) and the final summary.
 IMAGES_READ = "images_read"  # source images that entered the job (after --subset-fraction)
-IMAGES_EXPANDED = "images_expanded"  # source images that became records
+# Source images that became records, counted as they are written: records written / angles per image
+# (a shard's records are mixed, so an image's last record comes only at the shard's end).
+IMAGES_EXPANDED = "images_expanded"
 IMAGE_ERRORS = "image_errors"  # source images that went to the errors file
 RECORDS = "records"  # records serialized (all splits)
 VIEWS_DROPPED = "views_dropped"  # Street View views 0 (markers) and 5 (upward), by design

@@ -2,7 +2,7 @@
 
     datasets.NAME.plan(...).source    -> SourceImage, one per source image (+ errors)
       | DecodeImages                  -> SourceImage with HWC uint8 pixels (+ errors)
-      | PrepareRotations              -> PreparedImage per split: square crop, one downscale (+ errors)
+      | PrepareRotations              -> PreparedImage per split: square crop, low-passed level (+ errors)
       | WriteShards                   -> {split}-SSSSS-of-NNNNN.tfrecord in the run's temporary directory
     errors | WriteErrors              -> errors-00000-of-00001.jsonl there (image id, stage, reason), sorted
     every file's stats | WriteStats   -> one JSON list: records, bytes and SHA-256 of every file
@@ -166,13 +166,21 @@ class _WriteShardFn(CountingDoFn):
             config.resampling,
         )
         paths.make_dirs(self.temp_dir)
+        num_angles, expanded = len(config.angles_degrees), 0  # images' worth of records counted so far
         with tfrecord_file.ShardWriter(paths.join(self.temp_dir, name)) as writer:
             for count, record in enumerate(records, 1):
                 writer.write(record)
                 if count % PROGRESS_RECORDS == 0:
-                    self.counters.add(**{progress.RECORDS: PROGRESS_RECORDS})
+                    now = min(len(images), count // num_angles)
+                    self.counters.add(
+                        **{progress.RECORDS: PROGRESS_RECORDS, progress.IMAGES_EXPANDED: now - expanded}
+                    )
+                    expanded = now
         self.counters.add(
-            **{progress.RECORDS: writer.num_records % PROGRESS_RECORDS, progress.IMAGES_EXPANDED: len(images)}
+            **{
+                progress.RECORDS: writer.num_records % PROGRESS_RECORDS,
+                progress.IMAGES_EXPANDED: len(images) - expanded,
+            }
         )
         yield shard_stats("shard", name, writer)
 

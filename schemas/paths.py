@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import posixpath
 import warnings
 from typing import IO
 
@@ -110,6 +111,15 @@ def literal_pattern(path: str) -> str:
 
 def has_pattern_characters(path: str) -> bool:
     return any(character in path for character in _PATTERN_CHARACTERS)
+
+
+def pattern_base(pattern: str) -> str:
+    """The directory every match of a glob pattern lies below (local or gs://): the directory part of
+    what comes before its first `*`, `?` or `[` ("." for a local pattern with none)."""
+    fixed = pattern[
+        : min((pattern.index(c) for c in _PATTERN_CHARACTERS if c in pattern), default=len(pattern))
+    ]
+    return posixpath.dirname(fixed) or "."
 
 
 def delete(path: str) -> None:

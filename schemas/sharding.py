@@ -67,10 +67,6 @@ def shard_names(split: str, num_shards: int, compression: str = "none") -> list[
     return [shard_name(split, index, num_shards, compression) for index in range(num_shards)]
 
 
-def shard_glob(split: str = "*", compression: str = "none") -> str:
-    return f"{split}-*-of-*{TFRECORD_SUFFIX}{_compression_suffix(compression)}"
-
-
 @dataclass(frozen=True)
 class ShardName:
     split: str
@@ -95,7 +91,3 @@ def parse_shard_name(name: str) -> ShardName | None:
 def errors_name() -> str:
     """The errors file of a run: one file, its lines sorted (so reruns write the same bytes)."""
     return f"{ERRORS_PREFIX}-00000-of-00001{ERRORS_SUFFIX}"
-
-
-def errors_glob() -> str:
-    return f"{ERRORS_PREFIX}-*-of-*{ERRORS_SUFFIX}"

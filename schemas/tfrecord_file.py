@@ -179,15 +179,6 @@ class ShardWriter:
         self.close()
 
 
-def file_sha256(path: str, chunk_bytes: int = 8 << 20) -> str:
-    """SHA-256 of a file's bytes as stored (local or remote), read in chunks."""
-    digest = hashlib.sha256()
-    with open_binary(path, "rb") as handle:
-        while chunk := handle.read(chunk_bytes):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
 class _HashingReader:
     """A readable file that hashes every byte read from the real file (gzip reads through it)."""
 
@@ -257,11 +248,6 @@ def _records(path: str, handle: Any, verify: bool) -> Iterator[bytes]:
             raise CorruptShardError(path, offset, "data CRC mismatch")
         yield data
         offset += _HEADER.size + length + _FOOTER.size
-
-
-def count_records(path: str, verify: bool = False) -> int:
-    """Number of records in a shard (reads every record; with `verify`, checks the CRCs too)."""
-    return sum(1 for _ in iter_records(path, verify=verify))
 
 
 def frame_record(data: bytes) -> bytes:

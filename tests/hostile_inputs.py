@@ -1,4 +1,4 @@
-"""Input files no reader may trust (issue 10): the collection the reader, rotnet-correct and the pipeline
+"""Input files no reader may trust: the collection the reader, rotnet-correct and the pipeline
 tests plant, each with what must become of it.
 
 Everything is cheap to make: the 1.5 GB file is sparse (`truncate`), so it costs no disk and no time

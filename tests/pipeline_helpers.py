@@ -81,7 +81,8 @@ def content_hash(serialized: Iterable[bytes]) -> str:
 
 def error_entries(directory: Path | str) -> list[dict]:
     entries = []
-    for path in sorted(Path(directory).glob(sharding.errors_glob())):
+    path = Path(directory) / sharding.errors_name()
+    if path.exists():
         entries += [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
     return entries
 
@@ -180,7 +181,7 @@ def build_street_view_parts(samples: list[Path], directory: Path) -> dict[str, i
     return {"kept": len(samples), "views_dropped": 2, "skipped": 2}
 
 
-# --- Bad and unusual inputs (issue 4: reliability) --------------------------------------------
+# --- Bad and unusual inputs --------------------------------------------
 
 
 def _encode(image: Image.Image, image_format: str, **params) -> bytes:
@@ -205,7 +206,7 @@ def bomb_png(width: int = 30_000, height: int = 30_000) -> bytes:
 
 
 def reliability_inputs(directory: Path, photo: Path) -> dict[str, str | None]:
-    """Write the bad and unusual inputs of issue 4 into `directory`.
+    """Write the bad and unusual inputs into `directory`.
 
     Returns {file name: None if it must become records, else a word its error reason must contain}.
     """

@@ -1,4 +1,4 @@
-"""rotnet-correct never touches what it did not write (issue 10, finding 3; findings 5 and 6 for its reads).
+"""rotnet-correct never touches what it did not write.
 
 Every test proves the user's files untouched with a SHA-256 of the whole tree before and after
 (`tree_digest`), with the stand-in predictor of tests/test_correct.py (a fixed 90 degree answer).

@@ -1,4 +1,4 @@
-"""tools.cue_audit: a planted cue is found, no cue scores chance, today's chain is caught, the new isn't."""
+"""tools.cue_audit: a planted cue is found, no cue scores chance, the legacy chain is caught, the default rendering isn't."""
 
 from __future__ import annotations
 
@@ -15,7 +15,7 @@ from tools import cue_audit
 
 def _synthetic_sample(cue_strength: float, images: int = 600, angles_per_image: int = 24) -> cue_audit.Sample:
     """Statistics with a strong per-image effect, noise, and optionally a cue in angle mod 90 (sharper
-    near right angles, as today's chain renders MNIST)."""
+    near right angles, as the legacy chain renders MNIST)."""
     rng = np.random.default_rng(11)
     rows, angles, ids = [], [], []
     for image in range(images):
@@ -84,7 +84,7 @@ def test_statistics_of_a_record() -> None:
 
 @pytest.fixture(scope="module")
 def digit_records(tmp_path_factory, shared_data: Path) -> dict[str, Path]:
-    """200 MNIST digits x 72 angles (every 5 degrees), upright and pre-rotated, rendered by today's
+    """200 MNIST digits x 72 angles (every 5 degrees), upright and pre-rotated, rendered by the legacy
     chain and by the angle-independent one."""
     sources = local_writer.mnist_sources(shared_data / "mnist-5k", validation_fraction=0.1)
     upright = sources["train"][:200]
@@ -114,8 +114,8 @@ def _audit(directory: Path) -> cue_audit.CueAudit:
     return cue_audit.audit(str(directory), max_records=7200, angles_per_image=36)
 
 
-def test_audit_catches_todays_chain(digit_records: dict[str, Path]) -> None:
-    # Today's chain copies pixels at right angles and blurs them elsewhere, whatever the content.
+def test_audit_catches_the_legacy_chain(digit_records: dict[str, Path]) -> None:
+    # The legacy chain copies pixels at right angles and blurs them elsewhere, whatever the content.
     for name in ("upright/legacy", "prerotated/legacy"):
         result = _audit(digit_records[name])
         assert result.paired.ci_low > result.chance + 0.05, result.table()
@@ -126,14 +126,14 @@ def test_audit_catches_todays_chain(digit_records: dict[str, Path]) -> None:
 def test_angle_independent_rendering_adds_no_cue(digit_records: dict[str, Path], tmp_path: Path) -> None:
     # Sources without a preferred orientation: whatever the audit finds would be the rendering's.
     # What is left is the source's own pixel grid at exact right angles (geometry.MIN_SIGMA_SOURCE_PX,
-    # Jitter): measured +2.4 points of the paired statistics on 400 digits; today's chain, +20.
+    # Jitter): measured +2.4 points of the paired statistics on 400 digits; the legacy chain, +20.
     result = _audit(digit_records["prerotated/angle-independent"])
     legacy = _audit(digit_records["prerotated/legacy"])
     for score in (result.raw, result.paired, result.isotropic_raw, result.isotropic_paired):
         assert abs(score.accuracy - result.chance) < 0.035, result.table()
     assert result.excess_points() < legacy.excess_points() / 4, (result.table(), legacy.table())
     # Upright digits: what is left is the content's orientation (upright strokes and their ends near
-    # the frame), far below today's chain on the same records.
+    # the frame), far below the legacy chain on the same records.
     upright_new = _audit(digit_records["upright/angle-independent"])
     upright_legacy = _audit(digit_records["upright/legacy"])
     assert upright_new.num_records == upright_legacy.num_records > 6000  # the same sampled records

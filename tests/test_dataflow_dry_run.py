@@ -1,4 +1,4 @@
-"""DataflowRunner offline (issue 11): `--dry_run True` against a GCS emulator builds the job, stages
+"""DataflowRunner offline: `--dry_run True` against a GCS emulator builds the job, stages
 rotnet's sdist and the pipeline to the emulated bucket, writes the job description, prints what would
 run and exits 0, touching nothing in --output-dir. Without credentials or emulator it fails at once,
 in one line.

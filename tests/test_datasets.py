@@ -31,7 +31,7 @@ def test_every_dataset_module_is_registered_and_defines_the_interface() -> None:
     for name in datasets.names():
         module = datasets.get(name)
         assert set(module.DEFAULTS) == {"image_size", "image_format", "channels", "crop_largest_rect"}
-        assert callable(module.check) and callable(module.plan)
+        assert callable(module.check) and callable(module.plan) and callable(module.source_images)
     with pytest.raises(ValueError, match="is not one of images, mnist, street_view"):
         datasets.get("common")
 
@@ -46,7 +46,10 @@ def test_the_documented_skeleton_is_a_whole_dataset_in_one_file(tmp_path: Path, 
     package = tmp_path / "extra_datasets"
     package.mkdir()
     (package / "my_photos.py").write_text(skeleton)
-    monkeypatch.setattr(datasets, "__path__", [*datasets.__path__, str(package)])
+    (package / "__init__.py").write_text("")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    monkeypatch.setattr(datasets, "_REGISTERED", {})
+    datasets.register("my_photos", "extra_datasets.my_photos")  # the registry line
     assert "my_photos" in datasets.names()
     photos = tmp_path / "photos"
     for name in ("cats/0001.png", "cats/0002.png", "dogs/0001.png", "dogs/notes.txt"):
@@ -67,6 +70,12 @@ def test_the_documented_skeleton_is_a_whole_dataset_in_one_file(tmp_path: Path, 
     assert summary.counters[progress.FILES_SKIPPED] == 1
     ids = {schemas.decode_example(data).image_id for data in serialized_records(tmp_path / "out")}
     assert ids == {"cats/0001", "cats/0002", "dogs/0001"}
+    from trainer import robustness
+
+    loaded = robustness.load_source_images(schemas.load_manifest(str(tmp_path / "out")), "train")
+    assert [(image_id, image.shape) for image_id, image in loaded] == [
+        (image_id, (24, 24, 3)) for image_id in sorted(ids)
+    ]
 
 
 def test_relative_id_and_input_resolution(tmp_path: Path) -> None:
@@ -188,3 +197,45 @@ def test_read_mnist_offline_and_street_view_zip_parts(tmp_path: Path, shared_dat
     counters = runner.metric_counters(result)
     assert counters[progress.IMAGES_READ] == 22
     assert counters[progress.VIEWS_DROPPED] == 1
+
+
+def test_a_dataset_outside_the_package_is_one_module_plus_its_registry_line(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """tests/dataset_squares.py, registered here, runs end to end, and the robustness evaluation loads
+    its source images through the module: each, turned by the pipeline's code, is its records."""
+    from pipeline import job
+    from schemas.record import example_key
+    from trainer import robustness
+
+    monkeypatch.setattr(datasets, "_REGISTERED", {})
+    datasets.register("squares", "tests.dataset_squares")
+    assert "squares" in datasets.names() and datasets.get("squares").DEFAULTS["image_size"] == 16
+    angles = (0, 30, 90)
+    config = PipelineConfig(
+        dataset="squares", output_dir=str(tmp_path / "out"), angles_degrees=angles, validation_fraction=0.4
+    )
+    summary = job.run(config, ["--direct_num_workers", "1"], show_progress=False, log=lambda line: None)
+    assert summary.info.dataset == "squares" and summary.info.num_records == 12 * len(angles)
+    info = schemas.load_manifest(str(tmp_path / "out"))
+    records = {}
+    for data in serialized_records(tmp_path / "out"):
+        record = schemas.decode_example(data)
+        records[(record.split, record.image_id, record.angle_degrees)] = codec.decode_record_image(record)
+    for split in ("train", "validation"):
+        loaded = robustness.load_source_images(info, split)
+        assert [image_id for image_id, _ in loaded] == sorted({i for s, i, _ in records if s == split})
+        for image_id, image in loaded:
+            assert image.shape == (32, 32, 3)  # the square the pipeline turned
+            for angle in angles:
+                rendered = robustness.render(
+                    "pipeline",
+                    image,
+                    angle,
+                    16,
+                    True,
+                    key=example_key("squares", split, image_id, angle),
+                    crop_scale=info.config["crop_scale"],
+                    angles_degrees=angles,
+                )
+                assert np.array_equal(rendered, records[(split, image_id, angle)]), (image_id, angle)

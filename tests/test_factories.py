@@ -12,6 +12,7 @@ from pipeline import local_writer, rotations
 from pipeline.codec import decode_record_image
 from schemas import sharding, tfrecord_file
 from tests.factories import write_records_dir
+from tests.helpers import file_sha256
 
 
 def test_written_directory_validates_and_decodes(tmp_path: Path) -> None:
@@ -50,7 +51,7 @@ def test_local_writer_places_and_orders_records_by_the_sharding_rules(tmp_path: 
     ]
     for shard in first.splits["train"].shards:
         assert (tmp_path / "a" / shard.name).read_bytes() == (tmp_path / "b" / shard.name).read_bytes()
-        assert tfrecord_file.file_sha256(str(tmp_path / "a" / shard.name)) == shard.sha256
+        assert file_sha256(str(tmp_path / "a" / shard.name)) == shard.sha256
     for index, keys in enumerate(_shard_keys(tmp_path / "a")):
         image_ids = {key.split("/")[2] for key in keys}
         assert all(sharding.shard_index("mnist", image_id, 3) == index for image_id in image_ids)

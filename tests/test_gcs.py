@@ -1,4 +1,4 @@
-"""gs:// paths through a GCS emulator on 127.0.0.1 (issue 11): the pipeline reads its input from and
+"""gs:// paths through a GCS emulator on 127.0.0.1: the pipeline reads its input from and
 writes its records to gs:// with the same records as a local run, rotnet-inspect verifies them there,
 and a process pointed at an emulator does not spend ~24 s retrying for Google credentials.
 

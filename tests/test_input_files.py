@@ -154,3 +154,24 @@ def test_walk_reads_each_directory_once_whatever_links_lead_to_it(tmp_path: Path
     problems = sorted(relative for relative, problem in walked if problem)
     assert problems == ["a_link_first_by_name", "real/deep/up"]
     assert all("already read" in problem for _, problem in walked if problem)
+
+
+def test_a_path_that_exists_is_literal_and_only_a_missing_one_is_a_glob(tmp_path: Path) -> None:
+    bracketed = tmp_path / "photos[2020]"
+    bracketed.mkdir()
+    (tmp_path / "a*.jpg").write_bytes(b"")
+    (tmp_path / "dangling.jpg").symlink_to(tmp_path / "nowhere")
+    assert inputs.literal_or_glob(str(bracketed)) == "directory"
+    assert inputs.literal_or_glob(str(tmp_path / "a*.jpg")) == "file"
+    assert inputs.literal_or_glob(str(tmp_path / "dangling.jpg")) == "file"
+    assert inputs.literal_or_glob(str(tmp_path / "b*.jpg")) == "glob"
+
+
+def test_a_patterns_base_is_the_directory_before_its_first_glob_character() -> None:
+    from schemas.paths import pattern_base
+
+    assert pattern_base("/data/photos/2020-*/x?.jpg") == "/data/photos"
+    assert pattern_base("photos/[ab]*.jpg") == "photos"
+    assert pattern_base("*.jpg") == "."
+    assert pattern_base("gs://bucket/dir/part*.zip") == "gs://bucket/dir"
+    assert pattern_base("gs://bucket/dir/") == "gs://bucket/dir"

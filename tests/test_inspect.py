@@ -5,10 +5,14 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+import numpy as np
 import pytest
 from click.testing import CliRunner
 from PIL import Image
 
+import schemas
+from pipeline.codec import decode_record_image
+from schemas import tfrecord_file
 from tests.factories import write_records_dir
 from tools.inspect import main
 
@@ -41,13 +45,45 @@ def test_json_output_counts_every_angle(records: Path) -> None:
     assert data["problems"] == [] and data["verified"] is True
 
 
-def test_contact_sheet_has_a_cell_pair_per_record(records: Path, tmp_path: Path) -> None:
+def _sheet_cells(sheet: Path, count: int) -> list[np.ndarray]:
+    """The first `count` image cells of a contact sheet (RGB), from the layout of tools.figures: a title
+    line, cells of 128 px every 132 px across and every 150 px down, 8 columns."""
+    pixels = np.asarray(Image.open(sheet).convert("RGB"))
+    cells = []
+    for index in range(count):
+        row, column = divmod(index, 8)
+        x, y = 4 + column * 132, 24 + row * 150
+        cells.append(pixels[y : y + 128, x : x + 128])
+    return cells
+
+
+def test_contact_sheet_pairs_each_record_with_it_turned_back_upright(tmp_path: Path) -> None:
+    directory = tmp_path / "records"
+    write_records_dir(directory, angles=(0, 90, 180, 270), images_per_split={"train": 4})
+    # Each record's cell as the sheet draws a 28 px image: scaled to 128 px with nearest neighbour
+    # (which commutes with quarter turns, so a turned cell is the cell of the turned image).
+    cell_of = {}
+    for shard in sorted(directory.glob("train-*.tfrecord")):
+        for data in tfrecord_file.iter_records(str(shard)):
+            record = schemas.decode_example(data)
+            grey = Image.fromarray(decode_record_image(record)[:, :, 0]).convert("RGB")
+            cell = np.asarray(grey.resize((128, 128), Image.NEAREST))
+            cell_of[(record.image_id, record.angle_degrees)] = cell
     sheet = tmp_path / "sheet.png"
-    result = run(str(records), "--sheet", str(sheet), "--num-samples", "6")
+    result = run(str(directory), "--sheet", str(sheet), "--num-samples", "6")
     assert result.exit_code == 0, result.output
     with Image.open(sheet) as image:
-        assert image.width == 8 * 132 + 4  # 8 columns: 4 records, each with its correction
-        assert image.height > 2 * 128  # two rows
+        assert image.size == (8 * 132 + 4, 20 + 2 * 150 + 4)  # 12 cells: 6 records, each with its correction
+    cells = _sheet_cells(sheet, 12)
+    shown = []
+    for stored, corrected in zip(cells[0::2], cells[1::2], strict=True):
+        matches = [key for key, cell in cell_of.items() if np.array_equal(cell, stored)]
+        assert len(matches) == 1, "a sheet cell is not exactly one record"
+        angle = matches[0][1]
+        shown.append(angle)
+        # Turned back: clockwise by the record's (counter-clockwise) angle.
+        assert np.array_equal(corrected, np.rot90(stored, -angle // 90)), matches[0]
+    assert {90, 270} & set(shown), shown  # a quarter turn, which a correction the wrong way gets wrong
 
 
 def _last_record_middle(data: bytes) -> tuple[int, int]:
@@ -123,10 +159,18 @@ def test_cue_audit_reports_accuracy_against_chance_and_plots(tmp_path: Path) -> 
     report = json.loads(result.output)
     audit = report["cue_audit"]
     assert audit["chance"] == pytest.approx(1 / 9)  # angle mod 90 in ten-degree bins
-    assert 0 < audit["num_records"] <= 20 * 72
-    assert 0.0 <= audit["paired"]["accuracy"] <= 1.0
-    assert audit["paired"]["ci_low"] <= audit["paired"]["accuracy"] <= audit["paired"]["ci_high"]
-    assert report["cue_audit_plot"] == str(plot) and plot.stat().st_size > 10_000
+    # The audit of the whole directory with the default sample, as the library computes it.
+    from tools import cue_audit
+
+    expected = json.loads(json.dumps(cue_audit.audit(str(directory)).to_dict()))
+    assert audit == expected
+    assert audit["num_images"] == 20 and set(audit["angles"]) <= set(range(0, 360, 5))
+    assert audit["paired"]["ci_low"] < audit["paired"]["accuracy"] < audit["paired"]["ci_high"]
+    # The plot: one panel per statistic (10 for grey records), 3 across, at 90 dpi; not blank.
+    assert report["cue_audit_plot"] == str(plot)
+    with Image.open(plot) as picture:
+        assert picture.format == "PNG" and picture.size == (3 * 5 * 90, round(4 * 2.6 * 90))
+        assert len(picture.convert("RGB").getcolors(1 << 20) or ()) > 50
     again = tmp_path / "cues-again.png"  # an existing plot is never replaced
     text = run(str(directory), "--audit-cues", "--audit-plot", str(again))
     assert text.exit_code == 0 and "chance" in text.output and str(again) in text.output, text.output

@@ -1,4 +1,4 @@
-"""A malformed manifest is one ManifestError naming the field and the fix (issue 10, finding 8, last case).
+"""A malformed manifest is one ManifestError naming the field and the fix.
 
 Before the schema check, a string where a record count should be reached `sum()` and came out of
 rotnet-train, rotnet-evaluate and rotnet-inspect as a TypeError traceback.

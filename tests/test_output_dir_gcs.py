@@ -1,4 +1,4 @@
-"""The output-directory rules on gs:// (issue 10), against gcp-storage-emulator on 127.0.0.1.
+"""The output-directory rules on gs://, against gcp-storage-emulator on 127.0.0.1.
 
 A gs:// path is literal too (`gs://bucket/od/ds[1]` is not a pattern matching `od/ds1`), cleanup removes
 only what the old manifest lists, the ledger, temp and lock objects are gone after a run, and the

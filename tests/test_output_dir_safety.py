@@ -19,9 +19,9 @@ import pytest
 
 import schemas
 from pipeline import output_lock, run_ledger
-from schemas import tfrecord_file
 from tests.conftest import REPO_ROOT
 from tests.factories import write_records_dir
+from tests.helpers import count_records
 from tests.hostile_inputs import small_jpeg, tree_digest
 from tests.pipeline_helpers import LOCAL_ONE_WORKER, read_records, run_cli
 
@@ -56,7 +56,7 @@ def verified_ids(records: Path) -> set[str]:
         for shard in split.shards:
             path = records / shard.name
             assert path.stat().st_size == shard.num_bytes, shard.name
-            assert tfrecord_file.count_records(str(path), verify=True) == shard.num_records, shard.name
+            assert count_records(str(path), verify=True) == shard.num_records, shard.name
     return {record.image_id for record in read_records(records)}
 
 

@@ -1,4 +1,4 @@
-"""One writer per output directory (issue 10, finding 4): the lock and the ledger's own rules.
+"""One writer per output directory: the lock and the ledger's own rules.
 
 The pipeline-level proof (two rotnet-pipeline processes on one directory) is in
 tests/test_output_dir_safety.py; these tests pin down the lock itself, cheaply.

@@ -1,4 +1,4 @@
-"""The rotnet package remote workers install (issue 11): built as Beam's stager builds --setup_file, from
+"""The rotnet package remote workers install: built as Beam's stager builds --setup_file, from
 a temporary copy (the checkout is left as it was), complete, and installable without an index.
 
     .venv/bin/python -m pytest tests/test_packaging.py -q -n 1

@@ -20,7 +20,8 @@ import schemas
 from pipeline import codec, geometry, local_writer
 from pipeline.config import PipelineConfig
 from pipeline.datasets import mnist
-from schemas import sharding, splits, tfrecord_file
+from schemas import sharding, splits
+from tests.helpers import file_sha256
 from tests.pipeline_helpers import (
     LOCAL_ONE_WORKER,
     build_street_view_parts,
@@ -189,7 +190,7 @@ def test_one_and_two_workers_and_the_local_writer_write_byte_identical_shards(
             assert (tmp_path / "one" / shard.name).read_bytes() == (
                 tmp_path / "two" / shard.name
             ).read_bytes()
-            assert tfrecord_file.file_sha256(str(tmp_path / "one" / shard.name)) == shard.sha256
+            assert file_sha256(str(tmp_path / "one" / shard.name)) == shard.sha256
     assert (tmp_path / "one" / one.error_files[0]).read_bytes() == (
         tmp_path / "two" / two.error_files[0]
     ).read_bytes()

@@ -1,4 +1,4 @@
-"""The pipeline under bad inputs and faults (issue 4): nothing lost silently, nothing partial visible.
+"""The pipeline under bad inputs and faults: nothing lost silently, nothing partial visible.
 
 * bad and unusual images become correct records or an errors-file line with a reason; counts add up;
 * too many bad images fail the run (exit 1) and leave no manifest;
@@ -28,6 +28,7 @@ from pipeline.config import PipelineConfig
 from pipeline.datasets import mnist
 from schemas import sharding
 from tests.conftest import REPO_ROOT
+from tests.helpers import final_shards
 from tests.pipeline_helpers import (
     LOCAL_ONE_WORKER,
     content_hash,
@@ -146,7 +147,7 @@ def test_killed_pipeline_leaves_no_partial_shard_and_a_rerun_writes_the_same_rec
     assert not (output / schemas.MANIFEST_NAME).exists()
     # Shards are renamed into place only when all are complete: killed mid-write, no file has a final
     # shard name, while the temporary shard that was being written is still there, holding records.
-    assert not list(output.glob(sharding.shard_glob())), "a shard was renamed into place before all were done"
+    assert not final_shards(output), "a shard was renamed into place before all were done"
     assert _records_in_temporary_shards(output)
 
     result = run_cli(*arguments)
@@ -187,7 +188,7 @@ def test_download_with_a_wrong_checksum_fails_clearly_and_writes_nothing(
     assert "ChecksumError: could not download" in message and "Traceback" not in message
     assert "md5 expected 00000000000000000000000000000000" in message
     assert not (output / schemas.MANIFEST_NAME).exists()
-    assert not list(output.glob(sharding.shard_glob())) and not list(output.glob(sharding.errors_glob()))
+    assert not final_shards(output) and not (output / sharding.errors_name()).exists()
     assert not list((tmp_path / "cache").glob("*.gz")), "a file that failed its checksum was kept"
 
 

@@ -22,6 +22,7 @@ from pipeline.datasets.common import SourceImage
 from pipeline.geometry import crop_square
 from schemas import sharding, tfrecord_file
 from schemas.record import example_encoder
+from tests.helpers import file_sha256, legacy_chain
 from tests.pipeline_helpers import digit, expected_picture, in_process_pipeline
 
 # --- Pure pieces -----------------------------------------------------------------------------
@@ -126,7 +127,7 @@ def test_rotation_records_match_the_geometry_core_exactly_for_mnist() -> None:
     legacy_records = [schemas.decode_example(data) for data in transforms.rotation_records(prepared, legacy)]
     np.testing.assert_array_equal(codec.decode_record_image(legacy_records[2]), np.rot90(image))
     for record in legacy_records:
-        expected = geometry.fast_chain(image, record.angle_degrees, 28, crop_largest_rect=False)
+        expected = legacy_chain(image, record.angle_degrees, 28, crop_largest_rect=False)
         np.testing.assert_array_equal(codec.decode_record_image(record), expected)
 
 
@@ -198,7 +199,7 @@ def test_write_shards_writes_every_shard_in_its_fixed_mixed_order_with_its_stats
         [item] = [item for item in written if item["name"] == path.name]
         assert item["num_records"] == len(expected) == 12 * len(images)
         assert item["num_bytes"] == path.stat().st_size
-        assert item["sha256"] == tfrecord_file.file_sha256(str(path))
+        assert item["sha256"] == file_sha256(str(path))
     # Mixing: consecutive records of a shard rarely come from the same image or the same angle.
     fullest = max(by_shard, key=lambda index: len(by_shard[index]))
     keys = [
@@ -218,3 +219,27 @@ def test_progress_counters_are_summed_from_files(tmp_path: Path) -> None:
     first.flush()
     second.flush()
     assert progress.read_progress(tmp_path) == {"images_read": 5, "records": 1080}
+
+
+def test_images_expanded_counts_as_the_records_are_written(tmp_path: Path, monkeypatch) -> None:
+    config = PipelineConfig(
+        dataset="mnist", output_dir=str(tmp_path), angles_degrees=(0, 90, 180, 270)
+    ).resolved()
+    images = [
+        transforms.prepare(SourceImage("mnist", "train", f"{index:05d}", 1, pixels=digit(index)), config)
+        for index in range(5)
+    ]
+    monkeypatch.setattr(transforms, "PROGRESS_RECORDS", 6)  # 20 records: updates at 6, 12, 18 and the end
+    seen = []
+
+    class Recorder:
+        def add(self, **counts: int) -> None:
+            seen.append((counts[progress.RECORDS], counts[progress.IMAGES_EXPANDED]))
+
+    write = transforms._WriteShardFn(config, "train", 1, str(tmp_path / "temp"), None)
+    write.setup()
+    write.counters = Recorder()
+    [stats] = list(write.process((0, images)))
+    assert stats["num_records"] == 20
+    # (records, images' worth of records) per update: 6 // 4 = 1, 12 // 4 = 3, 18 // 4 = 4, then the rest.
+    assert seen == [(6, 1), (6, 2), (6, 1), (2, 1)]

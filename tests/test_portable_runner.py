@@ -1,4 +1,4 @@
-"""The same job on Beam's portable runner with EXTERNAL workers (issue 11), the way Flink and Spark run
+"""The same job on Beam's portable runner with EXTERNAL workers, the way Flink and Spark run
 Python: `--runner PortableRunner --job_endpoint embed --environment_type EXTERNAL --environment_config
 127.0.0.1:PORT` against a Beam worker pool started by the test. The records must be byte-identical to
 the local runner's, and the nothing-lost balance must come from the runner's own metrics.

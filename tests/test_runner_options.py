@@ -1,4 +1,4 @@
-"""Runner hygiene (issue 11): runner names resolve as Beam resolves them or fail in one line, a
+"""Runner hygiene: runner names resolve as Beam resolves them or fail in one line, a
 runner's own options are known once its module is imported, DaskRunner is refused with its reason,
 local paths are refused for workers that cannot see them, --dry_run only where it means something,
 and a runner without metrics gives "not verified", never an invented count.

@@ -16,7 +16,6 @@ def test_round_trip_and_tensorflow_agrees(tmp_path: Path, name: str) -> None:
     path = str(tmp_path / name)
     assert tfrecord_file.write_records(path, RECORDS) == len(RECORDS)
     assert list(tfrecord_file.iter_records(path)) == RECORDS
-    assert tfrecord_file.count_records(path) == len(RECORDS)
     tf = pytest.importorskip("tensorflow")
     compression = "GZIP" if name.endswith(".gz") else ""
     assert [r.numpy() for r in tf.data.TFRecordDataset(path, compression_type=compression)] == RECORDS
@@ -53,4 +52,4 @@ def test_truncated_shard_names_the_file_and_offset(tmp_path: Path) -> None:
     ) + len(tfrecord_file.frame_record(b"\x00" * 1000))
     path.write_bytes(full[:3])
     with pytest.raises(tfrecord_file.CorruptShardError, match="truncated record header"):
-        tfrecord_file.count_records(str(path))
+        list(tfrecord_file.iter_records(str(path), verify=False))

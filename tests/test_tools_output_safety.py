@@ -1,4 +1,4 @@
-"""rotnet-bench --output rewrites only a file holding its section markers (issue 17, item 5)."""
+"""rotnet-bench --output rewrites only a file holding its section markers."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""rotnet-train never destroys what is in --output (issue 17, item 1 and 9): a finished run is refused
+"""rotnet-train never destroys what is in --output: a finished run is refused
 without --overwrite (model.keras byte-identical), a symlink at an output name is refused (its target
 unchanged), `/`, the records directory and a user's directory are refused, and a NaN loss fails."""
 

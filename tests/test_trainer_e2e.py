@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+import schemas
 from tests.conftest import REPO_ROOT
 from tests.factories import write_records_dir
 from trainer.cli import main as train_main
@@ -100,7 +101,27 @@ def test_training_writes_every_output(trained: dict[str, Path]) -> None:
         assert not (run / "backup").exists()  # a finished run deletes its backup
     metrics = json.loads((trained["mnist"] / "metrics.json").read_text())
     assert metrics["epochs_run"] == 2 and len(metrics["history"]) == 2
-    assert metrics["monitor"] == "val_angle_error" and 0 <= metrics["best"]["val_angle_error"] <= 180
+    assert metrics["monitor"] == "val_angle_error"
+    best = metrics["best"]["val_angle_error"]
+    assert best == min(row["val_angle_error"] for row in metrics["history"])
+    assert metrics["best_epoch"] == metrics["best"]["epoch"] + 1
+    # The saved (best) model's mean circular error over the 8 validation records (2 images x 4 angles),
+    # recomputed here from its predictions: each error is 0, 90 or 180 degrees.
+    from pipeline.codec import decode_record_image
+    from schemas import tfrecord_file
+    from trainer.predict import Predictor
+
+    images, angles = [], []
+    for shard in sorted((trained["root"] / "mnist").glob("validation-*.tfrecord")):
+        for data in tfrecord_file.iter_records(str(shard)):
+            record = schemas.decode_example(data)
+            images.append(decode_record_image(record))
+            angles.append(record.angle_degrees)
+    predicted = Predictor.load(str(trained["mnist"])).predict(np.stack(images)).angles_degrees
+    difference = np.abs(predicted - np.array(angles)) % 360
+    errors = np.minimum(difference, 360 - difference)
+    assert len(errors) == 8 and set(errors.tolist()) <= {0, 90, 180}
+    assert best == pytest.approx(errors.mean(), abs=1e-4)
     assert metrics["num_skipped_shards"] == 0 and metrics["train_images_per_second"] > 0
     config = json.loads((trained["mnist"] / "train_config.json").read_text())
     assert config["bin_angles"] == [0, 90, 180, 270] and config["preprocessing"] == "binarize"

@@ -1,4 +1,4 @@
-"""rotnet-train on gs:// (issue 11). TensorFlow's GCS client ignores STORAGE_EMULATOR_HOST, so it reaches
+"""rotnet-train on gs://. TensorFlow's GCS client ignores STORAGE_EMULATOR_HOST, so it reaches
 the emulator through tests/servers.py's GoogleApisProxy (HTTPS_PROXY + CURL_CA_BUNDLE + a test token):
 the shards are read by TensorFlow's own gs:// code, the manifest by Beam's. An unreachable or
 unauthorised gs:// path ends in one line naming the path and the fix. The first line a user sees is

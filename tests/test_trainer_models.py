@@ -8,6 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from tests.helpers import angle_error_degrees
 from trainer import heads
 from trainer.config import TrainConfig, check, choose_preprocessing, subset_fraction
 from trainer.heads import Head
@@ -29,8 +30,8 @@ def test_circular_difference_is_symmetric_bounded_and_shift_invariant(a: int, b:
 
 
 def test_angle_error_examples() -> None:
-    assert heads.angle_error_degrees(np.array([0, 10, 350]), np.array([359, 20, 10])) == pytest.approx(31 / 3)
-    assert heads.angle_error_degrees(np.array([0]), np.array([180])) == 180.0
+    assert angle_error_degrees(np.array([0, 10, 350]), np.array([359, 20, 10])) == pytest.approx(31 / 3)
+    assert angle_error_degrees(np.array([0]), np.array([180])) == 180.0
 
 
 @settings(max_examples=30)
@@ -141,9 +142,7 @@ def test_head_targets_and_metrics_tf_match_numpy(name: str, bins: tuple[int, ...
     angle_error.update_state(tf.constant(targets_tf), tf.constant(outputs))
     accuracy.update_state(tf.constant(targets_tf), tf.constant(outputs))
     true_angles = np.asarray(bins)[true_bins]
-    assert float(angle_error.result()) == pytest.approx(
-        heads.angle_error_degrees(true_angles, predicted), abs=1e-3
-    )
+    assert float(angle_error.result()) == pytest.approx(angle_error_degrees(true_angles, predicted), abs=1e-3)
     assert float(accuracy.result()) == pytest.approx(np.mean(true_angles == predicted))
 
 

@@ -56,6 +56,7 @@ from pipeline import codec, geometry
 from pipeline import inputs as input_files
 from pipeline.codec import IMAGE_EXTENSIONS, BadImageError, decode_source_image
 from tools.safe_output import OutputRefusedError, OutputTree
+from trainer.options import batch_size_option, tta_option
 
 # Pillow's save() needs the format for each extension; JPEG keeps the pipeline's q95.
 SAVE_OPTIONS = {".jpg": {"quality": 95}, ".jpeg": {"quality": 95}, ".webp": {"quality": 95}}
@@ -110,15 +111,15 @@ def collect_inputs(specs: Sequence[str]) -> list[InputFile]:
     """
     found: list[InputFile] = []
     for spec in specs:
-        path = Path(spec)
-        if path.is_dir():
+        path, kind = Path(spec), input_files.literal_or_glob(spec)
+        if kind == "directory":
             entries = sorted(input_files.walk_directory(spec), key=lambda entry: entry.relative)
             found += [
                 InputFile(Path(entry.path), Path(entry.relative), entry.problem)
                 for entry in entries
                 if entry.problem or entry.relative.lower().endswith(IMAGE_EXTENSIONS)
             ]
-        elif os.path.lexists(spec):
+        elif kind == "file":
             found.append(InputFile(path, Path(path.name)))
         else:
             matches = sorted(Path(match) for match in glob.glob(spec, recursive=True))
@@ -244,21 +245,8 @@ def load_predictor(model: str):
     "--crop", is_flag=True, help="Cut the corrected image to the largest rectangle without black borders."
 )
 @click.option("--keep-size", is_flag=True, help="Give every corrected image the input's width x height.")
-@click.option(
-    "--tta",
-    type=click.Choice(["1", "2", "4"]),
-    default="1",
-    show_default=True,
-    help="Test-time augmentation: 2 also predicts on the image turned by 180 degrees, 4 by 90/180/270; "
-    "the predictions are averaged on the circle.",
-)
-@click.option(
-    "--batch-size",
-    type=click.IntRange(1, 4096),
-    default=32,
-    show_default=True,
-    help="Images per prediction batch.",
-)
+@tta_option()
+@batch_size_option(32, maximum=4096)
 @click.option(
     "--max-file-bytes",
     type=click.IntRange(1),
@@ -281,7 +269,7 @@ def main(
     output: Path,
     crop: bool,
     keep_size: bool,
-    tta: str,
+    tta: int,
     batch_size: int,
     max_file_bytes: int,
     max_pixels: int,

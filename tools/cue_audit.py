@@ -7,9 +7,9 @@
 
 A picture turned by 45 degrees should look, to a statistic that ignores what the picture shows, like
 the same picture turned by 0: as sharp, as many bytes, the same borders. Rendering can break that
-(today's chain copies pixels at right angles and blurs them elsewhere; RotNet's largest-rectangle crop
+(the legacy chain, `--rendering legacy`, copies pixels at right angles and blurs them elsewhere; RotNet's largest-rectangle crop
 zooms 45-degree records by sqrt 2), and a network then reads the angle from the rendering instead of
-from the content (issue 13). The audit:
+from the content, and scores worse on the same images turned by any other code. The audit:
 
 1. samples records stably (by a hash of the image id, then of the record key: the same (image,
    angle) pairs in any two record directories of the same images, so an old and a new rendering are
@@ -33,7 +33,7 @@ content. And even isotropic statistics see the content's orientation through the
 upright digit's vertical strokes alias differently from the same strokes at 45 degrees. Measured on
 200 MNIST digits rendered angle-independently: the statistics follow smooth profiles in angle mod 90
 (band energy 0.7-1.4 px +-10 standard errors, frame statistics +-13) that vanish when the digits are
-turned at random *before* rendering (a source without a preferred orientation), while today's chain
+turned at random *before* rendering (a source without a preferred orientation), while the legacy chain
 keeps its cue on such sources (tests/test_cue_audit.py). Audit pre-rotated sources to see the
 rendering alone.
 """

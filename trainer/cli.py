@@ -18,7 +18,16 @@ import click
 
 from schemas import ManifestError, angles, gcs, paths
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
-from trainer.config import HEADS, LR_SCHEDULES, MODELS, PRECISIONS, TrainConfig, TrainingError, check
+from trainer.config import (
+    HEADS,
+    LR_SCHEDULES,
+    MIN_VALIDATION_RECORDS,
+    MODELS,
+    PRECISIONS,
+    TrainConfig,
+    TrainingError,
+    check,
+)
 
 # Every option's default is TrainConfig's: spelled once, there.
 DEFAULT = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
@@ -137,7 +146,7 @@ def weights_file_problem(path: str) -> str | None:
     type=int,
     default=None,
     help="Validation batches per epoch, the same records every epoch. Default: about one record per "
-    "validation image, at least 2,048 records (or the whole split if smaller).",
+    f"validation image, at least {MIN_VALIDATION_RECORDS:,} records (or the whole split if smaller).",
 )
 @click.option(
     "--batch-size",

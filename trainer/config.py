@@ -193,9 +193,13 @@ def default_steps_per_epoch(num_train_images: int, global_batch_size: int) -> in
     return max(1, math.ceil(num_train_images / global_batch_size))
 
 
+# The default validation steps score at least this many records (a steadier mean), at most the split.
+MIN_VALIDATION_RECORDS = 2048
+
+
 def default_validation_steps(num_validation_images: int, num_validation_records: int, batch_size: int) -> int:
     """About one record per validation image, at least 2,048 records (a steadier mean), at most the split."""
-    wanted = min(num_validation_records, max(num_validation_images, 2048))
+    wanted = min(num_validation_records, max(num_validation_images, MIN_VALIDATION_RECORDS))
     return max(1, math.ceil(wanted / batch_size))
 
 

@@ -12,12 +12,21 @@ worst/best ratio of the means, stored under "rotation_codes" in evaluation.json.
 
 from __future__ import annotations
 
+import inspect
 import os
 
 import click
 
 from schemas import ManifestError, angles, paths
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
+from trainer.evaluate import evaluate as _evaluate
+from trainer.evaluate import evaluate_rotation_codes as _evaluate_codes
+from trainer.options import batch_size_option, tta_option
+from trainer.robustness import ROTATION_CODES
+
+# The defaults of evaluate() and evaluate_rotation_codes(), spelled there.
+DEFAULT = {name: parameter.default for name, parameter in inspect.signature(_evaluate).parameters.items()}
+CODES_DEFAULT = {name: p.default for name, p in inspect.signature(_evaluate_codes).parameters.items()}
 
 
 def default_output(model: str, split: str, tta: int) -> str:
@@ -39,24 +48,17 @@ def default_output(model: str, split: str, tta: int) -> str:
     required=True,
     help="Records directory (local or gs://) with dataset_info.json, of the same image size as the model.",
 )
-@click.option("--split", default="validation", show_default=True, help="Which split of the records to score.")
 @click.option(
-    "--tta",
-    type=click.Choice(["1", "2", "4"]),
-    default="1",
-    show_default=True,
-    help="Test-time augmentation: also predict on the image turned by 180 (2) or by 90/180/270 (4) "
-    "degrees, undo the turns and average on the circle.",
+    "--split", default=DEFAULT["split"], show_default=True, help="Which split of the records to score."
 )
+@tta_option(DEFAULT["tta"])
 @click.option(
     "--output",
     type=click.Path(file_okay=False),
     default=None,
     help="Directory for evaluation.json and the PNGs. Default: <model dir>/evaluation-<split>[-tta<N>].",
 )
-@click.option(
-    "--batch-size", type=click.IntRange(min=1), default=256, show_default=True, help="Images per batch."
-)
+@batch_size_option(DEFAULT["batch_size"])
 @click.option(
     "--angles",
     default=None,
@@ -75,17 +77,19 @@ def default_output(model: str, split: str, tta: int) -> str:
     "--rotation-codes",
     default=None,
     help="Also turn the split's ORIGINAL images by independent rotation code at the same random angles "
-    "and score each: comma list of pipeline, cv2-bilinear, pil-bicubic, skimage, supersampled, or 'all' "
+    f"and score each: comma list of {', '.join(ROTATION_CODES)}, or 'all' "
     "(trainer/robustness.py). A model that reads the image scores alike under every code.",
 )
 @click.option(
     "--codes-angles-per-image",
     type=click.IntRange(min=1),
-    default=4,
+    default=CODES_DEFAULT["angles_per_image"],
     show_default=True,
     help="Random angles per original image for --rotation-codes.",
 )
-@click.option("--codes-seed", type=int, default=0, show_default=True, help="Seed of those angles.")
+@click.option(
+    "--codes-seed", type=int, default=CODES_DEFAULT["seed"], show_default=True, help="Seed of those angles."
+)
 @click.option(
     "--source-dir",
     type=click.Path(exists=True, file_okay=False),
@@ -96,7 +100,7 @@ def main(
     model: str,
     records: str,
     split: str,
-    tta: str,
+    tta: int,
     output: str | None,
     batch_size: int,
     angles: list[int] | None,
@@ -122,7 +126,6 @@ def main(
         open_output,
         write_outputs,
     )
-    from trainer.robustness import ROTATION_CODES
 
     output = output or default_output(model, split, int(tta))
     try:  # refused before the evaluation, not after it

@@ -39,11 +39,6 @@ def circular_difference_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     return np.minimum(difference, 360.0 - difference)
 
 
-def angle_error_degrees(true_angles: np.ndarray, predicted_angles: np.ndarray) -> float:
-    """RotNet's angle_error: mean absolute circular difference, degrees."""
-    return float(np.mean(circular_difference_degrees(true_angles, predicted_angles)))
-
-
 def soft_labels(bin_angles: Sequence[int], true_angles: np.ndarray, sigma_degrees: float) -> np.ndarray:
     """Circular-gaussian targets (N, bins): exp(-d^2 / 2 sigma^2) over the bins, rows summing to 1."""
     distances = circular_difference_degrees(

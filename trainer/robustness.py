@@ -5,7 +5,7 @@
     report = robustness.evaluate_codes(predictor, images, seed=0, tta=(1, 4))
     print(report.table())
 
-A model that learnt how *this* pipeline resamples (issue 13) scores well on its own records and worse
+A model that learnt how *this* pipeline resamples (an angle cue of the rendering) scores well on its own records and worse
 on the same images turned by any other code. Here each ORIGINAL source image (not a record) is turned
 at the same random angles by every code of ROTATION_CODES and predicted; the per-code errors and the
 worst/best ratio of their means say whether the model reads the image or the rendering.
@@ -30,7 +30,6 @@ NumPy/OpenCV/PIL/scikit-image: importing this module imports no TensorFlow.
 from __future__ import annotations
 
 import math
-import os
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
@@ -41,9 +40,7 @@ from PIL import Image
 
 import schemas
 from pipeline import geometry, rotations
-from pipeline.codec import IMAGE_EXTENSIONS
 from schemas.record import example_key
-from schemas.splits import assign_split, in_subset
 from trainer.heads import circular_difference_degrees
 
 ROTATION_CODES = ("pipeline", "cv2-bilinear", "pil-bicubic", "skimage", "supersampled")
@@ -180,80 +177,23 @@ class SourceImagesError(ValueError):
 def load_source_images(
     info: schemas.DatasetInfo, split: str, input_dir: str | None = None, max_images: int | None = None
 ) -> list[SourceImage]:
-    """The original source images of `split` as the pipeline selected them, in image-id order.
-
-    MNIST: the IDX files in the manifest config's `mnist_dir` (or `input_dir`; else `download_dir`),
-    subset and split by schemas.splits exactly as rotnet-pipeline does (ids = index in the file).
-    images / street_view: loose image files below the config's `input_pattern` / `street_view_dir` (or
-    `input_dir`); ids are paths below that directory (images) or file stems (street_view, views 1-4);
-    each is decoded, EXIF applied, and cropped to the square the pipeline turned (crop_position).
-    `max_images` keeps the first that many ids.
+    """The original source images of `split` as the pipeline selected them, in image-id order: the
+    dataset module's `source_images` (pipeline/datasets/NAME.py) with the manifest's config, reading from
+    `input_dir` when given. MNIST: the IDX files (ids = index in the file); images / street_view: the
+    loose image files (ids = paths below the directory / file stems, views 1-4), each decoded, EXIF
+    applied, and cut to the square the pipeline turned. `max_images` keeps the first that many ids.
     """
-    config = info.config or {}
-    validation_fraction = float(config.get("validation_fraction", 0.1))
-    subset_fraction = float(config.get("subset_fraction", 1.0))
-    if info.dataset == "mnist":
-        from pipeline import local_writer
+    from pipeline import datasets
 
-        candidates = [input_dir, config.get("mnist_dir"), config.get("download_dir")]
-        directory = next((path for path in candidates if path and os.path.isdir(path)), None)
-        if directory is None:
-            raise SourceImagesError(
-                f"the MNIST IDX files are not at {candidates[1] or candidates[2]}: pass the directory "
-                "holding them (--source-dir)"
-            )
-        try:
-            sources = local_writer.mnist_sources(directory, validation_fraction, subset_fraction)
-        except FileNotFoundError as error:
-            raise SourceImagesError(str(error)) from None
-        images = [(image_id, image) for image_id, image, _ in sources.get(split, [])]
-    else:
-        images = _load_image_files(info, split, input_dir, validation_fraction, subset_fraction)
+    loader = datasets.get(info.dataset).source_images
+    try:
+        images = loader(info.config or {}, split, input_dir, info.image.channels)
+    except FileNotFoundError as error:
+        raise SourceImagesError(f"{error}: pass the directory holding them (--source-dir)") from None
     images.sort(key=lambda item: item[0])
     if not images:
         raise SourceImagesError(f"no source image of split {split!r} found for {info.dataset}")
     return images[:max_images] if max_images else images
-
-
-def _load_image_files(
-    info: schemas.DatasetInfo,
-    split: str,
-    input_dir: str | None,
-    validation_fraction: float,
-    subset_fraction: float,
-) -> list[SourceImage]:
-    from pipeline import codec, inputs
-    from pipeline.datasets.street_view import KEEP_VIEWS, parse_member_name  # imports Beam
-
-    config = info.config or {}
-    base = input_dir or config.get("street_view_dir" if info.dataset == "street_view" else "input_pattern")
-    if not base or not os.path.isdir(base):
-        raise SourceImagesError(f"the {info.dataset} source images are not at {base}: pass --source-dir DIR")
-    found = []
-    for root, _, names in os.walk(base):
-        for name in sorted(names):
-            path = os.path.join(root, name)
-            if not name.lower().endswith(IMAGE_EXTENSIONS):
-                continue
-            image_id = os.path.relpath(path, base).replace(os.sep, "/")
-            if info.dataset == "street_view":
-                parsed = parse_member_name(name)
-                if parsed is None or parsed[1] not in KEEP_VIEWS:
-                    continue
-                image_id = os.path.splitext(name)[0]
-            if subset_fraction < 1.0 and not in_subset(image_id, subset_fraction):
-                continue
-            if assign_split(image_id, validation_fraction) != split:
-                continue
-            try:  # a regular file under the pipeline's cap (a FIFO would block): else not a source
-                data = inputs.read_input_file(path)
-            except inputs.InputFileError:
-                continue  # the pipeline refused it too (an errors-file line): it has no records
-            image = codec.decode_source_image(data, channels=info.image.channels)
-            if config.get("center_crop", True):
-                image = geometry.crop_square(image, config.get("crop_position", "center"))
-            found.append((image_id, np.ascontiguousarray(image)))
-    return found
 
 
 # --- Evaluation ------------------------------------------------------------------------------------

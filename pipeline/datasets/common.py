@@ -7,11 +7,12 @@ dataset.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import posixpath
 import re
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -69,6 +70,47 @@ def error_entry(dataset: str, split: str, image_id: str, stage: str, reason: str
 def train_split(image_id: str, config: PipelineConfig) -> str:
     """train or validation for an image of a dataset's train set, by a stable hash of its id."""
     return assign_split(image_id, config.validation_fraction)
+
+
+def manifest_setting(config: Mapping[str, Any], name: str) -> Any:
+    """A setting of a run's (manifest) config, or PipelineConfig's default when the config lacks it."""
+    return config[name] if name in config else _CONFIG_DEFAULTS[name]
+
+
+_CONFIG_DEFAULTS = {field.name: field.default for field in dataclasses.fields(PipelineConfig)}
+
+
+def load_image_files(
+    base: str | None,
+    split: str,
+    config: Mapping[str, Any],
+    channels: int,
+    identify: Callable[[str, str], tuple[str | None, str | None]],
+) -> list[tuple[str, np.ndarray]]:
+    """The loose image files below the local directory `base` that a run with this (manifest) `config`
+    put in `split`: ids from the dataset's `identify(path, relative)` (as its ReadFiles read them), the
+    stable subset, train/validation by the hash of the id; each read as an input file (regular, size
+    cap), decoded (EXIF applied, `channels`) and cut to the square the run turned. FileNotFoundError
+    when `base` is no directory."""
+    from pipeline import geometry
+
+    if not base or not os.path.isdir(base):
+        raise FileNotFoundError(f"the source images are not at {base}")
+    subset_fraction = manifest_setting(config, "subset_fraction")
+    validation_fraction = manifest_setting(config, "validation_fraction")
+    found = []
+    for entry in inputs.walk_directory(base):
+        image_id = None if entry.problem else identify(entry.path, entry.relative)[0]
+        if image_id is None or (subset_fraction < 1.0 and not in_subset(image_id, subset_fraction)):
+            continue
+        if assign_split(image_id, validation_fraction) != split:
+            continue
+        data = inputs.read_input_file(entry.path, manifest_setting(config, "max_file_bytes"))
+        image = codec.decode_source_image(data, channels, manifest_setting(config, "max_pixels"))
+        if manifest_setting(config, "center_crop"):
+            image = geometry.crop_square(image, manifest_setting(config, "crop_position"))
+        found.append((image_id, np.ascontiguousarray(image)))
+    return found
 
 
 def train_and_validation(config: PipelineConfig, num_images: float) -> dict[str, float]:
@@ -148,12 +190,12 @@ def list_local_files(given: str) -> FileSource:
     exists: Beam's pattern syntax, `**` recursing) that --input or --street-view-dir names."""
     from apache_beam.io.filesystem import FileSystem
 
-    if os.path.isdir(given):
+    kind = inputs.literal_or_glob(given)
+    if kind == "directory":
         return FileSource(given, tuple(inputs.walk_directory(given)))
-    if os.path.lexists(given):
+    if kind == "file":
         return FileSource(os.path.dirname(given) or ".", (DirectoryEntry(given, os.path.basename(given)),))
-    fixed = given[: min((given.index(c) for c in "*?[" if c in given), default=len(given))]
-    base = os.path.dirname(fixed) or "."
+    base = paths.pattern_base(given)
     if not os.path.isdir(base):
         return FileSource(base)
     matches = re.compile(FileSystem.translate_pattern(given)).match
@@ -172,8 +214,7 @@ def remote_files(given: str) -> FileSource:
         return FileSource(prefix, pattern=paths.literal_pattern(prefix) + "/**")
     if paths.exists(given):
         return FileSource(prefix.rsplit("/", 1)[0], pattern=paths.literal_pattern(given))
-    fixed = given[: min((given.index(c) for c in "*?[" if c in given), default=len(given))]
-    return FileSource(fixed.rsplit("/", 1)[0], pattern=given)
+    return FileSource(paths.pattern_base(given), pattern=given)
 
 
 def read_bounded_file(path: str, max_bytes: int) -> bytes:

@@ -9,12 +9,23 @@ are skipped and counted; files that are images by name but cannot be decoded bec
 
 from __future__ import annotations
 
-import os
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
 
 from pipeline import inputs, progress
 from pipeline.codec import IMAGE_EXTENSIONS
 from pipeline.config import JobError, PipelineConfig
-from pipeline.datasets.common import FileSource, ReadFiles, SourcePlan, list_files, train_and_validation
+from pipeline.datasets.common import (
+    FileSource,
+    ReadFiles,
+    SourcePlan,
+    list_files,
+    load_image_files,
+    train_and_validation,
+)
+from pipeline.inputs import literal_or_glob
 
 DEFAULTS = {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True}
 
@@ -28,7 +39,7 @@ def resolve_input(given: str) -> FileSource:
     """The files --input names. A path that exists is literal, even with glob characters in it (a
     directory `photos[2020]` is read, not `photos2`); only a path that does not exist is a glob."""
     files = list_files(given)
-    if files.pattern is None and not files.entries and not os.path.lexists(given):
+    if files.pattern is None and not files.entries and literal_or_glob(given) == "glob":
         raise JobError(f"--input {given} does not exist (give a directory, a file or a glob)")
     return files
 
@@ -58,3 +69,11 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     notes += [f"{files.base}/{entry.relative}: {entry.problem}" for entry in problems]
     source = ReadFiles(config, files, identify_file, progress_dir)
     return SourcePlan(source, train_and_validation(config, len(images) * config.subset_fraction), notes)
+
+
+def source_images(
+    config: Mapping[str, Any], split: str, source_dir: str | None = None, channels: int = DEFAULTS["channels"]
+) -> list[tuple[str, np.ndarray]]:
+    """The image files of `split` below `source_dir`, else the run's --input directory, as the run
+    selected them (ids: paths below it; common.load_image_files)."""
+    return load_image_files(source_dir or config.get("input_pattern"), split, config, channels, identify_file)

@@ -5,7 +5,9 @@
 
 Everything about MNIST lives here: the files, checksums and mirrors; the pure IDX reader (`read_idx`,
 `load_split`); where the files come from (`download_file` inside the job, `find_offline_files` for
-an offline copy); the plan (`plan`: splits and expected counts) and the Beam read (`ReadMnist`).
+an offline copy); which digits a run keeps (`select_digits`, shared by the Beam read, the in-process
+writer and `source_images`); the plan (`plan`: splits and expected counts), the Beam read (`ReadMnist`)
+and the source images of a split for the robustness evaluation (`source_images`).
 
 * Splits are MNIST's own: train (60,000 images) and test (10,000). Train is split into train and
   validation by a stable hash of the image id, never by position (an offline subset may be sorted by
@@ -23,6 +25,7 @@ import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
+from typing import Any
 
 import apache_beam as beam
 import numpy as np
@@ -34,12 +37,12 @@ from pipeline.datasets.common import (
     CountingDoFn,
     SourceImage,
     SourcePlan,
+    manifest_setting,
     read_bounded_file,
     train_and_validation,
-    train_split,
 )
 from pipeline.inputs import InputFileError
-from schemas.splits import in_subset
+from schemas.splits import assign_split, in_subset
 
 # RotNet's setup: 28 px grey, lossless PNG, no largest-rect crop (the black background hides the
 # rotated corners; cropping and resizing back to 28 px would zoom a 45-degree digit by sqrt(2)).
@@ -224,6 +227,51 @@ def read_offline_split(paths: tuple[Path, Path]) -> tuple[np.ndarray, np.ndarray
     return load_split(images_path.read_bytes(), labels_path.read_bytes())
 
 
+def select_digits(
+    images: np.ndarray,
+    labels: np.ndarray,
+    file_split: str,
+    subset_fraction: float,
+    validation_fraction: float,
+) -> Iterator[tuple[str, str, np.ndarray, int]]:
+    """(split, image id, 28 x 28 x 1 uint8 digit, label) of every digit of one MNIST split file that a
+    run keeps: ids are the index in the file (`image_id`), the stable `subset_fraction` by
+    schemas.splits.in_subset, the train file into train/validation by assign_split, t10k into test."""
+    for index in range(len(images)):
+        id_ = image_id(index)
+        if subset_fraction < 1.0 and not in_subset(id_, subset_fraction):
+            continue
+        split = assign_split(id_, validation_fraction) if file_split == "train" else file_split
+        yield split, id_, images[index][:, :, np.newaxis], int(labels[index])
+
+
+def offline_digits(
+    directory: str | os.PathLike, validation_fraction: float, subset_fraction: float = 1.0
+) -> Iterator[tuple[str, str, np.ndarray, int]]:
+    """`select_digits` over every complete split of an offline copy (`find_offline_files`)."""
+    for file_split, paths in sorted(find_offline_files(directory).items()):
+        images, labels = read_offline_split(paths)
+        yield from select_digits(images, labels, file_split, subset_fraction, validation_fraction)
+
+
+def source_images(
+    config: Mapping[str, Any], split: str, source_dir: str | None = None, channels: int = 1
+) -> list[tuple[str, np.ndarray]]:
+    """The digits of `split` that a run with this (manifest) `config` wrote, in file order, from the IDX
+    files in `source_dir`, else the config's mnist_dir, else its download_dir. FileNotFoundError says
+    where it looked."""
+    candidates = [source_dir, config.get("mnist_dir"), config.get("download_dir")]
+    directory = next((path for path in candidates if path and os.path.isdir(path)), None)
+    if directory is None:
+        raise FileNotFoundError(f"the MNIST IDX files are not at {candidates[1] or candidates[2]}")
+    digits = offline_digits(
+        directory,
+        manifest_setting(config, "validation_fraction"),
+        manifest_setting(config, "subset_fraction"),
+    )
+    return [(id_, pixels) for digit_split, id_, pixels, _ in digits if digit_split == split]
+
+
 # --- The plan and the Beam read -------------------------------------------------------------------
 
 
@@ -295,13 +343,12 @@ class _LoadMnistSplitFn(CountingDoFn):
         labels_bytes = read_bounded_file(labels_path, config.max_file_bytes)
         images, labels = load_split(images_bytes, labels_bytes)
         read = 0
-        for index in range(len(images)):
-            id_ = image_id(index)
-            if config.subset_fraction < 1.0 and not in_subset(id_, config.subset_fraction):
-                continue
-            split = train_split(id_, config) if source_split == "train" else source_split
+        digits = select_digits(
+            images, labels, source_split, config.subset_fraction, config.validation_fraction
+        )
+        for split, id_, pixels, label in digits:
             read += 1
-            yield SourceImage("mnist", split, id_, int(labels[index]), pixels=images[index][:, :, None])
+            yield SourceImage("mnist", split, id_, label, pixels=pixels)
         self.counters.add(**{progress.IMAGES_READ: read})
 
 

@@ -32,12 +32,13 @@ import posixpath
 import re
 import zipfile
 import zlib
-from collections.abc import Generator, Iterator, Sequence
+from collections.abc import Generator, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO, Any, NamedTuple
 
 import apache_beam as beam
+import numpy as np
 
 from pipeline import inputs, progress
 from pipeline.config import JobError, PipelineConfig
@@ -50,6 +51,7 @@ from pipeline.datasets.common import (
     SourcePlan,
     error_entry,
     list_files,
+    load_image_files,
     match,
     train_and_validation,
     train_split,
@@ -534,3 +536,13 @@ class ReadStreetView(beam.PTransform):
             "images": images | "FlattenImages" >> beam.Flatten(pipeline=pbegin.pipeline),
             ERRORS: errors | "FlattenErrors" >> beam.Flatten(pipeline=pbegin.pipeline),
         }
+
+
+def source_images(
+    config: Mapping[str, Any], split: str, source_dir: str | None = None, channels: int = DEFAULTS["channels"]
+) -> list[tuple[str, np.ndarray]]:
+    """The loose Street View files of `split` below `source_dir`, else the run's --street-view-dir, as
+    the run selected them (views 1-4, ids: file stems; common.load_image_files). Zip parts are not read."""
+    return load_image_files(
+        source_dir or config.get("street_view_dir"), split, config, channels, identify_loose_file
+    )
