@@ -105,7 +105,10 @@ def load_image_files(
             continue
         if assign_split(image_id, validation_fraction) != split:
             continue
-        data = inputs.read_input_file(entry.path, manifest_setting(config, "max_file_bytes"))
+        try:  # a regular file under the run's cap (a FIFO would block): else the run refused it too
+            data = inputs.read_input_file(entry.path, manifest_setting(config, "max_file_bytes"))
+        except inputs.InputFileError:
+            continue  # an errors-file line of the run, no records: not a source of the split
         image = codec.decode_source_image(data, channels, manifest_setting(config, "max_pixels"))
         if manifest_setting(config, "center_crop"):
             image = geometry.crop_square(image, manifest_setting(config, "crop_position"))
