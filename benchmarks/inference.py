@@ -157,8 +157,11 @@ def worker(made: dict, threads: int | None, windows: int, seconds: float) -> dic
             batch = rng.integers(
                 0, 256, (batch_size, facts["size"], facts["size"], facts["channels"]), np.uint8
             )
-            for predict in predictors.values():
-                predict(batch)  # warm-up: allocation, graph tracing, resizing
+            if facts["size"] <= SMALL_IMAGE or batch_size == 1:
+                for predict in predictors.values():
+                    predict(batch)  # warm-up: allocation, graph tracing, resizing
+            # (224 px at batch 64: a call takes seconds; the median of the windows drops the first
+            # window's set-up instead of a warm-up call per format.)
             rates: dict[str, list[float]] = {label: [] for label in predictors}
             for _ in range(windows if facts["size"] <= SMALL_IMAGE else min(windows, LARGE_IMAGE_WINDOWS)):
                 for label, predict in predictors.items():
@@ -191,10 +194,14 @@ def _cell(rates: list[float]) -> str:
     return f"{median:.{decimals}f} ({min(rates):.{decimals}f}-{max(rates):.{decimals}f})"
 
 
-def render(made: dict, results: dict[int, dict], windows: int, seconds: float) -> str:
+def render(made: dict, results: dict[int, dict], windows: int, seconds: float, load: tuple) -> str:
     cores = os.cpu_count() or 1
     thread_settings = sorted(results)
     lines = [
+        f"Load average (1 min) on the {cores} cores: {load[0]:.1f} at the start, {load[1]:.1f} at the end "
+        "(other developers' jobs; a load above the core count slows every figure, and two threads can "
+        "then be slower than one).",
+        "",
         f"Images/s: median of {windows} (28 px) or {min(windows, LARGE_IMAGE_WINDOWS)} (224 px) side-by-side "
         f"windows of >= {seconds:g} s and at least one call (range in brackets); "
         f"random weights, random uint8 pixels, 360 bins, the machine's {cores} cores shared with other "
@@ -230,6 +237,7 @@ def run(quick: bool = False) -> str:
     import_tensorflow()
     models = MODELS[:1] if quick else MODELS
     windows, seconds = (2, 0.2) if quick else (5, 0.5)
+    load_start = os.getloadavg()[0]
     with tempfile.TemporaryDirectory(prefix="rotnet-bench-inference-") as directory:
         work = Path(directory)
         started = time.perf_counter()
@@ -242,7 +250,7 @@ def run(quick: bool = False) -> str:
             started = time.perf_counter()
             results[threads] = _run_worker(made_path, threads, windows, seconds)
             print(f"{threads} thread(s) measured in {time.perf_counter() - started:.0f} s", file=sys.stderr)
-    return render(made, results, windows, seconds)
+    return render(made, results, windows, seconds, (load_start, os.getloadavg()[0]))
 
 
 if __name__ == "__main__":

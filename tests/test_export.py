@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import json
 import os
+import sys
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -60,7 +62,9 @@ def test_steering_tflite_agrees_with_saved_model_in_tensorflows_interpreter(
     path = exports["tflite-none"]
     images, _ = _records(run_dir, 64)
     assert len(images) == 64
-    interpreter = tf.lite.Interpreter(model_path=str(path))  # TensorFlow's own, not ai-edge-litert
+    with warnings.catch_warnings():  # "deprecated ... use ai_edge_litert": the steering check wants TF's
+        warnings.simplefilter("ignore")
+        interpreter = tf.lite.Interpreter(model_path=str(path))
     interpreter.resize_tensor_input(0, list(images.shape))
     interpreter.allocate_tensors()
     interpreter.set_tensor(interpreter.get_input_details()[0]["index"], images)
@@ -281,9 +285,22 @@ def test_usage_errors_are_one_line(run_dir: Path, tmp_path: Path, monkeypatch: p
     assert CliRunner().invoke(export.main, args).exit_code == 2
     not_a_run = _export(tmp_path, tmp_path / "m.tflite")
     assert not_a_run.exit_code == 2 and "holds no saved_model/" in not_a_run.output
-    monkeypatch.setitem(__import__("sys").modules, "tf2onnx", None)  # as if tf2onnx did not install
+    monkeypatch.setitem(sys.modules, "tf2onnx", None)  # as if tf2onnx did not install
     args = [str(run_dir), "--format", "onnx", "--output", str(tmp_path / "m.onnx"), "--no-progress"]
     unavailable = CliRunner().invoke(export.main, args)
     assert unavailable.exit_code == 2, unavailable.output
     assert "ONNX export needs tf2onnx and onnxruntime" in unavailable.output
     assert "Traceback" not in unavailable.output and not (tmp_path / "m.onnx").exists()
+
+
+def test_tensorflows_interpreter_runs_the_file_when_ai_edge_litert_is_missing(
+    exports: dict[str, Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    images = np.stack([synthetic_image(k) for k in range(5)])
+    with_litert = runtimes.TFLiteRuntime.from_file(str(exports["tflite-none"]))
+    assert with_litert.backend == "ai-edge-litert"
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)  # as if it were not installed
+    fallback = runtimes.TFLiteRuntime.from_file(str(exports["tflite-none"]), num_threads=1)
+    assert fallback.backend == "tf.lite"
+    np.testing.assert_allclose(fallback.predict(images), with_litert.predict(images), atol=1e-6)
+    assert fallback.predict(images[:2]).shape == (2, 4)  # the interpreter follows the batch size

@@ -416,10 +416,9 @@ class UnavailableExit(click.ClickException):
 )
 @click.option(
     "--records",
-    type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Records directory for the parity check (validation split) and int8 calibration (train split); "
-    "default: the directory the run trained on (train_config.json's records).",
+    help="Records directory (local or gs://) for the parity check (validation split) and int8 calibration "
+    "(train split); default: the directory the run trained on (train_config.json's records).",
 )
 @click.option(
     "--parity-records",

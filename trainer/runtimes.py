@@ -196,6 +196,8 @@ def load(path: str, num_threads: int | None = None) -> tuple[dict[str, Any], Any
     format_name = format_of(path)
     if format_name is None:
         raise ValueError(f"{path} is neither a .tflite nor an .onnx file")
+    if not os.path.exists(path):
+        raise FileNotFoundError(f"{path} does not exist")
     description = read_sidecar(path)
     content = read_regular_file(path, MAX_MODEL_BYTES)
     if description.get("format") != format_name:
