@@ -276,8 +276,10 @@ def evaluate_rotation_codes(
         raise EvaluationError(str(error)) from None
     predictor = predictor or Predictor.load(model)
     crop = config.get("crop_largest_rect")
-    if crop is None:
-        crop = info.dataset != "mnist"  # the pipeline's defaults: MNIST uncropped, photos cropped
+    if crop is None:  # the dataset's own default, as the pipeline resolved it
+        from pipeline import datasets
+
+        crop = datasets.get(info.dataset).DEFAULTS["crop_largest_rect"]
     return robustness.evaluate_codes(
         predictor,
         images,
