@@ -170,33 +170,56 @@ def evaluate(
     given); returns the Evaluation and the absolute errors in record order. `max_records` stops after
     that many (in shard order); `on_total` hears the number of records to expect, `progress` each
     batch's count."""
-    import tensorflow as tf
-
     import schemas
-    from schemas import verify
-    from trainer import data
-    from trainer.config import TrainConfig
-    from trainer.predict import Predictor
 
     info = schemas.load_manifest(records)
     if split not in info.splits:
         raise EvaluationError(f"split {split!r} is not in {records}; it has {', '.join(sorted(info.splits))}")
+    predictor, config = _predictor_for_records(model, records, info, split)
+    wanted = _wanted_angles(config.bin_angles, info.angles_degrees, angles)
+    total = info.splits[split].num_images * int(wanted.sum())
+    if on_total:
+        on_total(total if max_records is None else min(total, max_records))
+    true_angles, predicted, labels = _predict_split(
+        predictor, config, info.shard_paths(records, split), wanted, batch_size, tta, max_records, progress
+    )
+    if not len(true_angles):
+        raise EvaluationError(f"split {split!r} of {records} holds no records with the model's angles")
+    result = summarize(
+        true_angles, predicted, labels, model=str(model), records=str(records), split=split, tta=tta
+    )
+    return result, circular_difference_degrees(true_angles, predicted)
+
+
+def _predictor_for_records(model: str, records: str, info, split: str) -> tuple[Any, Any]:
+    """The model's Predictor and its TrainConfig pointed at these records, after checking that their
+    images fit the model and the split's shards are whole (EvaluationError saying what to do)."""
+    from schemas import verify
+    from trainer.config import TrainConfig
+    from trainer.predict import Predictor
+
     predictor = load_predictor(model, Predictor)
     config = TrainConfig.from_dict(predictor.config)
-    if [info.image.height, info.image.width] != list(
-        predictor.image_size
-    ) or info.image.channels != predictor.channels:
+    image = info.image
+    if [image.height, image.width] != list(predictor.image_size) or image.channels != predictor.channels:
         raise EvaluationError(
-            f"records hold {info.image.height}x{info.image.width}x{info.image.channels} images but the model "
+            f"records hold {image.height}x{image.width}x{image.channels} images but the model "
             f"expects {predictor.image_size[0]}x{predictor.image_size[1]}x{predictor.channels}"
         )
-    config.records, config.image_format, config.compression = records, info.image.format, info.compression
+    config.records, config.image_format, config.compression = records, image.format, info.compression
     config.record_angles = sorted(info.angles_degrees)
     problems = verify.check_shards(info, records, [split])
     if problems:
         raise EvaluationError(verify.damaged_shard_message(problems, "re-run the pipeline"))
-    paths = info.shard_paths(records, split)
-    known_angles = set(config.bin_angles) & set(info.angles_degrees)
+    return predictor, config
+
+
+def _wanted_angles(bin_angles: Sequence[int], record_angles: Sequence[int], angles: Sequence[int] | None):
+    """(360,) bool: the angles to score, those both in the records and the model's bins (and in
+    `angles` when given; EvaluationError naming any that are not)."""
+    import schemas
+
+    known_angles = set(bin_angles) & set(record_angles)
     if angles is not None:
         unknown = sorted(set(angles) - known_angles)
         if unknown:
@@ -207,46 +230,40 @@ def evaluate(
         known_angles = set(angles)
     wanted = np.zeros(schemas.NUM_ANGLES, bool)
     wanted[sorted(known_angles)] = True
-    total = info.splits[split].num_images * len(known_angles)
-    if on_total:
-        on_total(total if max_records is None else min(total, max_records))
-    true_parts, predicted_parts, label_parts = [], [], []
+    return wanted
+
+
+def _predict_split(predictor, config, paths, wanted, batch_size, tta, max_records, progress):
+    """(true angles, predicted angles, labels) of the records of `paths` whose angle is `wanted`, in
+    shard order, at most `max_records`; `progress` hears each batch's count."""
+    import tensorflow as tf
+
+    from trainer import data
+
+    true_parts, predicted_parts, label_parts = (
+        [np.zeros(0, np.int32)],
+        [np.zeros(0, np.int64)],
+        [np.zeros(0, np.int32)],
+    )
     seen = 0
     try:
         for images, true, labels in data.evaluation_dataset(paths, config, batch_size):
             if max_records is not None and seen >= max_records:
                 break
-            images, true, labels = images.numpy(), true.numpy(), labels.numpy()
-            selected = wanted[true]
-            images, true, labels = images[selected], true[selected], labels[selected]
-            if max_records is not None:
-                keep = max_records - seen
-                images, true, labels = images[:keep], true[:keep], labels[:keep]
+            selected = wanted[true.numpy()]
+            keep = len(selected) if max_records is None else max_records - seen
+            images, true, labels = (part.numpy()[selected][:keep] for part in (images, true, labels))
             if not len(true):
                 continue
-            prediction = predictor.predict(images, batch_size=batch_size, tta=tta)
             true_parts.append(true)
-            predicted_parts.append(prediction.angles_degrees)
+            predicted_parts.append(predictor.predict(images, batch_size=batch_size, tta=tta).angles_degrees)
             label_parts.append(labels)
             seen += len(true)
             if progress:
                 progress(len(true))
     except tf.errors.DataLossError as error:
         raise EvaluationError(data.damaged_record_message(paths, error, "re-run the pipeline")) from None
-    if not seen:
-        raise EvaluationError(f"split {split!r} of {records} holds no records with the model's angles")
-    true_angles = np.concatenate(true_parts)
-    predicted = np.concatenate(predicted_parts)
-    result = summarize(
-        true_angles,
-        predicted,
-        np.concatenate(label_parts),
-        model=str(model),
-        records=str(records),
-        split=split,
-        tta=tta,
-    )
-    return result, circular_difference_degrees(true_angles, predicted)
+    return tuple(np.concatenate(parts) for parts in (true_parts, predicted_parts, label_parts))
 
 
 def evaluate_rotation_codes(

@@ -96,6 +96,38 @@ def default_output(model: str, split: str, tta: int) -> str:
     default=None,
     help="Where the original images are, for --rotation-codes (default: the manifest's mnist_dir / input).",
 )
+def _rotation_codes(option: str | None) -> list[str]:
+    """--rotation-codes as a list of trainer.robustness codes ([] without the option)."""
+    if not option:
+        return []
+    codes = list(ROTATION_CODES) if option == "all" else [code.strip() for code in option.split(",")]
+    unknown = sorted(set(codes) - set(ROTATION_CODES))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown rotation codes {', '.join(unknown)}; known: {', '.join(ROTATION_CODES)}",
+            param_hint="--rotation-codes",
+        )
+    return codes
+
+
+def _evaluate_with_progress(model, records, split, tta, batch_size, max_records, angles):
+    """trainer.evaluate.evaluate with a progress bar that learns its total once the records are known."""
+    from tqdm import tqdm
+
+    from trainer.evaluate import evaluate
+
+    with tqdm(desc="evaluating", unit="record", leave=False) as bar:
+
+        def set_total(total: int) -> None:
+            bar.total = total
+            bar.refresh()
+
+        return evaluate(
+            model, records, split, tta, batch_size, max_records,
+            progress=bar.update, on_total=set_total, angles=angles,
+        )  # fmt: skip
+
+
 def main(
     model: str,
     records: str,
@@ -114,18 +146,10 @@ def main(
     """Score a trained model on every record of a split: how many degrees off are its predictions?"""
     if not paths.is_remote(records) and not paths.exists(records):
         raise click.BadParameter(f"{records} does not exist", param_hint="--records")
-    from tqdm import tqdm
-
     from trainer.quiet import import_tensorflow
 
     import_tensorflow(verbose)
-    from trainer.evaluate import (
-        EvaluationError,
-        evaluate,
-        evaluate_rotation_codes,
-        open_output,
-        write_outputs,
-    )
+    from trainer.evaluate import EvaluationError, evaluate_rotation_codes, open_output, write_outputs
 
     output = output or default_output(model, split, int(tta))
     try:  # refused before the evaluation, not after it
@@ -133,49 +157,17 @@ def main(
     except EvaluationError as error:
         raise click.ClickException(str(error)) from None
 
-    codes: list[str] = []
-    if rotation_codes:
-        codes = (
-            list(ROTATION_CODES)
-            if rotation_codes == "all"
-            else [c.strip() for c in rotation_codes.split(",")]
-        )
-        unknown = sorted(set(codes) - set(ROTATION_CODES))
-        if unknown:
-            raise click.BadParameter(
-                f"unknown rotation codes {', '.join(unknown)}; known: {', '.join(ROTATION_CODES)}",
-                param_hint="--rotation-codes",
-            )
+    codes = _rotation_codes(rotation_codes)
     try:
-        with tqdm(desc="evaluating", unit="record", leave=False) as bar:
-
-            def set_total(total: int) -> None:
-                bar.total = total
-                bar.refresh()
-
-            result, errors = evaluate(
-                model,
-                records,
-                split,
-                int(tta),
-                batch_size,
-                max_records,
-                progress=bar.update,
-                on_total=set_total,
-                angles=angles,
-            )
+        result, errors = _evaluate_with_progress(
+            model, records, split, int(tta), batch_size, max_records, angles
+        )
+        report = None
         if codes:
             report = evaluate_rotation_codes(
-                model,
-                records,
-                split,
-                codes,
-                tta=sorted({1, int(tta)}),
-                seed=codes_seed,
-                angles_per_image=codes_angles_per_image,
-                source_dir=source_dir,
-                batch_size=batch_size,
-            )
+                model, records, split, codes, tta=sorted({1, int(tta)}), seed=codes_seed,
+                angles_per_image=codes_angles_per_image, source_dir=source_dir, batch_size=batch_size,
+            )  # fmt: skip
             result.rotation_codes = report.to_dict()
     except ManifestError as error:
         raise click.BadParameter(str(error), param_hint="--records") from None
@@ -188,7 +180,7 @@ def main(
     except EvaluationError as error:
         raise click.ClickException(str(error)) from None
     click.echo(result.table())
-    if codes:
+    if report is not None:
         click.echo(report.table())
     click.echo("wrote " + ", ".join(written))
 

@@ -497,8 +497,8 @@ def _export(
     error_budget: float,
     no_progress: bool,
 ) -> None:
-    from tools.safe_output import OutputRefusedError
-    from trainer.quiet import _stderr_to_devnull, import_tensorflow
+    """Convert, check parity on the validation records, then write the file (or set it aside)."""
+    from trainer.quiet import import_tensorflow
 
     import_tensorflow()  # quietly, before tf2onnx imports it
     if format_name == "onnx":
@@ -514,26 +514,51 @@ def _export(
     if not records:
         raise ExportError(f"{saved_model}'s train_config names no records: give them with --records")
     images, true_angles = read_records(records, "validation", config, parity_records)
-    calibration = None
-    if quantize == "int8":
-        calibration, _ = read_records(records, "train", config, calibration_records)
-    click.echo(f"converting {saved_model} to {format_name} (quantize {quantize}) ...", err=True)
-    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
-    try:
-        # The converters log from C++ (grappler sessions, quantizer settings) straight to stderr; their
-        # failures still come back as Python exceptions, reported in one line below.
-        with _stderr_to_devnull():
-            content = convert(saved_model, config, format_name, quantize, calibration)
-    except ExportError:
-        raise
-    except Exception as error:  # the converters raise many types; the first line says what went wrong
-        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
-        raise ExportError(f"the {format_name} conversion failed ({type(error).__name__}: {first})") from None
+    calibration = (
+        read_records(records, "train", config, calibration_records)[0] if quantize == "int8" else None
+    )
+    content = _convert_quietly(saved_model, config, format_name, quantize, calibration)
     try:
         runtime = runtimes.runtime_for(format_name, content)
     except runtimes.RuntimeUnavailableError as error:
         raise ExportUnavailableError(str(error)) from None
     exported = Predictor(config, runtime.predict, str(output))
+    report = judge(_parity(reference, exported, images, true_angles, no_progress), quantize, error_budget)
+    report.update(
+        format=format_name, quantize=quantize, records_dir=str(records), split="validation",
+        saved_model=os.path.abspath(saved_model), runtime=runtime.backend,
+    )  # fmt: skip
+    click.echo(summary_line(report))
+    name = output.name if report["passed"] else rejected_name(output.name)
+    _publish(
+        tree,
+        output,
+        name,
+        content,
+        describe(config, format_name, quantize, content, name, saved_model),
+        report,
+    )
+
+
+def _convert_quietly(saved_model: str, config: dict, format_name: str, quantize: str, calibration) -> bytes:
+    """`convert`, with the converters' C++ logging (grappler sessions, quantizer settings) silenced;
+    their failures still come back as Python exceptions, reported in one line."""
+    from trainer.quiet import _stderr_to_devnull
+
+    click.echo(f"converting {saved_model} to {format_name} (quantize {quantize}) ...", err=True)
+    logging.getLogger("tf2onnx").setLevel(logging.ERROR)
+    try:
+        with _stderr_to_devnull():
+            return convert(saved_model, config, format_name, quantize, calibration)
+    except ExportError:
+        raise
+    except Exception as error:  # the converters raise many types; the first line says what went wrong
+        first = str(error).strip().splitlines()[0] if str(error).strip() else ""
+        raise ExportError(f"the {format_name} conversion failed ({type(error).__name__}: {first})") from None
+
+
+def _parity(reference, exported, images: np.ndarray, true_angles: np.ndarray, no_progress: bool) -> dict:
+    """parity_report of the exported model against the SavedModel on the same images, in batches."""
     reference_parts, exported_parts = [], []
     with tqdm(total=len(images), unit="img", disable=no_progress, desc="parity") as bar:
         for start in range(0, len(images), PARITY_BATCH):
@@ -541,17 +566,18 @@ def _export(
             reference_parts.append(reference.predict(batch, batch_size=PARITY_BATCH).probabilities)
             exported_parts.append(exported.predict(batch, batch_size=PARITY_BATCH).probabilities)
             bar.update(len(batch))
-    report = parity_report(
-        np.concatenate(reference_parts), np.concatenate(exported_parts), true_angles, config["bin_angles"]
+    return parity_report(
+        np.concatenate(reference_parts),
+        np.concatenate(exported_parts),
+        true_angles,
+        reference.config["bin_angles"],
     )
-    report = judge(report, quantize, error_budget)
-    report.update(
-        format=format_name, quantize=quantize, records_dir=str(records), split="validation",
-        saved_model=os.path.abspath(saved_model), runtime=runtime.backend,
-    )  # fmt: skip
-    click.echo(summary_line(report))
-    name = output.name if report["passed"] else rejected_name(output.name)
-    description = describe(config, format_name, quantize, content, name, saved_model)
+
+
+def _publish(tree, output: Path, name: str, content: bytes, description: dict, report: dict) -> None:
+    """Write the export as `name`: OUTPUT's name when it passed, else its rejected_name (and exit 1)."""
+    from tools.safe_output import OutputRefusedError
+
     try:
         write_export(tree, name, content, description, report)
     except OutputRefusedError as error:
