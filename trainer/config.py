@@ -68,7 +68,10 @@ class TrainConfig:
     batch_size: int = 128  # per replica; the global batch is batch_size * number of replicas
     learning_rate: float = 1e-3  # Adam
     lr_schedule: str = "plateau"  # plateau: ReduceLROnPlateau; cosine: cosine decay over all steps
-    reduce_lr_patience: int = 3  # epochs without a better validation angle error before LR x 0.5
+    reduce_lr_patience: int = 3  # plateau: epochs without a better validation angle error before LR x factor
+    reduce_lr_factor: float = 0.5  # plateau: the learning rate is multiplied by this at each plateau
+    min_learning_rate: float = 1e-6  # plateau: never below this
+    cosine_final_fraction: float = 0.01  # cosine: the learning rate ends at this fraction of --lr
     early_stopping_patience: int = 10  # epochs without a better validation angle error before stopping
     precision: str = "auto"  # auto = mixed_float16 on GPU, float32 on CPU
 

@@ -438,6 +438,12 @@ class Backup(keras.callbacks.BackupAndRestore):
         if self.save_freq != "epoch":
             self._save_model()
 
+    def save_now(self) -> None:
+        """Back up at once (SIGTERM: BackupOnSignal)."""
+        self._save_model()
+
+    # BackupAndRestore's own save hook (Keras has no public one): every save, at epoch ends and every N
+    # steps, goes through here, so overriding it is what makes each backup atomic.
     def _save_model(self):
         os.makedirs(self.backup_dir, exist_ok=True)
         join = lambda name: os.path.join(self.backup_dir, name)  # noqa: E731
@@ -483,14 +489,14 @@ def _check_free_space(directory: str, expected_bytes: int) -> None:
 class BackupOnSignal(keras.callbacks.Callback):
     """SIGTERM (preemption, `kill`): back up at the next batch end, then stop with TrainingInterruptedError."""
 
-    def __init__(self, backup: keras.callbacks.BackupAndRestore):
+    def __init__(self, backup: Backup):
         super().__init__()
         self.backup = backup
         self.signalled = threading.Event()
 
     def on_train_batch_end(self, batch, logs=None):
         if self.signalled.is_set():
-            self.backup._save_model()  # the callback's own save; fit's on_train_end would delete it
+            self.backup.save_now()  # the callback's own save; fit's on_train_end would delete it
             raise TrainingInterruptedError(
                 f"interrupted by SIGTERM; backup written to {self.backup.backup_dir}: "
                 "rerun the same command to resume"
@@ -659,25 +665,49 @@ def _fit(
     extra_callbacks: Sequence[Any],
     echo: Callable[[str], None],
 ) -> TrainResult:
-    import tensorflow as tf
-
-    from trainer import data
+    """Build, train and publish: the model under the strategy, its datasets, the callbacks, fit (or the
+    distributed loop), then the best epoch's model exported with its metrics and curves."""
     from trainer.heads import Head
-    from trainer.models import build_model
-    from trainer.predict import export_saved_model
 
     head = Head(config.head, tuple(config.bin_angles), config.sigma_degrees)
+    model = _compiled_model(config, head, strategy)
+    train_data, validation_data = _datasets(config, info, strategy, head, shards)
+    monitor = "val_angle_error" if validation_data is not None else "angle_error"
+    watch = _Callbacks(config, monitor, initial_epoch, echo)
+    callbacks = [*watch.all, *extra_callbacks]
+    _train(model, strategy, config, head, (train_data, validation_data), callbacks, shards, initial_epoch)
+    if watch.non_finite.batch is not None:
+        raise TrainingError(
+            f"the training loss became NaN or infinite (epoch batch {watch.non_finite.batch + 1}); training "
+            f"stopped and {MODEL_FILE} was not replaced: lower --lr and rerun with --overwrite"
+        )
+    return _publish_best(model, config, monitor, initial_epoch, watch, skipped, echo)
+
+
+def _compiled_model(config: TrainConfig, head: Any, strategy: Any) -> keras.Model:
+    """The configured model with Adam at --lr (cosine-decayed over every step, or constant for the
+    plateau schedule's callback), the head's loss and metrics, built in the strategy's scope."""
+    from trainer.models import build_model
+
     with strategy.scope():
         model = build_model(config, head)
+        learning_rate = config.learning_rate
         if config.lr_schedule == "cosine":
             learning_rate = keras.optimizers.schedules.CosineDecay(
-                config.learning_rate, decay_steps=config.epochs * config.steps_per_epoch, alpha=0.01
+                config.learning_rate,
+                decay_steps=config.epochs * config.steps_per_epoch,
+                alpha=config.cosine_final_fraction,
             )
-        else:
-            learning_rate = config.learning_rate
         model.compile(
             optimizer=keras.optimizers.Adam(learning_rate), loss=head.loss(), metrics=head.metrics()
         )
+    return model
+
+
+def _datasets(config: TrainConfig, info: schemas.DatasetInfo, strategy: Any, head: Any, shards: dict):
+    """(training batches, validation batches or None): trainer.data's chains over the usable shards;
+    with several workers one input pipeline per worker (trainer/distributed.py)."""
+    from trainer import data
 
     num_records = {
         path: shard.num_records
@@ -686,61 +716,85 @@ def _fit(
             info.splits[split].shards, info.shard_paths(config.records, split), strict=True
         )
     }
-    train_counts = [num_records[p] for p in shards["train"]]
-    if config.strategy != "multi_worker":
-        train_data = data.training_dataset(shards["train"], config, head, train_counts)
-    else:  # one input pipeline per worker, per-replica batches (trainer/distributed.py)
+    train_counts = [num_records[path] for path in shards["train"]]
+    if config.strategy == "multi_worker":
         from trainer import distributed
 
         train_data = distributed.distribute_training(strategy, config, head, shards["train"], train_counts)
-    has_validation = bool(shards.get("validation")) and bool(config.validation_steps)
-    validation_data = (
-        data.validation_dataset(shards["validation"], config, head, config.validation_steps)
-        if has_validation
-        else None
-    )
-    monitor = "val_angle_error" if has_validation else "angle_error"
-    history_path = os.path.join(config.output, HISTORY_FILE)
-    best_so_far = [row[monitor] for row in _read_history(history_path) if _is_number(row.get(monitor))]
-    model_path = os.path.join(config.output, BEST_MODEL_ASIDE)
+    else:
+        train_data = data.training_dataset(shards["train"], config, head, train_counts)
+    if not (shards.get("validation") and config.validation_steps):
+        return train_data, None
+    return train_data, data.validation_dataset(shards["validation"], config, head, config.validation_steps)
 
-    backup = Backup(os.path.join(config.output, BACKUP_DIR), save_freq=config.backup_every_steps or "epoch")
-    throughput = Throughput(config.global_batch_size)
-    on_signal = BackupOnSignal(backup)
-    callbacks = [
-        backup,
-        keras.callbacks.ModelCheckpoint(
-            model_path,
-            monitor=monitor,
-            mode="min",
-            save_best_only=True,
-            initial_value_threshold=min(best_so_far) if best_so_far and initial_epoch else None,
-        ),
-        keras.callbacks.EarlyStopping(monitor=monitor, mode="min", patience=config.early_stopping_patience),
-        keras.callbacks.CSVLogger(history_path, append=initial_epoch > 0),
-        throughput,
-        on_signal,
-        non_finite := StopOnNonFiniteLoss(),
-    ]
-    if config.lr_schedule == "plateau":
-        callbacks.append(
-            keras.callbacks.ReduceLROnPlateau(
-                monitor=monitor, mode="min", factor=0.5, patience=config.reduce_lr_patience, min_lr=1e-6
-            )
+
+class _Callbacks:
+    """The run's callbacks: backup (and on SIGTERM), the best model aside, early stopping, the CSV log,
+    throughput, the NaN stop, the learning-rate plateau and TensorBoard where installed."""
+
+    def __init__(self, config: TrainConfig, monitor: str, initial_epoch: int, echo: Callable[[str], None]):
+        self.history_path = os.path.join(config.output, HISTORY_FILE)
+        self.model_path = os.path.join(config.output, BEST_MODEL_ASIDE)
+        best_so_far = [
+            row[monitor] for row in _read_history(self.history_path) if _is_number(row.get(monitor))
+        ]
+        backup = Backup(
+            os.path.join(config.output, BACKUP_DIR), save_freq=config.backup_every_steps or "epoch"
         )
-    if config.tensorboard and importlib.util.find_spec("tensorboard") is not None:
-        callbacks.append(keras.callbacks.TensorBoard(os.path.join(config.output, "tensorboard")))
-    elif (
-        config.tensorboard
-    ):  # tf.summary needs the tensorboard package, which TensorFlow 2.21 does not pull in
-        echo("no TensorBoard logs: the tensorboard package is not installed (pip install tensorboard)")
-    callbacks.extend(extra_callbacks)
+        self.throughput = Throughput(config.global_batch_size)
+        self.on_signal = BackupOnSignal(backup)
+        self.non_finite = StopOnNonFiniteLoss()
+        self.all = [
+            backup,
+            keras.callbacks.ModelCheckpoint(
+                self.model_path,
+                monitor=monitor,
+                mode="min",
+                save_best_only=True,
+                initial_value_threshold=min(best_so_far) if best_so_far and initial_epoch else None,
+            ),
+            keras.callbacks.EarlyStopping(
+                monitor=monitor, mode="min", patience=config.early_stopping_patience
+            ),
+            keras.callbacks.CSVLogger(self.history_path, append=initial_epoch > 0),
+            self.throughput,
+            self.on_signal,
+            self.non_finite,
+        ]
+        if config.lr_schedule == "plateau":
+            self.all.append(
+                keras.callbacks.ReduceLROnPlateau(
+                    monitor=monitor,
+                    mode="min",
+                    factor=config.reduce_lr_factor,
+                    patience=config.reduce_lr_patience,
+                    min_lr=config.min_learning_rate,
+                )
+            )
+        if config.tensorboard and importlib.util.find_spec("tensorboard") is not None:
+            self.all.append(keras.callbacks.TensorBoard(os.path.join(config.output, "tensorboard")))
+        elif (
+            config.tensorboard
+        ):  # tf.summary needs the tensorboard package, which TensorFlow does not pull in
+            echo("no TensorBoard logs: the tensorboard package is not installed (pip install tensorboard)")
 
+
+def _train(model, strategy, config, head, datasets, callbacks, shards, initial_epoch: int) -> None:
+    """model.fit (the distributed loop with several workers: model.fit fails there, keras-team/keras
+    #20585), SIGTERM turned into a backup and a stop; a damaged record is one TrainingError."""
+    import tensorflow as tf
+
+    from trainer import data
+
+    train_data, validation_data = datasets
+    on_signal = next(callback for callback in callbacks if isinstance(callback, BackupOnSignal))
     previous_handler = None
     if threading.current_thread() is threading.main_thread():
         previous_handler = signal.signal(signal.SIGTERM, lambda *_: on_signal.signalled.set())
     try:
-        if config.strategy == "multi_worker":  # model.fit fails there (keras-team/keras#20585)
+        if config.strategy == "multi_worker":
+            from trainer import distributed
+
             distributed.fit(
                 model, strategy, config, head, train_data, validation_data, callbacks, initial_epoch
             )
@@ -761,19 +815,19 @@ def _fit(
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
 
-    if non_finite.batch is not None:
-        raise TrainingError(
-            f"the training loss became NaN or infinite (epoch batch {non_finite.batch + 1}); training "
-            f"stopped and {MODEL_FILE} was not replaced: lower --lr and rerun with --overwrite"
-        )
-    if os.path.exists(model_path):  # the best epoch's model, written by ModelCheckpoint
-        model = keras.saving.load_model(model_path, compile=False)
+
+def _publish_best(model, config, monitor, initial_epoch, watch: _Callbacks, skipped, echo) -> TrainResult:
+    """The best epoch's model (ModelCheckpoint's, aside) exported as a SavedModel, with the run's metrics
+    and training curves; model.keras itself is renamed into place by the caller once all is written."""
+    from trainer.predict import export_saved_model
+
+    if os.path.exists(watch.model_path):
+        model = keras.saving.load_model(watch.model_path, compile=False)
     else:
-        model.save(model_path)
-    config_dict = json.loads(config.to_json())
-    export_saved_model(model, config_dict, os.path.join(config.output, SAVED_MODEL_DIR))
-    history = _read_history(history_path)
-    metrics = _summarize(history, monitor, initial_epoch, throughput.images_per_second(), skipped)
+        model.save(watch.model_path)
+    export_saved_model(model, json.loads(config.to_json()), os.path.join(config.output, SAVED_MODEL_DIR))
+    history = _read_history(watch.history_path)
+    metrics = _summarize(history, monitor, initial_epoch, watch.throughput.images_per_second(), skipped)
     _plot_curves(
         history, os.path.join(config.output, CURVES_FILE), title=f"{config.model} on {config.dataset}"
     )
