@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import errno
 import json
 import logging
 import os
@@ -349,10 +350,16 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         raise click.ClickException(str(error)) from None
     except OSError as error:  # a full disk, a read-only directory: where and what to do, not a traceback
         where = f" ({error.filename})" if getattr(error, "filename", None) else ""
+        writing = error.errno in (errno.ENOSPC, errno.EROFS, errno.EACCES, errno.EPERM, errno.EDQUOT)
         raise click.ClickException(
-            f"cannot write the records{where}: {error.strerror or error}; free space or choose a writable "
-            "--output-dir, then rerun the same command (what this run wrote is named by its ledger and "
-            "removed by the rerun)"
+            (
+                f"cannot write the records{where}: {error.strerror}; free space or choose a writable "
+                "--output-dir"
+                if writing
+                else f"{error.strerror or error}{where}"
+            )
+            + ", then rerun the same command (what this run wrote is named by its ledger and removed by "
+            "the rerun)"
         ) from None
     except KeyboardInterrupt:
         click.echo(

@@ -79,12 +79,12 @@ def test_a_crash_while_publishing_leaves_a_ledger_that_removes_both(
     old = schemas.load_manifest(str(finished))
     old_names = {shard.name for split in old.splits.values() for shard in split.shards}
 
-    def crash(*args, **kwargs):
-        raise OSError("simulated crash while renaming")
+    def crash(*args, **kwargs):  # not an OSError: the CLI would turn that into one line
+        raise RuntimeError("simulated crash while renaming")
 
     monkeypatch.setattr(job, "publish", crash)
     new_inputs = _inputs(tmp_path / "new", good=4, bad=0)
-    with pytest.raises(OSError):
+    with pytest.raises(RuntimeError, match="simulated crash"):
         _run(new_inputs, finished, "--overwrite")
     assert not (finished / schemas.MANIFEST_NAME).exists()  # withdrawn just before the renames
     ledger = run_ledger.RunLedger.from_json((finished / run_ledger.LEDGER_NAME).read_text())
