@@ -524,6 +524,32 @@ def _make_strategy(kind: str, cluster_timeout: float = 300.0):
     return tf.distribute.get_strategy()
 
 
+def _resolve_for_machine(config: TrainConfig, info: schemas.DatasetInfo) -> Any:
+    """Check that TensorFlow can read gs:// records, choose the strategy (before other TensorFlow work:
+    multi-worker needs that) and precision, resolve the config from the manifest, and move a
+    non-chief worker's output beside --output; returns the strategy."""
+    import tensorflow as tf
+
+    if "://" in config.records:  # TensorFlow's own GCS client reads the shards: fail now if it cannot
+        from schemas.gcs import tensorflow_emulator_problem
+
+        if problem := tensorflow_emulator_problem(config.records):
+            raise TrainingError(problem)
+        first_split = next(iter(info.splits))
+        tf.io.gfile.stat(info.shard_paths(config.records, first_split)[0])
+    tf_config = os.environ.get("TF_CONFIG")
+    num_gpus = len(tf.config.list_physical_devices("GPU"))
+    config.strategy = choose_strategy_kind(num_gpus, tf_config)
+    strategy = _make_strategy(config.strategy, config.cluster_timeout)
+    config.resolved_precision = resolve_precision(config.precision, num_gpus)
+    resolve(config, info, strategy.num_replicas_in_sync)
+    if not is_chief(tf_config):  # workers train too but write their files aside, beside --output
+        from trainer.distributed import worker_output
+
+        config.output = worker_output(config.output, tf_config)
+    return strategy
+
+
 def run(
     config: TrainConfig,
     callbacks: Sequence[Any] = (),
@@ -536,28 +562,7 @@ def run(
     info = schemas.load_manifest(config.records)  # ManifestError says what is wrong
     digest_at_start = manifest_digest(config.records)
 
-    import tensorflow as tf
-
-    if "://" in config.records:  # TensorFlow's own GCS client reads the shards: fail now if it cannot
-        from schemas.gcs import tensorflow_emulator_problem
-
-        if problem := tensorflow_emulator_problem(config.records):
-            raise TrainingError(problem)
-        first_split = next(iter(info.splits))
-        tf.io.gfile.stat(info.shard_paths(config.records, first_split)[0])
-
-    tf_config = os.environ.get("TF_CONFIG")
-    num_gpus = len(tf.config.list_physical_devices("GPU"))
-    config.strategy = choose_strategy_kind(num_gpus, tf_config)
-    strategy = _make_strategy(
-        config.strategy, config.cluster_timeout
-    )  # before other TensorFlow work (multi-worker needs that)
-    config.resolved_precision = resolve_precision(config.precision, num_gpus)
-    resolve(config, info, strategy.num_replicas_in_sync)
-    if not is_chief(tf_config):  # workers train too but write their files aside, beside --output
-        from trainer.distributed import worker_output
-
-        config.output = worker_output(config.output, tf_config)
+    strategy = _resolve_for_machine(config, info)
     claim_output(config, overwrite)
     from pipeline.output_lock import LocalLock, LockHeldError
 
