@@ -36,6 +36,38 @@ def default_output(model: str, split: str, tta: int) -> str:
     return os.path.join(run_dir, f"evaluation-{split}" + (f"-tta{tta}" if tta > 1 else ""))
 
 
+def _rotation_codes(option: str | None) -> list[str]:
+    """--rotation-codes as a list of trainer.robustness codes ([] without the option)."""
+    if not option:
+        return []
+    codes = list(ROTATION_CODES) if option == "all" else [code.strip() for code in option.split(",")]
+    unknown = sorted(set(codes) - set(ROTATION_CODES))
+    if unknown:
+        raise click.BadParameter(
+            f"unknown rotation codes {', '.join(unknown)}; known: {', '.join(ROTATION_CODES)}",
+            param_hint="--rotation-codes",
+        )
+    return codes
+
+
+def _evaluate_with_progress(model, records, split, tta, batch_size, max_records, angles):
+    """trainer.evaluate.evaluate with a progress bar that learns its total once the records are known."""
+    from tqdm import tqdm
+
+    from trainer.evaluate import evaluate
+
+    with tqdm(desc="evaluating", unit="record", leave=False) as bar:
+
+        def set_total(total: int) -> None:
+            bar.total = total
+            bar.refresh()
+
+        return evaluate(
+            model, records, split, tta, batch_size, max_records,
+            progress=bar.update, on_total=set_total, angles=angles,
+        )  # fmt: skip
+
+
 @click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
 @click.option(
     "--model",
@@ -96,38 +128,6 @@ def default_output(model: str, split: str, tta: int) -> str:
     default=None,
     help="Where the original images are, for --rotation-codes (default: the manifest's mnist_dir / input).",
 )
-def _rotation_codes(option: str | None) -> list[str]:
-    """--rotation-codes as a list of trainer.robustness codes ([] without the option)."""
-    if not option:
-        return []
-    codes = list(ROTATION_CODES) if option == "all" else [code.strip() for code in option.split(",")]
-    unknown = sorted(set(codes) - set(ROTATION_CODES))
-    if unknown:
-        raise click.BadParameter(
-            f"unknown rotation codes {', '.join(unknown)}; known: {', '.join(ROTATION_CODES)}",
-            param_hint="--rotation-codes",
-        )
-    return codes
-
-
-def _evaluate_with_progress(model, records, split, tta, batch_size, max_records, angles):
-    """trainer.evaluate.evaluate with a progress bar that learns its total once the records are known."""
-    from tqdm import tqdm
-
-    from trainer.evaluate import evaluate
-
-    with tqdm(desc="evaluating", unit="record", leave=False) as bar:
-
-        def set_total(total: int) -> None:
-            bar.total = total
-            bar.refresh()
-
-        return evaluate(
-            model, records, split, tta, batch_size, max_records,
-            progress=bar.update, on_total=set_total, angles=angles,
-        )  # fmt: skip
-
-
 def main(
     model: str,
     records: str,
