@@ -24,7 +24,6 @@ import gzip
 import json
 import os
 import shlex
-import shutil
 import struct
 import subprocess
 import sys
@@ -292,9 +291,9 @@ def write_report(
 
 def main() -> int:
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
-    # A demo starts clean: rotnet-train would otherwise resume the previous demo's run.
-    for name in ("run", "evaluation", "rotated", "corrected"):
-        shutil.rmtree(DEMO_DIR / name, ignore_errors=True)
+    # A rerun deletes nothing by name: each tool replaces only what it wrote (rotnet-train's --overwrite
+    # replaces the previous demo's finished model once the new best exists; rotnet-evaluate and
+    # rotnet-correct rewrite their own files, by their ledgers).
     steps: list[Step] = []
     options, available, source = mnist_source()
     fraction = min(1.0, round(DEMO_IMAGES / available, 4))
@@ -333,6 +332,7 @@ def main() -> int:
             str(TRAIN_EPOCHS),
             "--steps-per-epoch",
             str(STEPS_PER_EPOCH),
+            "--overwrite",
         ],
         steps,
     )
