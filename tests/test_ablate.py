@@ -394,3 +394,20 @@ def test_resume_after_a_kill_before_the_first_history_row_starts_history_again(t
     (tmp_path / "history.csv").write_text("epoch,loss\n0,1.5\n1,1.2\n")
     assert _prepare_resume(TrainConfig(output=str(tmp_path))) == 1
     assert (tmp_path / "history.csv").read_text().splitlines() == ["epoch,loss", "0,1.5"]
+
+
+def test_checking_a_spec_and_skipping_finished_runs_import_no_tensorflow(
+    records: Path, tmp_path: Path
+) -> None:
+    """A rerun with nothing to train stays quick: the spec checks, the plan and the table need no TF."""
+    spec = _spec(tmp_path / "spec.toml", records, BASE + TWO_ARMS)
+    code = (
+        "import sys; from trainer import ablate, ablate_report; from trainer.ablate_spec import load_spec; "
+        f"spec = load_spec({str(spec)!r}); ablate.plans(spec, {str(tmp_path / 'study')!r}); "
+        "print(sorted(m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, cwd=REPO_ROOT, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip() == "[]"
