@@ -32,6 +32,7 @@ import logging
 import os
 import pstats
 import re
+import resource
 import shutil
 import statistics
 import subprocess
@@ -96,8 +97,12 @@ def _baseline_checkout(directory: Path) -> Path | None:
     return directory if added.returncode == 0 else None
 
 
-def pipeline_run(checkout: Path, arguments: list[str]) -> tuple[float, float]:
-    """(job wall seconds, records/s) of `rotnet-pipeline ARGUMENTS` run from `checkout`'s code."""
+def pipeline_run(checkout: Path, arguments: list[str], cpu: list[float] | None = None) -> tuple[float, float]:
+    """(job wall seconds, records/s) of `rotnet-pipeline ARGUMENTS` run from `checkout`'s code. `cpu`, when
+    given, gets the run's records per CPU second appended: user + system time of the whole process tree
+    (its Beam workers too; interpreter start-up included), which other jobs on a shared machine barely
+    move, where they stretch wall time."""
+    before = resource.getrusage(resource.RUSAGE_CHILDREN)
     completed = subprocess.run(
         [sys.executable, "-c", "from pipeline.cli import main; main()", *arguments, "--no-progress"],
         cwd=checkout,
@@ -108,18 +113,31 @@ def pipeline_run(checkout: Path, arguments: list[str]) -> tuple[float, float]:
     found = _WALL.search(completed.stdout)
     if completed.returncode != 0 or found is None:
         raise RuntimeError(f"rotnet-pipeline from {checkout} failed: {completed.stderr[-2000:]}")
-    return float(found[1]), float(found[2].replace(",", ""))
+    wall, rate = float(found[1]), float(found[2].replace(",", ""))
+    if cpu is not None:
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
+        seconds = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+        cpu.append(wall * rate / max(seconds, 1e-9))
+    return wall, rate
 
 
 def alternating_runs(
-    checkouts: dict[str, Path | None], arguments: list[str], output: Path, repeats: int
+    checkouts: dict[str, Path | None],
+    arguments: list[str],
+    output: Path,
+    repeats: int,
+    cpu: dict[str, list[float]] | None = None,
 ) -> dict:
-    """records/s of each checkout's runs, taken in turn (a, b, a, b, ...), each into a fresh directory."""
+    """records/s of each checkout's runs, taken in turn (a, b, a, b, ...), each into a fresh directory;
+    `cpu`, when given, gets each checkout's records per CPU second (pipeline_run)."""
     rates: dict[str, list[float]] = {name: [] for name, checkout in checkouts.items() if checkout}
     for repeat in range(repeats):
         for name in rates:
             target = output / f"{name}-{repeat}"
-            rates[name].append(pipeline_run(checkouts[name], [*arguments, "--output-dir", str(target)])[1])
+            per_cpu = None if cpu is None else cpu.setdefault(name, [])
+            rates[name].append(
+                pipeline_run(checkouts[name], [*arguments, "--output-dir", str(target)], per_cpu)[1]
+            )
             shutil.rmtree(target, ignore_errors=True)
     return rates
 
@@ -215,13 +233,18 @@ def _mnist(scratch: Path, baseline: Path | None, quick: bool) -> list[str]:
         "--angles", "0-359:10" if quick else "all", "--subset-fraction", "0.2" if quick else "1",
     ]  # fmt: skip
     repeats = 1 if quick else 3
-    rates = alternating_runs({"old": baseline, "new": REPO_ROOT}, arguments, scratch / "mnist-runs", repeats)
+    cpu: dict[str, list[float]] = {}
+    rates = alternating_runs(
+        {"old": baseline, "new": REPO_ROOT}, arguments, scratch / "mnist-runs", repeats, cpu
+    )
     lines = [
         f"MNIST: the 5k subset{' (a 0.2 subset, 36 angles)' if quick else ''} x 360 angles, 28 px PNG, local "
-        f"runner with 2 worker processes; {repeats} run(s) of each version, median (min-max).",
+        f"runner with 2 worker processes; {repeats} run(s) of each version, median (min-max). Records per "
+        "CPU second: the run's records over the user + system time of its whole process tree (interpreter "
+        "start-up included), the figure a shared machine disturbs least.",
         "",
-        "| version | records/s | full MNIST (70,000 x 360) extrapolated, minutes |",
-        "|---|---:|---:|",
+        "| version | records/s | records per CPU second | full MNIST (70,000 x 360) extrapolated, minutes |",
+        "|---|---:|---:|---:|",
     ]
     minutes = {
         name: [FULL_MNIST_IMAGES * 360 / rate / 60 for rate in values] for name, values in rates.items()
@@ -231,8 +254,16 @@ def _mnist(scratch: Path, baseline: Path | None, quick: bool) -> list[str]:
             spread = (
                 f"{statistics.median(minutes[name]):.1f} ({min(minutes[name]):.1f}-{max(minutes[name]):.1f})"
             )
-            lines.append(f"| {label} | {_median_spread(rates[name])} | {spread} |")
+            lines.append(
+                f"| {label} | {_median_spread(rates[name])} | {_median_spread(cpu[name])} | {spread} |"
+            )
     new_minutes = statistics.median(minutes["new"])
+    if "old" in rates:
+        lines += [
+            "",
+            f"This version against rotnet 0.1 (target >= 110%): {statistics.median(rates['new']) / statistics.median(rates['old']):.0%} "
+            f"of its records/s, {statistics.median(cpu['new']) / statistics.median(cpu['old']):.0%} of its records per CPU second.",
+        ]
     lines += [
         "",
         f"Target: full MNIST in <= 15 minutes on 2 cores ({new_minutes:.1f}: {'met' if new_minutes <= 15 else 'not met'}).",

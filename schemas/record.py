@@ -171,8 +171,8 @@ def example_encoder(template: Record) -> Callable[[bytes, int], bytes]:
     `encode(image_encoded, angle_degrees)` returns exactly the bytes of `encode_example` for the template
     with those two fields replaced, but every other byte is pre-built: the other features' entries once
     per template, the angle's entry once per angle, the image entry's header once per image size; a
-    record is then one join of six pieces (the pipeline serializes every record this way: ~1.5 us
-    instead of ~50 us).
+    record is then one join of eight pieces. The pipeline serializes every record this way: 0.5 us of
+    CPU per 28 px record against 2.8 us for the earlier per-record varints and ~50 us for encode_example.
     """
 
     def map_entry(feature: FeatureDef, value: Any) -> bytes:
