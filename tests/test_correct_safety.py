@@ -255,3 +255,21 @@ def test_hostile_inputs_each_get_a_report_line_and_are_never_read_unbounded(
     assert (out / "album.jpg" / "inner.jpg").is_file() and not (out / "linked_album").exists()
     assert tree_digest(tmp_path / "in") == before
     (out / "predictions.csv").read_text(encoding="utf-8")  # valid UTF-8 throughout
+
+
+@pytest.mark.timeout(120)
+@pytest.mark.parametrize("damage", ["garbage", "fifo"])
+def test_a_broken_model_file_is_one_line_and_nothing_is_written(tmp_path: Path, damage: str) -> None:
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "train_config.json").write_text("{}")
+    if damage == "fifo":
+        os.mkfifo(run / "model.keras")  # would block a plain open() for ever
+    else:
+        (run / "model.keras").write_bytes(b"not a zip file")
+    out = tmp_path / "out"
+    result = CliRunner().invoke(correct.main, [str(run), str(photos(tmp_path / "in")), "-o", str(out)])
+    assert result.exit_code == 1, result.output
+    assert result.output.startswith("Error: ") and result.output.count("\n") == 1, result.output
+    assert str(run) in result.output
+    assert "Traceback" not in result.output and not out.exists()

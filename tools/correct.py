@@ -56,6 +56,8 @@ from pipeline import codec, geometry
 from pipeline import inputs as input_files
 from pipeline.codec import IMAGE_EXTENSIONS, BadImageError, decode_source_image
 from tools.safe_output import OutputRefusedError, OutputTree
+from trainer.evaluate import EvaluationError
+from trainer.evaluate import load_predictor as load_checked_predictor
 from trainer.options import batch_size_option, tta_option
 
 # Pillow's save() needs the format for each extension; JPEG keeps the pipeline's q95.
@@ -225,7 +227,9 @@ def load_predictor(model: str):
     import_tensorflow()  # TensorFlow's start-up lines would come before the tool's own
     from trainer.predict import Predictor
 
-    return Predictor.load(model)
+    return load_checked_predictor(
+        model, Predictor
+    )  # regular files under a size cap; a damaged one is one line
 
 
 # --- Command ----------------------------------------------------------------------------------
@@ -289,6 +293,8 @@ def main(
         predictor = load_predictor(model)
     except (OSError, ValueError) as error:
         raise click.ClickException(f"cannot load model {model}: {error}") from None
+    except EvaluationError as error:  # a damaged model file, or a FIFO/device at its name
+        raise click.ClickException(str(error)) from None
     try:
         tree = OutputTree(output, "rotnet-correct", LEDGER_NAME)
         for name in report_files([]):
