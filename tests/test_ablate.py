@@ -383,11 +383,18 @@ def test_resume_after_a_kill_before_the_first_history_row_starts_history_again(t
     """A sweep killed between rotnet-train's first backup and CSVLogger's first row left an empty
     history.csv; the resume rewrote it header-less and the run crashed at its end (found by the kill
     test above). Now the empty file is removed, so CSVLogger writes its header again."""
+    import hashlib
+
     from trainer.config import TrainConfig
     from trainer.train import _prepare_resume
 
     (tmp_path / "backup").mkdir()
-    (tmp_path / "backup" / "training_metadata.json").write_text('{"epoch": 1, "batch": 2}')
+    weights = b"weights of epoch 1"  # a whole backup pair: the metadata records the weights' SHA-256
+    (tmp_path / "backup" / "latest.weights.h5").write_bytes(weights)
+    digest = hashlib.sha256(weights).hexdigest()
+    (tmp_path / "backup" / "training_metadata.json").write_text(
+        f'{{"epoch": 1, "batch": 2, "sha256": "{digest}"}}'
+    )
     (tmp_path / "history.csv").write_text("")
     assert _prepare_resume(TrainConfig(output=str(tmp_path))) == 1
     assert not (tmp_path / "history.csv").exists()

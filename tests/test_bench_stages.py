@@ -9,8 +9,8 @@ import numpy as np
 from benchmarks import pipeline as pipeline_benchmark
 from pipeline.config import PipelineConfig
 from pipeline.datasets.common import SourceImage
-from schemas import tfrecord_file
 from tests.factories import synthetic_image
+from tests.helpers import count_records
 
 
 def test_stage_breakdown_times_each_stage_of_the_shard_writer_chain(tmp_path: Path) -> None:
@@ -24,7 +24,7 @@ def test_stage_breakdown_times_each_stage_of_the_shard_writer_chain(tmp_path: Pa
 
     wall, count, seconds = pipeline_benchmark.stage_breakdown(config, images, tmp_path)
     assert count == 3 * 4
-    written = sum(tfrecord_file.count_records(str(path)) for path in tmp_path.glob("*.tfrecord"))
+    written = sum(count_records(str(path)) for path in tmp_path.glob("*.tfrecord"))
     assert written == count
     assert [name.split(" ")[0] for name in seconds] == [
         "decode", "prepare", "render", "encode", "serialize", "write", "other",
