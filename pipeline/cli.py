@@ -425,3 +425,7 @@ def _unknown_message(ctx: click.Context, unknown: list[str]) -> str:
         f"no such option: {', '.join(hints) or ' '.join(unknown)}. Options not listed in --help must be Beam pipeline options "
         "(e.g. --runner, --project, --temp_location)."
     )
+
+
+if __name__ == "__main__":
+    main()

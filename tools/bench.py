@@ -97,3 +97,7 @@ def main(names: tuple[str, ...], quick: bool, output: Path, print_only: bool) ->
         handle.write(update_document(document, sections))
     os.replace(temporary, output)  # a new name: never through a link, never half a file
     click.echo(f"wrote {output}", err=True)
+
+
+if __name__ == "__main__":
+    main()

@@ -384,3 +384,7 @@ def _correct_batch(
             outcome.error = f"not written: {error}"
         except Exception as error:  # one image's failure to encode is its own line, not the run's end
             outcome.error = f"not written: {type(error).__name__}: {error}"
+
+
+if __name__ == "__main__":
+    main()

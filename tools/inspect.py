@@ -321,3 +321,7 @@ def _inspect(
             + (" and every record was read back" if verify else " (use --verify to read every record)")
         )
     sys.exit(1 if report.problems else 0)
+
+
+if __name__ == "__main__":
+    main()
