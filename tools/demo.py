@@ -20,16 +20,22 @@ $ROTNET_MNIST_DIR if set; else the download cache data/downloads/; else the down
 
 from __future__ import annotations
 
+import contextlib
 import gzip
+import io
 import json
 import os
 import shlex
+import shutil
 import struct
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 from PIL import Image
@@ -157,23 +163,23 @@ def rotation_preview(path: Path, sample: Path = SAMPLE) -> Path:
     return figures.save(figures.render_tiles(tiles, columns=len(tiles), title=title), path)
 
 
-def write_rotated_digits(records: Path, directory: Path) -> list[tuple[str, int]]:
-    """Save NUM_CORRECTED validation records at assorted angles as PNG files (the 'photos' to correct)."""
+def rotated_digits(records: Path) -> list[tuple[str, bytes]]:
+    """NUM_CORRECTED validation records at assorted angles as (file name, PNG bytes): the 'photos' to correct."""
     import schemas
     from schemas import tfrecord_file
 
     info = schemas.load_manifest(str(records))
-    directory.mkdir(parents=True, exist_ok=True)
     wanted = {(37 * index + 23) % 360 for index in range(NUM_CORRECTED)}
-    written: list[tuple[str, int]] = []
+    written: list[tuple[str, bytes]] = []
     for path in info.shard_paths(str(records), "validation"):
         for data in tfrecord_file.iter_records(path, verify=False):
             record = schemas.decode_example(data)
             if record.angle_degrees in wanted:
                 wanted.discard(record.angle_degrees)
                 name = f"digit-{record.image_id}-rotated-{record.angle_degrees:03d}.png"
-                Image.fromarray(decode_record_image(record)[:, :, 0]).save(directory / name)
-                written.append((name, record.angle_degrees))
+                buffer = io.BytesIO()
+                Image.fromarray(decode_record_image(record)[:, :, 0]).save(buffer, format="PNG")
+                written.append((name, buffer.getvalue()))
             if not wanted:
                 return written
     return written
@@ -206,9 +212,14 @@ def correction_sheet(rotated: Path, corrected: Path, path: Path) -> Path:
 
 
 def write_report(
-    steps: list[Step], source: str, corrected_rows: list[dict], demo_dir: Path = DEMO_DIR
+    steps: list[Step],
+    source: str,
+    corrected_rows: list[dict],
+    demo_dir: Path = DEMO_DIR,
+    path: Path | None = None,
 ) -> Path:
-    """demo_dir/report.md from the steps' outputs in demo_dir (records/, run/, evaluation/)."""
+    """report.md (at `path`, default demo_dir/report.md) from the steps' outputs in demo_dir (records/,
+    run/, evaluation/)."""
     import schemas
 
     info = schemas.load_manifest(str(demo_dir / "records"))
@@ -284,13 +295,55 @@ def write_report(
         "![rotations of a photo](rotations.png)",
         "",
     ]
-    path = demo_dir / "report.md"
+    path = path or demo_dir / "report.md"
     path.write_text("\n".join(lines))
     return path
 
 
+# The demo's own files in DEMO_DIR (figures, the digits to correct, the report) are written through a
+# ledger: a rerun replaces only files the demo wrote and nobody changed since (tools/safe_output), never
+# a user's file or a symlink; the tools' own outputs (records/, run/, ...) follow their own rules.
+DEMO_LEDGER = ".rotnet-demo.json"
+
+
+@contextlib.contextmanager
+def demo_files() -> Iterator[Any]:
+    """The demo's OutputTree; its ledger is saved on the way out, also after a failed write (the files
+    written so far are then still known to be the demo's)."""
+    from tools.safe_output import OutputTree
+
+    with OutputTree(DEMO_DIR, "make demo", DEMO_LEDGER, option="demo directory") as tree:
+        try:
+            yield tree
+        finally:
+            tree.save_ledger()
+
+
+def publish(tree: Any, name: str, draw: Callable[[Path], object]) -> Path:
+    """`draw(path)` a file in a scratch directory, then write it into the demo's tree as `name`."""
+    with tempfile.TemporaryDirectory(prefix="rotnet-demo-") as scratch:
+        path = Path(scratch) / Path(name).name
+        draw(path)
+        return tree.write(name, path.read_bytes())
+
+
+DEMO_FILES = ("records_sheet.png", "corrections.png", "rotations.png", "report.md")
+
+
 def main() -> int:
+    from tools.safe_output import OutputRefusedError
+
+    try:
+        return _main()
+    except OutputRefusedError as error:  # a file the demo did not write, or changed since: left alone
+        sys.exit(f"make demo: {error}")
+
+
+def _main() -> int:
     DEMO_DIR.mkdir(parents=True, exist_ok=True)
+    with demo_files() as tree:  # refused now, not after minutes of work
+        for name in DEMO_FILES:
+            tree.check_replaceable(name)
     # A rerun deletes nothing by name: each tool replaces only what it wrote (rotnet-train's --overwrite
     # replaces the previous demo's finished model once the new best exists; rotnet-evaluate and
     # rotnet-correct rewrite their own files, by their ledgers).
@@ -313,9 +366,10 @@ def main() -> int:
         ],
         steps,
     )
+    scratch = Path(tempfile.mkdtemp(prefix="rotnet-demo-"))  # figures are drawn here, then published
     run_step(
         "inspect",
-        ["rotnet-inspect", str(records), "--verify", "--sheet", str(DEMO_DIR / "records_sheet.png")],
+        ["rotnet-inspect", str(records), "--verify", "--sheet", str(scratch / "records_sheet.png")],
         steps,
     )
     run_step(
@@ -351,16 +405,25 @@ def main() -> int:
         ],
         steps,
     )
-    write_rotated_digits(records, DEMO_DIR / "rotated")
+    with demo_files() as tree:
+        tree.write("records_sheet.png", (scratch / "records_sheet.png").read_bytes())
+        shutil.rmtree(scratch)  # the mkdtemp above: ours alone
+        for name, data in rotated_digits(records):
+            tree.write(f"rotated/{name}", data)
     run_step(
         "correct",
         ["rotnet-correct", str(run), str(DEMO_DIR / "rotated"), "-o", str(DEMO_DIR / "corrected")],
         steps,
     )
-    correction_sheet(DEMO_DIR / "rotated", DEMO_DIR / "corrected", DEMO_DIR / "corrections.png")
-    rotation_preview(DEMO_DIR / "rotations.png")
     rows = json.loads((DEMO_DIR / "corrected" / "predictions.json").read_text())
-    report = write_report(steps, source, rows)
+    with demo_files() as tree:
+        publish(
+            tree,
+            "corrections.png",
+            lambda path: correction_sheet(DEMO_DIR / "rotated", DEMO_DIR / "corrected", path),
+        )
+        publish(tree, "rotations.png", rotation_preview)
+        report = publish(tree, "report.md", lambda path: write_report(steps, source, rows, path=path))
     print(f"\nreport: {report}")
     print(report.read_text())
     return 0
