@@ -113,3 +113,26 @@ def test_records_replaced_during_training_are_not_published(tmp_path: Path) -> N
     assert result.exit_code == 1, result.output
     assert "were replaced during training" in result.output and "Traceback" not in result.output
     assert not (tmp_path / "run" / "model.keras").exists()
+
+
+@pytest.mark.parametrize(
+    ("hook", "logs", "where"),
+    [
+        ("on_train_batch_end", {"loss": float("nan")}, "training loss (epoch batch 4)"),
+        ("on_epoch_end", {"loss": 2.5e37, "val_loss": float("inf")}, "validation loss (epoch 4)"),
+    ],
+)
+def test_a_non_finite_training_or_validation_loss_stops_the_run(hook: str, logs: dict, where: str) -> None:
+    """On some CPUs --lr 1e38 leaves the training loss finite (2.5e37) and the validation loss inf:
+    the run must fail either way."""
+    import types
+
+    from trainer.train import StopOnNonFiniteLoss
+
+    stop = StopOnNonFiniteLoss()
+    stop.set_model(types.SimpleNamespace(stop_training=False))
+    stop.on_epoch_end(3, {"loss": 1.0, "val_loss": 2.0})
+    stop.on_train_batch_end(3, {"loss": 1.0})
+    assert stop.where is None and not stop.model.stop_training
+    getattr(stop, hook)(3, logs)
+    assert stop.where == where and stop.model.stop_training

@@ -386,16 +386,24 @@ def manifest_digest(records: str) -> str:
 
 
 class StopOnNonFiniteLoss(keras.callbacks.Callback):
-    """NaN or inf loss: stop at once (the caller then fails; TerminateOnNaN alone exits 0)."""
+    """NaN or inf loss, in training or in validation: stop at once (the caller then fails;
+    TerminateOnNaN alone exits 0). A finite training loss of 1e37 can still give an infinite
+    validation loss: the model's outputs have overflowed and it is as broken as with a NaN."""
 
     def __init__(self):
         super().__init__()
-        self.batch: int | None = None
+        self.where: str | None = None  # "training loss (epoch batch N)" / "validation loss (epoch N)"
 
     def on_train_batch_end(self, batch, logs=None):
         loss = (logs or {}).get("loss")
         if loss is not None and not math.isfinite(float(loss)):
-            self.batch = batch
+            self.where = f"training loss (epoch batch {batch + 1})"
+            self.model.stop_training = True
+
+    def on_epoch_end(self, epoch, logs=None):
+        loss = (logs or {}).get("val_loss")
+        if self.where is None and loss is not None and not math.isfinite(float(loss)):
+            self.where = f"validation loss (epoch {epoch + 1})"
             self.model.stop_training = True
 
 
@@ -681,9 +689,9 @@ def _fit(
     watch = _Callbacks(config, monitor, initial_epoch, echo)
     callbacks = [*watch.all, *extra_callbacks]
     _train(model, strategy, config, head, (train_data, validation_data), callbacks, shards, initial_epoch)
-    if watch.non_finite.batch is not None:
+    if watch.non_finite.where is not None:
         raise TrainingError(
-            f"the training loss became NaN or infinite (epoch batch {watch.non_finite.batch + 1}); training "
+            f"the {watch.non_finite.where} became NaN or infinite; training "
             f"stopped and {MODEL_FILE} was not replaced: lower --lr and rerun with --overwrite"
         )
     return _publish_best(model, config, monitor, initial_epoch, watch, skipped, echo)
