@@ -16,13 +16,13 @@ from __future__ import annotations
 import dataclasses
 import difflib
 import errno
-import json
 import logging
 import os
 import re
 import signal
 import sys
-from pathlib import Path
+from collections.abc import Callable
+from typing import Any
 
 import click
 
@@ -46,8 +46,6 @@ from schemas.sharding import COMPRESSION_SUFFIXES
 # Every option's default is PipelineConfig's: spelled once, there.
 DEFAULT = {field.name: field.default for field in dataclasses.fields(PipelineConfig)}
 
-_HEX_DIGEST = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")
-
 EPILOG = """\b
 Any other option is a Beam pipeline option, passed on unchanged, e.g.
   --runner DataflowRunner --project P --region us-central1 --temp_location gs://B/tmp
@@ -61,28 +59,91 @@ LOOPBACK, EXTERNAL and PROCESS workers must have rotnet installed already.
 """
 
 
-def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -> dict[str, str]:
-    if value is None:
-        return {}
-    from pipeline.datasets.mnist import MNIST_FILES
-
-    try:
-        data = json.loads(value.read_text())
-    except (OSError, ValueError) as error:
-        raise click.BadParameter(f"{value}: not a readable JSON file ({error})") from None
-    if not isinstance(data, dict):
-        raise click.BadParameter(f'{value}: expected {{"file name": "md5 or sha256 hex"}}')
-    for name, digest in data.items():
-        if name not in MNIST_FILES:
-            raise click.BadParameter(f"{value}: {name!r} is not an MNIST file ({', '.join(MNIST_FILES)})")
-        if not isinstance(digest, str) or not _HEX_DIGEST.match(digest.lower()):
-            raise click.BadParameter(
-                f"{value}: the digest of {name} must be 32 (md5) or 64 (sha256) hex digits"
-            )
-    return {name: digest.lower() for name, digest in data.items()}
+def _dataset_option() -> Callable:
+    return click.option(
+        "--dataset",
+        required=True,
+        type=click.Choice(datasets.names()),
+        help="Which source to read (a module of pipeline/datasets/, or one registered with "
+        "pipeline.datasets.register); the options marked [--dataset NAME] are its own.",
+    )
 
 
-@click.command(
+def _declared_settings() -> list[tuple[datasets.Setting, list[str]]]:
+    """Every dataset setting once, with the datasets that declare it (two may share one, e.g. --input,
+    if they declare it alike: one option, one name)."""
+    by_flag: dict[str, tuple[datasets.Setting, list[str]]] = {}
+    for name in datasets.names():
+        for setting in datasets.settings(name):
+            seen = by_flag.setdefault(setting.flag, (setting, []))
+            if seen[0].name != setting.name:
+                raise ValueError(
+                    f"datasets {seen[1][0]} and {name} both declare {setting.flag}, for different "
+                    f"settings ({seen[0].name}, {setting.name}): rename one"
+                )
+            seen[1].append(name)
+    return list(by_flag.values())
+
+
+def _setting_options() -> list[Callable]:
+    """One option per dataset setting (the modules' SETTINGS), marked with its dataset(s)."""
+    return [
+        click.option(
+            setting.flag,
+            setting.name,
+            multiple=setting.multiple,
+            type=setting.type,
+            envvar=setting.envvar,
+            metavar=setting.metavar,
+            callback=_parse(setting),
+            help=f"[--dataset {', '.join(names)}] {setting.help}"
+            + (f" Env: {setting.envvar}." if setting.envvar else ""),
+        )
+        for setting, names in _declared_settings()
+    ]
+
+
+def _parse(setting: datasets.Setting) -> Callable | None:
+    if setting.parse is None:
+        return None
+
+    def parse(ctx: click.Context, param: click.Parameter, value: Any) -> Any:
+        try:
+            return None if value is None else setting.parse(value)
+        except ValueError as error:
+            raise click.BadParameter(str(error)) from None
+
+    return parse
+
+
+def _dataset_settings(ctx: click.Context, options: dict[str, Any]) -> dict[str, Any]:
+    """Pop every dataset setting from `options`: the chosen dataset's, as given; another dataset's
+    option given on the command line is a usage error (one from the environment is ignored)."""
+    chosen = options["dataset"]
+    settings: dict[str, Any] = {}
+    for setting, names in _declared_settings():
+        value = options.pop(setting.name)
+        if chosen in names:
+            if value not in (None, ()):
+                settings[setting.name] = tuple(value) if setting.multiple else value
+        elif ctx.get_parameter_source(setting.name) == click.core.ParameterSource.COMMANDLINE:
+            owners = " or ".join(f"--dataset {name}" for name in names)
+            raise click.UsageError(f"{setting.flag} is an option of {owners}, not of --dataset {chosen}")
+    return settings
+
+
+def _by_dataset(key: str) -> str:
+    """Each dataset's default for `key` (its DEFAULTS), for the help: "images jpeg, mnist png, ..."."""
+
+    def word(value: object) -> str:
+        return {True: "on", False: "off"}.get(value, str(value)) if isinstance(value, bool) else str(value)
+
+    return ", ".join(f"{name} {word(datasets.get(name).DEFAULTS[key])}" for name in datasets.names())
+
+
+# click.command's settings (the help text is _main's docstring).
+_COMMAND = dict(
+    name="rotnet-pipeline",
     context_settings={
         "help_option_names": ["-h", "--help"],
         "ignore_unknown_options": True,
@@ -91,213 +152,183 @@ def _checksums(ctx: click.Context, param: click.Parameter, value: Path | None) -
     },
     epilog=EPILOG,
 )
-@click.option(
-    "--dataset",
-    required=True,
-    type=click.Choice(datasets.names()),
-    help="Which source to read (a module of pipeline/datasets/).",
-)
-@click.option(
+
+# Before the dataset settings in --help: what to read and where to write.
+_OUTPUT_OPTION = click.option(
     "--output-dir",
     required=True,
     metavar="DIR",
     help="Records directory to write, local path or gs://bucket/prefix (created if missing).",
 )
-@click.option(
-    "--input",
-    "input_pattern",
-    metavar="DIR_OR_GLOB",
-    help="--dataset images: a directory (read recursively), a file or a glob of jpg/png/webp/bmp/tiff/gif "
-    "files, local or gs://. Image ids are the paths below the directory.",
-)
-@click.option(
-    "--mnist-dir",
-    envvar="ROTNET_MNIST_DIR",
-    metavar="DIR",
-    help="Local directory with MNIST's IDX files (.gz or not); only the splits whose two files are there "
-    "are written. Default: download them inside the job. Env: ROTNET_MNIST_DIR.",
-)
-@click.option(
-    "--mnist-mirror",
-    "mnist_mirrors",
-    multiple=True,
-    metavar="URL",
-    help="Base URL holding the four MNIST .gz files, tried in order (repeatable); replaces the built-in list.",
-)
-@click.option(
-    "--mnist-checksums",
-    type=click.Path(exists=True, dir_okay=False, path_type=Path),
-    callback=_checksums,
-    help='JSON {"train-images-idx3-ubyte.gz": "<md5 or sha256>", ...} replacing the official digests '
-    "(for a mirror serving other files under the same names).",
-)
-@click.option(
-    "--street-view-dir",
-    metavar="DIR",
-    help="Offline copy of Street View: a directory (local or gs://) with the zip parts and/or loose "
-    "<placemark>_<view>.jpg files. Default: download the 10 parts inside the job, one per worker.",
-)
-@click.option(
-    "--street-view-mirror",
-    "street_view_mirrors",
-    multiple=True,
-    metavar="URL",
-    help="Base URL holding part1.zip .. part10.zip (repeatable); replaces the UCF site.",
-)
-@click.option(
-    "--download-dir",
-    default=DEFAULT["download_dir"],
-    show_default=True,
-    metavar="DIR",
-    help="Cache for downloads on each worker (a rerun downloads nothing).",
-)
-@click.option(
-    "--subset-fraction",
-    default=DEFAULT["subset_fraction"],
-    show_default=True,
-    type=click.FloatRange(0.0, 1.0, min_open=True),
-    help="Keep this stable fraction of the source images, chosen by a hash of the image id (nested: the "
-    "0.1 subset is inside the 0.5 subset).",
-)
-@click.option(
-    "--image-size",
-    type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
-    help="Output side in pixels (square). Default: 28 for MNIST, 224 for photos.",
-)
-@click.option(
-    "--angles",
-    default="all",
-    show_default=True,
-    callback=angles.click_callback,
-    help=f"Counter-clockwise angles to write, in degrees: {ANGLE_EXAMPLES}. The same syntax as "
-    "rotnet-train --angles.",
-)
-@click.option(
-    "--center-crop/--no-center-crop",
-    default=DEFAULT["center_crop"],
-    show_default=True,
-    help="Crop the source to a square before rotating (--no-center-crop rotates the whole image; ablation).",
-)
-@click.option(
-    "--crop",
-    "crop_position",
-    type=click.Choice(CROP_POSITIONS),
-    default=DEFAULT["crop_position"],
-    show_default=True,
-    help="Where the square sits: 'right' drops Street View's overlay icon in the top-left corner.",
-)
-@click.option(
-    "--crop-largest-rect/--no-crop-largest-rect",
-    default=DEFAULT["crop_largest_rect"],
-    help="After rotating, crop the largest rectangle without fill pixels, then resize. Default: on for "
-    "photos, off for MNIST (its black background hides the corners; the crop would zoom 45-degree digits).",
-)
-@click.option(
-    "--rendering",
-    type=click.Choice(RENDERINGS),
-    default=DEFAULT["rendering"],
-    show_default=True,
-    help="How each rotation is drawn. angle-independent: every angle, right angles included, resampled "
-    "alike with a sub-pixel offset keyed by the record, so no interpolation cue tells the angle; legacy: "
-    "rotnet 0.1's single warp (exact copies at right angles, blurred elsewhere), for ablations.",
-)
-@click.option(
-    "--resampling",
-    type=click.Choice(RESAMPLINGS),
-    default=DEFAULT["resampling"],
-    show_default=True,
-    help="angle-independent rendering: fixed = one low-pass kernel for every record; random = a kernel "
-    "per record (low-pass, bilinear, bicubic, area or lanczos-like), chosen from its key.",
-)
-@click.option(
-    "--crop-scale",
-    type=click.Choice(CROP_SCALES),
-    default=DEFAULT["crop_scale"],
-    show_default=True,
-    help="With the largest-rect crop: constant crops every angle at the tightest angle's scale (the same "
-    "field of view at 0 and 45 degrees, still no fill pixel); largest crops each angle's own largest "
-    "rectangle, as RotNet does (a 45-degree record is zoomed in by sqrt(2): a scale cue).",
-)
-@click.option(
-    "--image-format",
-    type=click.Choice(IMAGE_FORMATS),
-    help="Record image encoding. Default: png (lossless grey) for MNIST, jpeg for photos.",
-)
-@click.option(
-    "--jpeg-quality",
-    default=DEFAULT["jpeg_quality"],
-    show_default=True,
-    type=click.IntRange(1, 100),
-    help="JPEG quality of photo records.",
-)
-@click.option(
-    "--validation-fraction",
-    default=DEFAULT["validation_fraction"],
-    show_default=True,
-    type=click.FloatRange(0.0, 1.0, max_open=True),
-    help="Fraction of the train images that go to the validation split, by a stable hash of the image id.",
-)
-@click.option(
-    "--num-shards",
-    default=DEFAULT["num_shards"],
-    show_default=True,
-    type=click.IntRange(0),
-    help=f"Shards per split; 0 chooses about {TARGET_SHARD_BYTES // 2**20} MB per shard.",
-)
-@click.option(
-    "--compression",
-    type=click.Choice(sorted(COMPRESSION_SUFFIXES)),
-    default=DEFAULT["compression"],
-    show_default=True,
-    help="Shard compression (gzip shards end in .tfrecord.gz).",
-)
-@click.option(
-    "--max-error-fraction",
-    default=DEFAULT["max_error_fraction"],
-    show_default=True,
-    type=click.FloatRange(0.0, 1.0),
-    help="Fail (exit 1, no manifest) when more than this fraction of source images are bad; each bad "
-    "image is listed with its reason in errors-*.jsonl either way.",
-)
-@click.option(
-    "--min-image-side",
-    default=DEFAULT["min_image_side"],
-    show_default=True,
-    type=click.IntRange(1),
-    help="Source images with a shorter side are errors (too small to rotate meaningfully).",
-)
-@click.option(
-    "--max-pixels",
-    default=DEFAULT["max_pixels"],
-    show_default=True,
-    type=click.IntRange(1),
-    help="Source images with more pixels are refused before decoding (decompression-bomb guard).",
-)
-@click.option(
-    "--max-file-bytes",
-    default=DEFAULT["max_file_bytes"],
-    show_default=True,
-    type=click.IntRange(1),
-    help="Larger input files are errors-file lines, never read (checked before and while reading).",
-)
-@click.option(
-    "--duplicate-ids",
-    type=click.Choice(DUPLICATE_ID_POLICIES),
-    default=DEFAULT["duplicate_ids"],
-    show_default=True,
-    help="Two source images with one image id (e.g. a/x_1.jpg and b/x_1.jpg in Street View): fail the "
-    "run listing them, or give each a stable suffix (~ and 8 hex digits of its source's SHA-256).",
-)
-@click.option(
-    "--overwrite",
-    is_flag=True,
-    help="Replace a finished dataset in --output-dir (only the files its manifest lists are removed), or "
-    "write beside files that are not rotnet's (they are left as they are).",
-)
-@click.option("--no-progress", is_flag=True, help="Hide the live progress bar.")
-@click.option("-v", "--verbose", is_flag=True, help="Show Beam's own log messages.")
-@click.pass_context
-def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object) -> None:
+
+# After them: how every dataset's records are drawn, encoded and written.
+_RUN_OPTIONS = [
+    click.option(
+        "--download-dir",
+        default=DEFAULT["download_dir"],
+        show_default=True,
+        metavar="DIR",
+        help="Cache for downloads on each worker (a rerun downloads nothing).",
+    ),
+    click.option(
+        "--subset-fraction",
+        default=DEFAULT["subset_fraction"],
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0, min_open=True),
+        help="Keep this stable fraction of the source images, chosen by a hash of the image id (nested: the "
+        "0.1 subset is inside the 0.5 subset).",
+    ),
+    click.option(
+        "--image-size",
+        type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
+        help=f"Output side in pixels (square). Default: the dataset's ({_by_dataset('image_size')}).",
+    ),
+    click.option(
+        "--angles",
+        default="all",
+        show_default=True,
+        callback=angles.click_callback,
+        help=f"Counter-clockwise angles to write, in degrees: {ANGLE_EXAMPLES}. The same syntax as "
+        "rotnet-train --angles.",
+    ),
+    click.option(
+        "--center-crop/--no-center-crop",
+        default=DEFAULT["center_crop"],
+        show_default=True,
+        help="Crop the source to a square before rotating (--no-center-crop rotates the whole image; ablation).",
+    ),
+    click.option(
+        "--crop",
+        "crop_position",
+        type=click.Choice(CROP_POSITIONS),
+        default=DEFAULT["crop_position"],
+        show_default=True,
+        help="Where the square sits: 'right' drops Street View's overlay icon in the top-left corner.",
+    ),
+    click.option(
+        "--crop-largest-rect/--no-crop-largest-rect",
+        default=DEFAULT["crop_largest_rect"],
+        help="After rotating, crop the largest rectangle without fill pixels, then resize. Default: the "
+        f"dataset's ({_by_dataset('crop_largest_rect')}; MNIST's black background hides the corners, and the "
+        "crop would zoom 45-degree digits).",
+    ),
+    click.option(
+        "--rendering",
+        type=click.Choice(RENDERINGS),
+        default=DEFAULT["rendering"],
+        show_default=True,
+        help="How each rotation is drawn. angle-independent: every angle, right angles included, resampled "
+        "alike with a sub-pixel offset keyed by the record, so no interpolation cue tells the angle; legacy: "
+        "rotnet 0.1's single warp (exact copies at right angles, blurred elsewhere), for ablations.",
+    ),
+    click.option(
+        "--resampling",
+        type=click.Choice(RESAMPLINGS),
+        default=DEFAULT["resampling"],
+        show_default=True,
+        help="angle-independent rendering: fixed = one low-pass kernel for every record; random = a kernel "
+        "per record (low-pass, bilinear, bicubic, area or lanczos-like), chosen from its key.",
+    ),
+    click.option(
+        "--crop-scale",
+        type=click.Choice(CROP_SCALES),
+        default=DEFAULT["crop_scale"],
+        show_default=True,
+        help="With the largest-rect crop: constant crops every angle at the tightest angle's scale (the same "
+        "field of view at 0 and 45 degrees, still no fill pixel); largest crops each angle's own largest "
+        "rectangle, as RotNet does (a 45-degree record is zoomed in by sqrt(2): a scale cue).",
+    ),
+    click.option(
+        "--image-format",
+        type=click.Choice(IMAGE_FORMATS),
+        help=f"Record image encoding. Default: the dataset's ({_by_dataset('image_format')}).",
+    ),
+    click.option(
+        "--jpeg-quality",
+        default=DEFAULT["jpeg_quality"],
+        show_default=True,
+        type=click.IntRange(1, 100),
+        help="JPEG quality of photo records.",
+    ),
+    click.option(
+        "--validation-fraction",
+        default=DEFAULT["validation_fraction"],
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0, max_open=True),
+        help="Fraction of the train images that go to the validation split, by a stable hash of the image id.",
+    ),
+    click.option(
+        "--num-shards",
+        default=DEFAULT["num_shards"],
+        show_default=True,
+        type=click.IntRange(0),
+        help=f"Shards per split; 0 chooses about {TARGET_SHARD_BYTES // 2**20} MB per shard.",
+    ),
+    click.option(
+        "--compression",
+        type=click.Choice(sorted(COMPRESSION_SUFFIXES)),
+        default=DEFAULT["compression"],
+        show_default=True,
+        help="Shard compression (gzip shards end in .tfrecord.gz).",
+    ),
+    click.option(
+        "--max-error-fraction",
+        default=DEFAULT["max_error_fraction"],
+        show_default=True,
+        type=click.FloatRange(0.0, 1.0),
+        help="Fail (exit 1, no manifest) when more than this fraction of source images are bad; each bad "
+        "image is listed with its reason in errors-*.jsonl either way.",
+    ),
+    click.option(
+        "--min-image-side",
+        default=DEFAULT["min_image_side"],
+        show_default=True,
+        type=click.IntRange(1),
+        help="Source images with a shorter side are errors (too small to rotate meaningfully).",
+    ),
+    click.option(
+        "--max-pixels",
+        default=DEFAULT["max_pixels"],
+        show_default=True,
+        type=click.IntRange(1),
+        help="Source images with more pixels are refused before decoding (decompression-bomb guard).",
+    ),
+    click.option(
+        "--max-file-bytes",
+        default=DEFAULT["max_file_bytes"],
+        show_default=True,
+        type=click.IntRange(1),
+        help="Larger input files are errors-file lines, never read (checked before and while reading).",
+    ),
+    click.option(
+        "--duplicate-ids",
+        type=click.Choice(DUPLICATE_ID_POLICIES),
+        default=DEFAULT["duplicate_ids"],
+        show_default=True,
+        help="Two source images with one image id (e.g. a/x_1.jpg and b/x_1.jpg in Street View): fail the "
+        "run listing them, or give each a stable suffix (~ and 8 hex digits of its source's SHA-256).",
+    ),
+    click.option(
+        "--overwrite",
+        is_flag=True,
+        help="Replace a finished dataset in --output-dir (only the files its manifest lists are removed), or "
+        "write beside files that are not rotnet's (they are left as they are).",
+    ),
+    click.option("--no-progress", is_flag=True, help="Hide the live progress bar."),
+    click.option("-v", "--verbose", is_flag=True, help="Show Beam's own log messages."),
+]
+
+
+def build_command() -> click.Command:
+    """rotnet-pipeline with the options of every dataset known now (--dataset's choices and each
+    dataset's SETTINGS): a dataset registered later (`datasets.register`) needs a new command."""
+    callback = click.pass_context(_main)
+    for decorator in reversed([_dataset_option(), _OUTPUT_OPTION, *_setting_options(), *_RUN_OPTIONS]):
+        callback = decorator(callback)
+    return click.command(**_COMMAND)(callback)
+
+
+def _main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object) -> None:
     """Write all rotations (default: 360) of every source image of a dataset into sharded TFRecords.
 
     Each image is cut to its square (--crop-position; not with --no-center-crop), rotated, cropped
@@ -323,11 +354,8 @@ def main(ctx: click.Context, no_progress: bool, verbose: bool, **options: object
         # Beam's workers log setup chatter ("No semi_persistent_directory found", ...) and every failure
         # with its whole traceback; a failure's cause is reported once, below, without the traceback.
         logging.getLogger("apache_beam").setLevel(logging.CRITICAL)
-    options["mnist_mirrors"] = tuple(options["mnist_mirrors"])
-    options["street_view_mirrors"] = tuple(options["street_view_mirrors"])
+    options["dataset_settings"] = _dataset_settings(ctx, options)
     options["angles_degrees"] = options.pop("angles") or DEFAULT["angles_degrees"]
-    if options["dataset"] != "mnist":
-        options["mnist_dir"] = None  # ROTNET_MNIST_DIR may be set for every run
     try:
         config = PipelineConfig(**options).resolved()
     except ConfigError as error:
@@ -400,19 +428,13 @@ def _check_local_paths(config: PipelineConfig) -> None:
     """Missing local inputs are usage errors (exit 2), found before Beam starts."""
     from schemas.paths import is_remote
 
-    if config.mnist_dir and not os.path.isdir(config.mnist_dir):
-        raise click.BadParameter(f"{config.mnist_dir} is not a directory", param_hint="--mnist-dir")
-    street_view_dir = config.street_view_dir
-    if street_view_dir and not is_remote(street_view_dir) and not os.path.isdir(street_view_dir):
-        raise click.BadParameter(f"{street_view_dir} is not a directory", param_hint="--street-view-dir")
-    pattern = config.input_pattern
-    if (
-        pattern
-        and not is_remote(pattern)
-        and not re.search(r"[*?\[]", pattern)
-        and not os.path.exists(pattern)
-    ):
-        raise click.BadParameter(f"{pattern} does not exist", param_hint="--input")
+    for setting, value in config.locations():
+        if is_remote(value) and not setting.launcher_only:
+            continue
+        if setting.location == "directory" and not os.path.isdir(value):
+            raise click.BadParameter(f"{value} is not a directory", param_hint=setting.flag)
+        if setting.location == "pattern" and not re.search(r"[*?\[]", value) and not os.path.exists(value):
+            raise click.BadParameter(f"{value} does not exist", param_hint=setting.flag)
 
 
 def _unknown_message(ctx: click.Context, unknown: list[str]) -> str:
@@ -425,6 +447,9 @@ def _unknown_message(ctx: click.Context, unknown: list[str]) -> str:
         f"no such option: {', '.join(hints) or ' '.join(unknown)}. Options not listed in --help must be Beam pipeline options "
         "(e.g. --runner, --project, --temp_location)."
     )
+
+
+main = build_command()
 
 
 if __name__ == "__main__":

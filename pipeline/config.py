@@ -61,14 +61,9 @@ class PipelineConfig:
     # --- what to read ------------------------------------------------------------------------
     dataset: str  # a module of pipeline/datasets: mnist | street_view | images
     output_dir: str  # records directory, local path or gs://
-    input_pattern: str | None = None  # images: a directory or glob, local or gs://
-    mnist_dir: str | None = None  # offline MNIST IDX files; None downloads them inside the job
-    mnist_mirrors: tuple[
-        str, ...
-    ] = ()  # base urls tried in order; () = pipeline.datasets.mnist.MNIST_MIRRORS
-    mnist_checksums: dict[str, str] = field(default_factory=dict)  # file name -> md5/sha256 override
-    street_view_dir: str | None = None  # offline zip parts or loose <placemark>_<view>.jpg files
-    street_view_mirrors: tuple[str, ...] = ()  # base urls of part1..10.zip; () = the UCF site
+    # The dataset's own settings, by name (its module's SETTINGS declare them: --mnist-dir, --input,
+    # ...); resolved() fills in their defaults and refuses another dataset's.
+    dataset_settings: dict[str, Any] = field(default_factory=dict)
     download_dir: str = "data/downloads"  # download cache (a rerun downloads nothing)
     subset_fraction: float = 1.0  # keep this stable fraction of source images (by hash of the id)
 
@@ -110,6 +105,7 @@ class PipelineConfig:
         defaults = datasets.get(self.dataset).DEFAULTS
         config = dataclasses.replace(
             self,
+            dataset_settings=self._resolved_settings(),
             image_size=self.image_size or defaults["image_size"],
             image_format=self.image_format or defaults["image_format"],
             channels=defaults["channels"],
@@ -121,8 +117,43 @@ class PipelineConfig:
         config.validate()
         return config
 
+    def _resolved_settings(self) -> dict[str, Any]:
+        declared = {setting.name: setting for setting in datasets.settings(self.dataset)}
+        clash = set(declared) & {field.name for field in dataclasses.fields(PipelineConfig)}
+        if clash:  # the manifest keeps both under one name: a dataset module's mistake
+            raise ValueError(f"dataset {self.dataset} declares settings named like config fields: {clash}")
+        unknown = sorted(set(self.dataset_settings) - set(declared))
+        if unknown:
+            own = ", ".join(declared) or "none"
+            raise ConfigError(
+                f"{', '.join(unknown)}: not a setting of --dataset {self.dataset} (its settings: {own})"
+            )
+        resolved = {}
+        for name, setting in declared.items():
+            value = self.dataset_settings.get(name, setting.default)
+            resolved[name] = tuple(value) if setting.multiple and value is not None else value
+        return resolved
+
+    def setting(self, name: str) -> Any:
+        """The value of the dataset's setting `name` (its declared default where not given)."""
+        if name in self.dataset_settings:
+            return self.dataset_settings[name]
+        for setting in datasets.settings(self.dataset):
+            if setting.name == name:
+                return setting.default
+        raise KeyError(f"dataset {self.dataset} has no setting {name!r}")
+
+    def locations(self) -> list[tuple[datasets.Setting, str]]:
+        """(setting, value) of every dataset setting given that names what the job reads."""
+        return [
+            (setting, self.setting(setting.name))
+            for setting in datasets.settings(self.dataset)
+            if setting.location and self.setting(setting.name)
+        ]
+
     def validate(self) -> None:
-        problems = datasets.get(self.dataset).check(self)
+        check = getattr(datasets.get(self.dataset), "check", None)  # optional in a dataset module
+        problems = check(self) if check else []
         if not self.output_dir:
             problems.append("an output directory is required (--output-dir)")
         if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
@@ -178,8 +209,11 @@ class PipelineConfig:
         )
 
     def to_dict(self) -> dict[str, Any]:
-        """JSON-ready settings for the manifest (tuples become lists)."""
-        return json.loads(json.dumps(dataclasses.asdict(self)))
+        """JSON-ready settings for the manifest (tuples become lists). The dataset's settings sit
+        beside the others, under their own names (a manifest's `config["mnist_dir"]`)."""
+        settings = dataclasses.asdict(self)
+        settings.update(settings.pop("dataset_settings"))
+        return json.loads(json.dumps(settings))
 
     def estimated_record_bytes(self) -> int:
         """Expected size of one record on disk of a resolved config, for choosing the number of shards."""

@@ -3,7 +3,9 @@ build and run the Beam graph, verify what it wrote, and only then write the mani
 
     from pipeline.config import PipelineConfig
     from pipeline import job
-    config = PipelineConfig(dataset="mnist", output_dir="/tmp/mnist", mnist_dir="../shared/data/mnist-5k")
+    config = PipelineConfig(
+        dataset="mnist", output_dir="/tmp/mnist", dataset_settings={"mnist_dir": "../shared/data/mnist-5k"}
+    )
     summary = job.run(config, ["--direct_num_workers", "2"])
     print(summary.table())     # 5,000 images read -> ~4,500 train + ~500 validation images x 360 records
 
@@ -47,7 +49,7 @@ def run(
     """Run the pipeline for `config` with Beam arguments `beam_args`; raise JobError on failure
     (one line for a gs:// path that cannot be reached or used, not Beam's traceback)."""
     config = config.resolved()
-    remote = [config.input_pattern, config.street_view_dir, config.output_dir]
+    remote = [value for _, value in config.locations()] + [config.output_dir]
     remote += [arg.split("=", 1)[-1] for arg in beam_args if "gs://" in arg]  # --temp_location, ...
     with gcs.failures_in_one_line(remote, JobError):
         return _run(config, beam_args, show_progress, log or (lambda line: print(line, file=sys.stderr)))

@@ -83,11 +83,11 @@ def planned_files(splits: Iterable[str], num_shards: dict[str, int], compression
 
 
 def input_roots(config: PipelineConfig) -> list[str]:
-    """The local directories (or files) a run reads: --input (a glob's fixed part), --mnist-dir,
-    --street-view-dir."""
+    """The local directories (or files) a run reads: its dataset's location settings (--input: a
+    glob's fixed part, --mnist-dir, --street-view-dir)."""
     roots = []
-    for given in (config.input_pattern, config.mnist_dir, config.street_view_dir):
-        if not given or paths.is_remote(given):
+    for _, given in config.locations():
+        if paths.is_remote(given):
             continue
         if literal_or_glob(given) == "glob" and paths.has_pattern_characters(given):
             given = paths.pattern_base(given)

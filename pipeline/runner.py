@@ -333,18 +333,15 @@ def local_path_problem(config: PipelineConfig, choice: RunnerChoice) -> str | No
     if choice.same_machine:
         return None
     where = f"{choice.name}'s workers do not see this machine's files"
-    for option, value in (
-        ("--output-dir", config.output_dir),
-        ("--input", config.input_pattern),
-        ("--street-view-dir", config.street_view_dir),
-    ):
+    given = [("--output-dir", config.output_dir)]
+    given += [(setting.flag, value) for setting, value in config.locations() if not setting.launcher_only]
+    for option, value in given:
         if value and not paths.is_remote(value):
             return f"{option} {value} is a local path, but {where}: give a gs:// path (e.g. gs://BUCKET/...)"
-    if config.mnist_dir:
-        return (
-            f"--mnist-dir {config.mnist_dir} (or ROTNET_MNIST_DIR) is a local directory, but {where}: leave "
-            "it out so that the workers download MNIST (--mnist-mirror for another source)"
-        )
+    for setting, value in config.locations():
+        if setting.launcher_only:  # read here, by the launcher: never a gs:// path
+            also = f" (or {setting.envvar})" if setting.envvar else ""
+            return f"{setting.flag} {value}{also} is a local directory, but {where}: {setting.remote_hint}"
     return None
 
 

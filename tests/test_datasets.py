@@ -17,7 +17,7 @@ from apache_beam.testing.util import assert_that, equal_to
 
 import schemas
 from pipeline import codec, datasets, progress, runner, transforms
-from pipeline.config import JobError, PipelineConfig
+from pipeline.config import ConfigError, JobError, PipelineConfig
 from pipeline.datasets import common, images
 from pipeline.datasets import mnist as mnist_dataset
 from pipeline.datasets import street_view as street_view_dataset
@@ -31,7 +31,8 @@ def test_every_dataset_module_is_registered_and_defines_the_interface() -> None:
     for name in datasets.names():
         module = datasets.get(name)
         assert set(module.DEFAULTS) == {"image_size", "image_format", "channels", "crop_largest_rect"}
-        assert callable(module.check) and callable(module.plan) and callable(module.source_images)
+        assert callable(module.plan) and callable(module.source_images)
+        assert all(isinstance(setting, datasets.Setting) for setting in module.SETTINGS)
     with pytest.raises(ValueError, match="is not one of images, mnist, street_view"):
         datasets.get("common")
 
@@ -60,7 +61,7 @@ def test_the_documented_skeleton_is_a_whole_dataset_in_one_file(tmp_path: Path, 
     config = PipelineConfig(
         dataset="my_photos",
         output_dir=str(tmp_path / "out"),
-        input_pattern=str(photos),
+        dataset_settings={"photos_dir": str(photos)},
         image_size=16,
         angles_degrees=(0, 90),
         validation_fraction=0.0,
@@ -107,7 +108,7 @@ def test_read_decode_prepare_routes_images_by_split_and_bad_files_to_errors(tmp_
     config = PipelineConfig(
         dataset="images",
         output_dir=str(tmp_path / "out"),
-        input_pattern=str(tmp_path),
+        dataset_settings={"input_pattern": str(tmp_path)},
         image_size=16,
         angles_degrees=(0, 90),
     ).resolved()
@@ -160,7 +161,9 @@ def test_read_mnist_offline_and_street_view_zip_parts(tmp_path: Path, shared_dat
     write_idx(mnist_dir / "t10k-images-idx3-ubyte.gz", images)
     write_idx(mnist_dir / "t10k-labels-idx1-ubyte.gz", labels)
     config = PipelineConfig(dataset="mnist", output_dir=str(tmp_path / "out")).resolved()
-    plan = mnist_dataset.plan(dataclasses.replace(config, mnist_dir=str(mnist_dir)), None)
+    plan = mnist_dataset.plan(
+        dataclasses.replace(config, dataset_settings={"mnist_dir": str(mnist_dir)}), None
+    )
     assert plan.splits == ["test"]
     assert "found test (20 images); missing train" in plan.notes[0]
 
@@ -172,7 +175,9 @@ def test_read_mnist_offline_and_street_view_zip_parts(tmp_path: Path, shared_dat
             archive.write(sample, sample.name)
         archive.write(samples[0], samples[0].stem.split("_")[0] + "_5.jpg")  # upward view: dropped
     street = PipelineConfig(
-        dataset="street_view", output_dir=str(tmp_path / "sv"), street_view_dir=str(part.parent)
+        dataset="street_view",
+        output_dir=str(tmp_path / "sv"),
+        dataset_settings={"street_view_dir": str(part.parent)},
     )
     street_plan = street_view_dataset.plan(street.resolved(), None)
     assert street_plan.expected_images == pytest.approx({"train": 1.8, "validation": 0.2})
@@ -239,3 +244,59 @@ def test_a_dataset_outside_the_package_is_one_module_plus_its_registry_line(
                     angles_degrees=angles,
                 )
                 assert np.array_equal(rendered, records[(split, image_id, angle)]), (image_id, angle)
+
+
+def test_a_registered_dataset_brings_its_own_option_to_the_command_line(tmp_path: Path, monkeypatch) -> None:
+    """tests/dataset_squares.py declares --squares-count in its SETTINGS and nowhere else: the command
+    built after its registry line offers it, the run uses it, the manifest records it, and another
+    dataset's option given with it is a usage error naming its dataset."""
+    from click.testing import CliRunner
+
+    from pipeline import cli
+
+    monkeypatch.setattr(datasets, "_REGISTERED", {})
+    datasets.register("squares", "tests.dataset_squares")
+    command = cli.build_command()
+    assert "[--dataset squares] How many squares to make." in CliRunner().invoke(command, ["--help"]).output
+    output = tmp_path / "out"
+    arguments = ["--dataset", "squares", "--output-dir", str(output), "--angles", "0,90", "--no-progress"]
+    result = CliRunner().invoke(command, [*arguments, "--squares-count", "5", "--direct_num_workers", "1"])
+    assert result.exit_code == 0, result.output
+    info = schemas.load_manifest(str(output))
+    assert info.config["squares_count"] == 5 and info.num_records == 5 * 2
+    refused = CliRunner().invoke(command, [*arguments, "--mnist-dir", str(tmp_path)])
+    assert refused.exit_code == 2
+    assert "--mnist-dir is an option of --dataset mnist, not of --dataset squares" in refused.output
+    bad = CliRunner().invoke(command, [*arguments, "--squares-count", "0"])
+    assert bad.exit_code == 2 and "--squares-count 0 must be in 1..100" in bad.output
+
+
+def test_dataset_settings_belong_to_their_dataset(monkeypatch) -> None:
+    """A config with another dataset's setting is refused naming the dataset's own; a setting's
+    default fills in; the manifest dict keeps each setting under its own name."""
+    with pytest.raises(
+        ConfigError, match=r"mnist_dir: not a setting of --dataset images \(its settings: input_pattern\)"
+    ):
+        PipelineConfig(
+            dataset="images", output_dir="o", dataset_settings={"input_pattern": "x", "mnist_dir": "d"}
+        ).resolved()
+    config = PipelineConfig(dataset="mnist", output_dir="o").resolved()
+    assert config.dataset_settings == {"mnist_dir": None, "mnist_mirrors": (), "mnist_checksums": None}
+    assert config.to_dict()["mnist_mirrors"] == [] and "dataset_settings" not in config.to_dict()
+    with pytest.raises(KeyError, match="dataset mnist has no setting 'input_pattern'"):
+        config.setting("input_pattern")
+
+
+def test_an_environment_setting_of_another_dataset_is_ignored(tmp_path: Path, monkeypatch) -> None:
+    """ROTNET_MNIST_DIR set for every run does not stop a --dataset images run (only a flag given on
+    the command line is refused)."""
+    from click.testing import CliRunner
+
+    from pipeline import cli
+
+    monkeypatch.setenv("ROTNET_MNIST_DIR", str(tmp_path / "nowhere"))
+    result = CliRunner().invoke(
+        cli.main,
+        ["--dataset", "images", "--input", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")],
+    )
+    assert result.exit_code == 2 and "does not exist" in result.output and "mnist" not in result.output

@@ -73,7 +73,11 @@ def test_bad_inputs_become_records_or_errors_and_counts_add_up(tmp_path: Path, s
     # CMYK / 16-bit / alpha / palette / grey converted to RGB).
     pixels = {name: codec.decode_source_image((inputs / name).read_bytes()) for name in good}
     config = PipelineConfig(
-        dataset="images", output_dir="-", input_pattern="-", image_size=32, angles_degrees=(0, 90)
+        dataset="images",
+        output_dir="-",
+        dataset_settings={"input_pattern": "-"},
+        image_size=32,
+        angles_degrees=(0, 90),
     )
     images = {name: (pixels[name], schemas.assign_split(name, 0.1), -1) for name in good}
     assert content_hash(serialized_records(output)) == content_hash(expected_records(images, config))

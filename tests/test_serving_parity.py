@@ -95,7 +95,7 @@ def test_served_photo_is_its_own_zero_degree_record(street_view_images, tmp_path
     config = PipelineConfig(
         dataset="images",
         output_dir=str(tmp_path / "records"),
-        input_pattern=str(tmp_path),
+        dataset_settings={"input_pattern": str(tmp_path)},
         image_size=image_size,
         angles_degrees=(0, 30, 45, 90, 135, 200),
         image_format="png" if channels == 1 else "jpeg",
@@ -118,7 +118,7 @@ def test_every_street_view_sample_at_the_default_view(street_view_images, tmp_pa
     config = PipelineConfig(
         dataset="images",
         output_dir=str(tmp_path / "records"),
-        input_pattern=str(tmp_path),
+        dataset_settings={"input_pattern": str(tmp_path)},
         image_size=96,
         angles_degrees=(0, 45, 90, 135),
     ).resolved()
@@ -136,7 +136,10 @@ def test_every_street_view_sample_at_the_default_view(street_view_images, tmp_pa
 def test_the_view_is_not_the_whole_square(street_view_images, tmp_path):
     """A constant crop shows the central 1/sqrt(2): serving the whole square (rotnet 0.2) is far off."""
     config = PipelineConfig(
-        dataset="images", output_dir=str(tmp_path / "r"), input_pattern=str(tmp_path), image_size=96
+        dataset="images",
+        output_dir=str(tmp_path / "r"),
+        dataset_settings={"input_pattern": str(tmp_path)},
+        image_size=96,
     ).resolved()
     photo = street_view_images[0]
     record = _record_at_zero(config, _jpeg(photo))

@@ -140,7 +140,7 @@ def rotation_preview(path: Path, sample: Path = SAMPLE) -> Path:
     config = PipelineConfig(
         dataset="images",
         output_dir=str(path.parent),
-        input_pattern=str(sample),
+        dataset_settings={"input_pattern": str(sample)},
         image_size=PREVIEW_SIZE,
         angles_degrees=PREVIEW_ANGLES,
     ).resolved()

@@ -126,7 +126,8 @@ def _evaluate_with_progress(model, records, split, tta, batch_size, max_records,
     "--source-dir",
     type=click.Path(exists=True, file_okay=False),
     default=None,
-    help="Where the original images are, for --rotation-codes (default: the manifest's mnist_dir / input).",
+    help="Where the original images are, for --rotation-codes (default: where the manifest says the "
+    "pipeline read them: its --mnist-dir, --street-view-dir or --input).",
 )
 def main(
     model: str,

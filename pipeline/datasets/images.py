@@ -17,6 +17,7 @@ import numpy as np
 from pipeline import inputs, progress
 from pipeline.codec import IMAGE_EXTENSIONS
 from pipeline.config import JobError, PipelineConfig
+from pipeline.datasets import Setting
 from pipeline.datasets.common import (
     FileSource,
     ReadFiles,
@@ -30,9 +31,22 @@ from pipeline.inputs import literal_or_glob
 DEFAULTS = {"image_size": 224, "image_format": "jpeg", "channels": 3, "crop_largest_rect": True}
 
 
+SETTINGS = (
+    Setting(
+        "input_pattern",
+        "--input",
+        "A directory (read recursively), a file or a glob of "
+        f"{'/'.join(extension.lstrip('.') for extension in IMAGE_EXTENSIONS)} files, local or gs://. "
+        "Image ids are the paths below the directory.",
+        metavar="DIR_OR_GLOB",
+        location="pattern",
+    ),
+)
+
+
 def check(config: PipelineConfig) -> list[str]:
     """Option problems specific to --dataset images."""
-    return [] if config.input_pattern else ["--dataset images needs --input DIR_OR_GLOB"]
+    return [] if config.setting("input_pattern") else ["--dataset images needs --input DIR_OR_GLOB"]
 
 
 def resolve_input(given: str) -> FileSource:
@@ -53,12 +67,13 @@ def identify_file(path: str, relative: str) -> tuple[str | None, str | None]:
 
 def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     """The files --input names, split train/validation by a hash of their ids."""
-    files = resolve_input(config.input_pattern)
+    given = config.setting("input_pattern")
+    files = resolve_input(given)
     listed, problems = files.listed(), files.problems
     images = [name for name in listed if name.lower().endswith(IMAGE_EXTENSIONS)]
     if not images and not problems:
         raise JobError(
-            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) match --input {config.input_pattern} "
+            f"no image files ({', '.join(IMAGE_EXTENSIONS)}) match --input {given} "
             f"({len(listed)} other file(s))"
         )
     links = sum(1 for entry in problems if inputs.is_skipped_link(entry.problem))

@@ -19,8 +19,10 @@ and the source images of a split for the robustness evaluation (`source_images`)
 from __future__ import annotations
 
 import gzip
+import json
 import logging
 import os
+import re
 import struct
 import zlib
 from collections.abc import Iterator, Mapping, Sequence
@@ -32,6 +34,7 @@ import numpy as np
 
 from pipeline import progress
 from pipeline.config import JobError, PipelineConfig
+from pipeline.datasets import Setting
 from pipeline.datasets.common import (
     ERRORS,
     CountingDoFn,
@@ -41,7 +44,7 @@ from pipeline.datasets.common import (
     read_bounded_file,
     train_and_validation,
 )
-from pipeline.inputs import InputFileError
+from pipeline.inputs import InputFileError, read_input_file
 from schemas.splits import assign_split, in_subset
 
 # RotNet's setup: 28 px grey, lossless PNG, no largest-rect crop (the black background hides the
@@ -78,6 +81,58 @@ MNIST_MIRRORS: tuple[str, ...] = (
 
 IMAGE_SIZE = 28
 NUM_CLASSES = 10
+
+# A checksums file is a few hundred bytes; anything far larger is not one.
+MAX_CHECKSUMS_FILE_BYTES = 64 << 10
+_HEX_DIGEST = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")
+
+
+def read_checksums(path: str) -> dict[str, str]:
+    """--mnist-checksums: a JSON file {"train-images-idx3-ubyte.gz": "<md5 or sha256 hex>", ...}
+    (official file names only), as {name: lower-case digest}; ValueError saying what is wrong."""
+    try:
+        data = json.loads(read_input_file(path, MAX_CHECKSUMS_FILE_BYTES))
+    except (OSError, InputFileError, ValueError) as error:
+        raise ValueError(f"{path}: not a readable JSON file ({error})") from None
+    if not isinstance(data, dict):
+        raise ValueError(f'{path}: expected {{"file name": "md5 or sha256 hex"}}')
+    for name, digest in data.items():
+        if name not in MNIST_FILES:
+            raise ValueError(f"{path}: {name!r} is not an MNIST file ({', '.join(MNIST_FILES)})")
+        if not isinstance(digest, str) or not _HEX_DIGEST.match(digest.lower()):
+            raise ValueError(f"{path}: the digest of {name} must be 32 (md5) or 64 (sha256) hex digits")
+    return {name: digest.lower() for name, digest in data.items()}
+
+
+SETTINGS = (
+    Setting(
+        "mnist_dir",
+        "--mnist-dir",
+        "Local directory with MNIST's IDX files (.gz or not); only the splits whose two files are "
+        "there are written. Default: download them inside the job.",
+        metavar="DIR",
+        envvar="ROTNET_MNIST_DIR",
+        location="directory",
+        launcher_only=True,  # plan() reads it here to count the images
+        remote_hint="leave it out so that the workers download MNIST (--mnist-mirror for another source)",
+    ),
+    Setting(
+        "mnist_mirrors",
+        "--mnist-mirror",
+        "Base URL holding the four MNIST .gz files, tried in order (repeatable); replaces the built-in list.",
+        default=(),
+        metavar="URL",
+        multiple=True,
+    ),
+    Setting(
+        "mnist_checksums",
+        "--mnist-checksums",
+        'JSON file {"train-images-idx3-ubyte.gz": "<md5 or sha256>", ...} replacing the official '
+        "digests (for a mirror serving other files under the same names).",
+        metavar="FILE",
+        parse=read_checksums,
+    ),
+)
 
 # IDX magic numbers: two zero bytes, a type byte (0x08 = unsigned byte) and the number of dimensions.
 IMAGES_MAGIC = 0x00000803
@@ -275,19 +330,15 @@ def source_images(
 # --- The plan and the Beam read -------------------------------------------------------------------
 
 
-def check(config: PipelineConfig) -> list[str]:
-    """Option problems specific to MNIST (the config's own checks are in PipelineConfig.validate)."""
-    return ["--input is only for --dataset images"] if config.input_pattern else []
-
-
 def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     """Which MNIST splits will be written and how many images each: an offline copy says what it holds
     (a split missing there is not written, and the note says so); a download has the full release."""
     notes = []
     offline = None
-    if config.mnist_dir:
+    mnist_dir = config.setting("mnist_dir")
+    if mnist_dir:
         try:
-            found = find_offline_files(config.mnist_dir)
+            found = find_offline_files(mnist_dir)
         except FileNotFoundError as error:
             raise JobError(str(error)) from None
         offline = {split: (str(images), str(labels)) for split, (images, labels) in found.items()}
@@ -297,10 +348,10 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
                 for split, (_, labels) in found.items()
             }
         except InputFileError as error:
-            raise JobError(f"--mnist-dir {config.mnist_dir}: {error}") from None
+            raise JobError(f"--mnist-dir {mnist_dir}: {error}") from None
         missing = [split for split in SPLIT_FILES if split not in found]
         notes.append(
-            f"MNIST offline copy {config.mnist_dir}: found "
+            f"MNIST offline copy {mnist_dir}: found "
             + ", ".join(f"{split} ({sizes[split]:,} images)" for split in sorted(found))
             + (
                 "; missing "
@@ -312,7 +363,7 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
         )
     else:
         sizes = dict(SPLIT_SIZES)
-        mirrors = config.mnist_mirrors or MNIST_MIRRORS
+        mirrors = config.setting("mnist_mirrors") or MNIST_MIRRORS
         notes.append(
             f"MNIST: downloading {len(MNIST_FILES)} IDX files inside the job into {config.download_dir} "
             f"(mirrors: {', '.join(mirrors)})"
@@ -332,9 +383,10 @@ class _LoadMnistSplitFn(CountingDoFn):
         source_split, images_path, labels_path = element
         config = self.config
         if images_path is None or labels_path is None:
-            mirrors = config.mnist_mirrors or MNIST_MIRRORS
+            mirrors = config.setting("mnist_mirrors") or MNIST_MIRRORS
+            checksums = config.setting("mnist_checksums") or {}
             images_path, labels_path = (
-                str(download_file(name, config.download_dir, mirrors, config.mnist_checksums))
+                str(download_file(name, config.download_dir, mirrors, checksums))
                 for name in SPLIT_FILES[source_split]
             )
         # Bounded reads of regular files only: a FIFO or a device named like an IDX file fails the job

@@ -42,6 +42,7 @@ import numpy as np
 
 from pipeline import inputs, progress
 from pipeline.config import JobError, PipelineConfig
+from pipeline.datasets import Setting
 from pipeline.datasets.common import (
     ERRORS,
     CountingDoFn,
@@ -320,26 +321,40 @@ def download_part(
 # GMCP holds 10,343 placemarks x 6 views; views 1-4 are kept. Only used to choose the number of shards.
 KEPT_IMAGES = 10_343 * 4
 
-
-def check(config: PipelineConfig) -> list[str]:
-    """Option problems specific to Street View."""
-    return ["--input is only for --dataset images"] if config.input_pattern else []
+SETTINGS = (
+    Setting(
+        "street_view_dir",
+        "--street-view-dir",
+        "Offline copy of Street View: a directory (local or gs://) with the zip parts and/or loose "
+        "<placemark>_<view>.jpg files. Default: download the 10 parts inside the job, one per worker.",
+        metavar="DIR",
+        location="directory",
+    ),
+    Setting(
+        "street_view_mirrors",
+        "--street-view-mirror",
+        "Base URL holding part1.zip .. part10.zip (repeatable); replaces the UCF site.",
+        default=(),
+        metavar="URL",
+        multiple=True,
+    ),
+)
 
 
 def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     """The parts to download inside the job, or what an offline directory holds (zip parts and loose
     `<placemark>_<view>.jpg` files), with the expected number of kept views for the shard counts."""
     notes = []
-    if config.street_view_dir is None:
+    if config.setting("street_view_dir") is None:
         parts = [(part.name, None) for part in STREET_VIEW_PARTS]
-        mirrors = config.street_view_mirrors or (STREET_VIEW_BASE_URL,)
+        mirrors = config.setting("street_view_mirrors") or (STREET_VIEW_BASE_URL,)
         notes.append(
             f"Street View: downloading {len(parts)} zip parts inside the job, one per worker, into "
             f"{config.download_dir} (from {', '.join(mirrors)})"
         )
         source = ReadStreetView(config, parts, progress_dir=progress_dir)
         return SourcePlan(source, train_and_validation(config, KEPT_IMAGES * config.subset_fraction), notes)
-    directory = config.street_view_dir.rstrip("/")
+    directory = config.setting("street_view_dir").rstrip("/")
     if not paths.is_remote(directory) and not os.path.isdir(directory):
         raise JobError(f"--street-view-dir {directory} is not a directory")
     files = list_files(directory)  # the literal directory: every file below it, links followed once
@@ -407,7 +422,7 @@ def identify_loose_file(path: str, relative: str) -> tuple[str | None, str | Non
 def _part_path(config: PipelineConfig, part_name: str, path: str | None) -> str:
     """The part's path on this worker: downloaded here (cached) when the job downloads the parts."""
     if path is None or (not paths.is_remote(path) and not os.path.exists(path)):
-        mirrors = config.street_view_mirrors or (STREET_VIEW_BASE_URL,)
+        mirrors = config.setting("street_view_mirrors") or (STREET_VIEW_BASE_URL,)
         return str(download_part(part_name, config.download_dir, mirrors))
     return path
 
