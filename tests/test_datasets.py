@@ -7,6 +7,8 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import re
 import zipfile
 from pathlib import Path
 
@@ -300,3 +302,26 @@ def test_an_environment_setting_of_another_dataset_is_ignored(tmp_path: Path, mo
         ["--dataset", "images", "--input", str(tmp_path / "missing"), "--output-dir", str(tmp_path / "o")],
     )
     assert result.exit_code == 2 and "does not exist" in result.output and "mnist" not in result.output
+
+
+def test_mnist_checksums_file_is_read_as_its_setting(tmp_path: Path) -> None:
+    """--mnist-checksums: lower-cased digests of official names; every other file is one message."""
+    good = tmp_path / "good.json"
+    good.write_text(json.dumps({"train-images-idx3-ubyte.gz": "AB" * 16}))
+    assert mnist_dataset.read_checksums(str(good)) == {"train-images-idx3-ubyte.gz": "ab" * 16}
+    cases = {
+        "missing.json": (None, "does not exist"),
+        "list.json": ("[1]", "expected"),
+        "text.json": ("not json", "not a readable JSON file"),
+        "name.json": ('{"x.gz": "' + "a" * 32 + '"}', "'x.gz' is not an MNIST file"),
+        "digest.json": ('{"t10k-images-idx3-ubyte.gz": "abc"}', "must be 32 (md5) or 64 (sha256) hex digits"),
+    }
+    for name, (text, message) in cases.items():
+        if text is not None:
+            (tmp_path / name).write_text(text)
+        with pytest.raises(ValueError, match=re.escape(message)):
+            mnist_dataset.read_checksums(str(tmp_path / name))
+    (tmp_path / "fifo.json").unlink(missing_ok=True)
+    os.mkfifo(tmp_path / "fifo.json")
+    with pytest.raises(ValueError, match="FIFO"):
+        mnist_dataset.read_checksums(str(tmp_path / "fifo.json"))

@@ -90,6 +90,8 @@ _HEX_DIGEST = re.compile(r"^(?:[0-9a-f]{32}|[0-9a-f]{64})$")
 def read_checksums(path: str) -> dict[str, str]:
     """--mnist-checksums: a JSON file {"train-images-idx3-ubyte.gz": "<md5 or sha256 hex>", ...}
     (official file names only), as {name: lower-case digest}; ValueError saying what is wrong."""
+    if not os.path.lexists(path):
+        raise ValueError(f"{path} does not exist")
     try:
         data = json.loads(read_input_file(path, MAX_CHECKSUMS_FILE_BYTES))
     except (OSError, InputFileError, ValueError) as error:
