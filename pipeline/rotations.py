@@ -24,6 +24,7 @@ Two renderings (RENDERINGS), chosen when the image is prepared:
 
 from __future__ import annotations
 
+import itertools
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 
@@ -32,7 +33,7 @@ import numpy as np
 import schemas
 from pipeline import codec, geometry
 from schemas import sharding
-from schemas.record import example_encoder, example_key
+from schemas.record import example_encoder, example_keys
 
 RENDERINGS = geometry.RENDERINGS
 
@@ -122,10 +123,15 @@ def record_encoder(
     image_size: int,
     jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
     resampling: str = "fixed",
-) -> Callable[..., bytes]:
-    """`encode(angle_degrees, key=None) -> serialized record` of one prepared image (its fixed fields
-    serialized once; `resampling` is "fixed" or "random", geometry.RESAMPLINGS). `key`, when given, is
-    the record's `example_key` (shard_records has it already)."""
+) -> Callable[[Sequence[int], Sequence[str]], list[bytes]]:
+    """`encode(angles_degrees, keys) -> serialized records` of one prepared image, many at a time (its
+    fixed fields serialized once; `resampling` is "fixed" or "random", geometry.RESAMPLINGS). `keys[i]`
+    is the `example_key` of the record at `angles_degrees[i]` (shard_records has them already).
+
+    A batch is rendered by `geometry.render_records` (one NumPy pass for the jitters and matrices, a warp
+    per record) and PNG-encoded by `codec.encode_images`: per record, the same bytes as rendering,
+    encoding and serializing it alone, with less Python around each of them.
+    """
     if resampling not in geometry.RESAMPLINGS:
         raise ValueError(f"resampling {resampling!r} is not one of {', '.join(geometry.RESAMPLINGS)}")
     template = schemas.Record(
@@ -141,15 +147,21 @@ def record_encoder(
         label=image.label,
     )
     serialize = example_encoder(template)
-    source, encode_image = image.source, codec.encode_image
-    dataset, split, image_id = image.dataset, image.split, image.image_id
+    source, encode_images = image.source, codec.encode_images
 
-    def encode(angle_degrees: int, key: str | None = None) -> bytes:
-        angle_degrees = int(angle_degrees)
-        if key is None:
-            key = example_key(dataset, split, image_id, angle_degrees)
-        picture = rotation_image(source, key, angle_degrees, image_size, resampling)
-        return serialize(encode_image(picture, image_format, jpeg_quality), angle_degrees)
+    def encode(angles_degrees: Sequence[int], keys: Sequence[str]) -> list[bytes]:
+        angles = [int(angle) for angle in angles_degrees]
+        if isinstance(source, geometry.RenderSource):
+            pictures = geometry.render_records(source, angles, image_size, list(keys), resampling)
+        else:
+            pictures = np.stack(
+                [
+                    rotation_image(source, key, angle, image_size)
+                    for angle, key in zip(angles, keys, strict=True)
+                ]
+            )
+        encoded = encode_images(pictures, image_format, jpeg_quality)
+        return [serialize(data, angle) for data, angle in zip(encoded, angles, strict=True)]
 
     return encode
 
@@ -164,7 +176,10 @@ def encode_rotations(
 ) -> list[bytes]:
     """Serialized records of one image turned by each angle, in the order of `angles_degrees`."""
     encode = record_encoder(image, image_format, image_size, jpeg_quality, resampling)
-    return [encode(angle) for angle in angles_degrees]
+    angles = [int(angle) for angle in angles_degrees]
+    if not angles:
+        return []
+    return encode(angles, example_keys(image.dataset, image.split, image.image_id, angles))
 
 
 def record_order(images: Sequence[PreparedImage], angles_degrees: Sequence[int]) -> list[tuple[int, int]]:
@@ -176,12 +191,11 @@ def _keyed_order(
     images: Sequence[PreparedImage], angles_degrees: Sequence[int]
 ) -> list[tuple[bytes, int, int, str]]:
     """(order key, index into `images`, angle, example key) of every record of a shard, sorted."""
-    order_key = sharding.record_order_key
-    keyed = []
+    angles = [int(angle) for angle in angles_degrees]
+    keyed: list[tuple[bytes, int, int, str]] = []
     for index, image in enumerate(images):
-        for angle in angles_degrees:
-            key = example_key(image.dataset, image.split, image.image_id, int(angle))
-            keyed.append((order_key(key), index, angle, key))
+        keys = example_keys(image.dataset, image.split, image.image_id, angles)
+        keyed += zip(sharding.record_order_keys(keys), itertools.repeat(index), angles, keys, strict=False)
     keyed.sort()
     return keyed
 
@@ -194,25 +208,54 @@ def shard_records(
     jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
     resampling: str = "fixed",
 ) -> Iterator[bytes]:
-    """Every record of a shard holding `images` (any order), rendered one at a time in the shard's order."""
+    """Every record of a shard holding `images` (any order), in the shard's order (shard_windows' records,
+    one at a time)."""
+    for window in shard_windows(images, angles_degrees, image_size, image_format, jpeg_quality, resampling):
+        yield from window
+
+
+def shard_windows(
+    images: Sequence[PreparedImage],
+    angles_degrees: Sequence[int],
+    image_size: int,
+    image_format: str,
+    jpeg_quality: int = codec.DEFAULT_JPEG_QUALITY,
+    resampling: str = "fixed",
+) -> Iterator[list[bytes]]:
+    """Every record of a shard holding `images` (any order) in the shard's order, a window (list) at a
+    time: what the shard writers write (ShardWriter.write_many), rendered window by window."""
     images = sorted(images, key=lambda image: image.image_id)  # ties of the order key: never arrival order
     encoders = [record_encoder(image, image_format, image_size, jpeg_quality, resampling) for image in images]
     order = _keyed_order(images, angles_degrees)
     # Rendering in the shard's order jumps from image to image at every record, and a 224 px photo's
     # render level (~1.6 MB) falls out of the cache each time: half the rate (measured 1,235 against
-    # 2,299 records/s on one core). So each window of the order is rendered image by image, then
-    # yielded in order: the same bytes, memory for one window of encoded records.
-    window = max(RENDER_WINDOW_RECORDS, RENDER_WINDOW_RECORDS_PER_IMAGE * len(images))
+    # 2,299 records/s on one core). So each window of the order is rendered image by image, each image's
+    # records of the window in one batch (record_encoder), then yielded in order: the same bytes, memory
+    # for one window of encoded records.
+    channels = images[0].source.channels if images else 1
+    window = max(
+        RENDER_WINDOW_RECORDS,
+        RENDER_WINDOW_RECORDS_PER_IMAGE * len(images),
+        RENDER_WINDOW_PIXEL_BYTES // (image_size * image_size * channels),
+    )
     for start in range(0, len(order), window):
         chunk = order[start : start + window]
+        by_image: dict[int, list[int]] = {}
+        for position, entry in enumerate(chunk):
+            by_image.setdefault(entry[1], []).append(position)
         encoded: list[bytes] = [b""] * len(chunk)
-        for position in sorted(range(len(chunk)), key=lambda position: chunk[position][1:3]):
-            _, index, angle, key = chunk[position]
-            encoded[position] = encoders[index](angle, key)
-        yield from encoded
+        for index, positions in by_image.items():
+            records = encoders[index]([chunk[p][2] for p in positions], [chunk[p][3] for p in positions])
+            for position, data in zip(positions, records, strict=True):
+                encoded[position] = data
+        yield encoded
 
 
 # Records rendered together by shard_records: at least this many, and this many per image of the shard
 # (so that each image's level is read a few times per window). Street View: 1,024 records ~ 27 MB.
 RENDER_WINDOW_RECORDS = 1024
 RENDER_WINDOW_RECORDS_PER_IMAGE = 8
+# ... and at least as many as hold this many bytes of raw pixels, so that small records come in batches
+# large enough for record_encoder's NumPy passes to pay (28 px MNIST: ~42,800 records, ~19 per image of
+# a 2,250-digit shard, ~26 MB of encoded records; a 224 px photo's record: the two bounds above rule).
+RENDER_WINDOW_PIXEL_BYTES = 32 << 20

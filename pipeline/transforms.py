@@ -138,7 +138,7 @@ class PrepareRotations(beam.PTransform):
 class _WriteShardFn(CountingDoFn):
     """(shard index, prepared images or None) -> the shard written to the run's temporary directory, and
     its stats: every record of the shard's images, rendered on the fly in the shard's order
-    (rotations.shard_records), with its record count, bytes and SHA-256 as written."""
+    (rotations.shard_windows), with its record count, bytes and SHA-256 as written."""
 
     def __init__(
         self, config: PipelineConfig, split: str, num_shards: int, temp_dir: str, progress_dir: str | None
@@ -157,7 +157,7 @@ class _WriteShardFn(CountingDoFn):
         images = [image for image in grouped if image is not None]
         config = self.config
         name = sharding.shard_name(self.split, index, self.num_shards, config.compression)
-        records = rotations.shard_records(
+        windows = rotations.shard_windows(
             images,
             config.angles_degrees,
             config.image_size,
@@ -167,25 +167,30 @@ class _WriteShardFn(CountingDoFn):
         )
         paths.make_dirs(self.temp_dir)
         num_angles, expanded = len(config.angles_degrees), 0  # images' worth of records counted so far
+        counted = 0  # records counted so far
         with tfrecord_file.ShardWriter(paths.join(self.temp_dir, name)) as writer:
-            for count, record in enumerate(records, 1):
-                writer.write(record)
-                if count % PROGRESS_RECORDS == 0:
-                    now = min(len(images), count // num_angles)
+            for window in windows:
+                writer.write_many(window)
+                if writer.num_records - counted >= PROGRESS_RECORDS:
+                    now = min(len(images), writer.num_records // num_angles)
                     self.counters.add(
-                        **{progress.RECORDS: PROGRESS_RECORDS, progress.IMAGES_EXPANDED: now - expanded}
+                        **{
+                            progress.RECORDS: writer.num_records - counted,
+                            progress.IMAGES_EXPANDED: now - expanded,
+                        }
                     )
-                    expanded = now
+                    counted, expanded = writer.num_records, now
         self.counters.add(
             **{
-                progress.RECORDS: writer.num_records % PROGRESS_RECORDS,
+                progress.RECORDS: writer.num_records - counted,
                 progress.IMAGES_EXPANDED: len(images) - expanded,
             }
         )
         yield shard_stats("shard", name, writer)
 
 
-# Records between progress-counter updates (a counter update per record would cost more than a warp).
+# Records between progress-counter updates, at most (a counter update per record would cost more than a
+# warp); one update per render window (rotations.shard_windows) when the windows are larger.
 PROGRESS_RECORDS = 1024
 
 

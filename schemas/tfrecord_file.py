@@ -13,12 +13,13 @@ without a timestamp or file name in their header, so the same records give the s
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any
 
 import google_crc32c
@@ -166,6 +167,12 @@ class ShardWriter:
         self._out.write(frame_record(record))
         self.num_records += 1
 
+    def write_many(self, records: Sequence[bytes]) -> None:
+        """`write` each record, the same bytes: framed and joined first, so the file and the SHA-256 see
+        one large write (a write call per 28 px record cost ~1 us of the ~40 us each takes)."""
+        self._out.write(frame_records(records))
+        self.num_records += len(records)
+
     def close(self) -> None:
         if self._out is not self._raw:
             self._out.close()  # writes the gzip trailer through the hashing writer
@@ -252,8 +259,25 @@ def _records(path: str, handle: Any, verify: bool) -> Iterator[bytes]:
 
 def frame_record(data: bytes) -> bytes:
     """One record in TFRecord framing."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+    return b"".join((_frame_head(len(data)), data, struct.pack("<I", masked_crc32c(data))))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _frame_head(length: int) -> bytes:
+    """The length and its masked CRC: the same 12 bytes for every record of that length (records of a
+    dataset have a few thousand lengths; 28 px MNIST records a few hundred)."""
+    encoded = struct.pack("<Q", length)
+    return encoded + struct.pack("<I", masked_crc32c(encoded))
+
+
+def frame_records(records: Iterable[bytes]) -> bytes:
+    """The records in TFRecord framing, one after the other: `frame_record` of each, joined."""
+    head, crc32c, pack, delta = _frame_head, google_crc32c.value, struct.Struct("<I").pack, _MASK_DELTA
+    parts = []
+    for data in records:
+        crc = crc32c(data)
+        parts += (head(len(data)), data, pack((((crc >> 15) | (crc << 17)) + delta) & 0xFFFFFFFF))
+    return b"".join(parts)
 
 
 def write_records(path: str, records: Iterable[bytes]) -> int:

@@ -230,6 +230,10 @@ def test_images_expanded_counts_as_the_records_are_written(tmp_path: Path, monke
         for index in range(5)
     ]
     monkeypatch.setattr(transforms, "PROGRESS_RECORDS", 6)  # 20 records: updates at 6, 12, 18 and the end
+    # ... as the render windows end: windows of 6 records here
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_RECORDS", 6)
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_RECORDS_PER_IMAGE", 1)
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_PIXEL_BYTES", 0)
     seen = []
 
     class Recorder:
