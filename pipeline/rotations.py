@@ -238,17 +238,23 @@ def shard_windows(
         RENDER_WINDOW_RECORDS_PER_IMAGE * len(images),
         RENDER_WINDOW_PIXEL_BYTES // (image_size * image_size * channels),
     )
+    # The order as columns, so that a window is grouped by image with NumPy and C-level lookups.
+    image_column = np.array([entry[1] for entry in order], np.intp)
+    angle_column = [entry[2] for entry in order]
+    key_column = [entry[3] for entry in order]
     for start in range(0, len(order), window):
-        chunk = order[start : start + window]
-        by_image: dict[int, list[int]] = {}
-        for position, entry in enumerate(chunk):
-            by_image.setdefault(entry[1], []).append(position)
-        encoded: list[bytes] = [b""] * len(chunk)
-        for index, positions in by_image.items():
-            records = encoders[index]([chunk[p][2] for p in positions], [chunk[p][3] for p in positions])
-            for position, data in zip(positions, records, strict=True):
-                encoded[position] = data
-        yield encoded
+        stop = min(start + window, len(order))
+        encoded = np.empty(stop - start, dtype=object)
+        by_image = np.argsort(image_column[start:stop], kind="stable")
+        sorted_images = image_column[start:stop][by_image]
+        bounds = [0, *(np.flatnonzero(sorted_images[1:] != sorted_images[:-1]) + 1).tolist(), stop - start]
+        for first, last in itertools.pairwise(bounds):
+            positions = by_image[first:last]
+            window_positions = (positions + start).tolist()
+            angles = [angle_column[position] for position in window_positions]
+            keys = [key_column[position] for position in window_positions]
+            encoded[positions] = encoders[sorted_images[first]](angles, keys)
+        yield encoded.tolist()
 
 
 # Records rendered together by shard_records: at least this many, and this many per image of the shard

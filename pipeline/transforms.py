@@ -2,18 +2,22 @@
 
     datasets.NAME.plan(...).source    -> SourceImage, one per source image (+ errors)
       | DecodeImages                  -> SourceImage with HWC uint8 pixels (+ errors)
-      | PrepareRotations              -> PreparedImage per split: square crop, low-passed level (+ errors)
+      | PrepareRotations              -> SourceImage per split: the view's square (channels, crop) (+ errors)
       | WriteShards                   -> {split}-SSSSS-of-NNNNN.tfrecord in the run's temporary directory
+                                         (each image's render levels built there, then its records)
     errors | WriteErrors              -> errors-00000-of-00001.jsonl there (image id, stage, reason), sorted
     every file's stats | WriteStats   -> one JSON list: records, bytes and SHA-256 of every file
 
 The dataset modules (pipeline/datasets/) read their sources; sources fan out (one MNIST file or Street
 View zip part holds thousands of images), so each ends with a Reshuffle: decoding and rotating then
 spread over all workers. The 360x fan-out happens inside the shard writer, behind a GroupByKey on the
-shard index: the shuffle moves one small prepared image instead of its 360 records (Beam costs ~45 us
-per element, a 28 px rotation + PNG ~40 us; the local runner's memory and Dataflow's shuffle stay
-~300x smaller), and each shard is rendered in its fixed, fully mixed order (pipeline.rotations). The
-launcher renames the files into place only after checking them (pipeline/job.py).
+shard index: the shuffle moves one image's square instead of its 360 records (Beam costs ~45 us per
+element, a 28 px rotation + PNG ~40 us; the local runner's memory and Dataflow's shuffle stay ~300x
+smaller), and each shard is rendered in its fixed, fully mixed order (pipeline.rotations). The square,
+not its render levels: a 28 px digit's 4x supersampled level pickles to ~27 KB against its 0.8 KB
+square, a photo's five RGBA levels to ~6.5 MB against ~1.2 MB, and the local runner's process spent ~1
+ms of CPU per MNIST image moving the levels (issue 22). The launcher renames the files into place only
+after checking them (pipeline/job.py).
 
 Nothing is lost silently: every source image is counted as read and ends either as records or as one
 errors-file line; Street View views 0/5 and non-image files are counted separately.
@@ -111,17 +115,19 @@ class _PrepareFn(CountingDoFn):
 
     def process(self, image: SourceImage) -> Iterator[Any]:
         try:
-            prepared = prepare(image, self.config)
+            square = geometry.view_source(image.pixels, self.config.view())
         except ValueError as error:
             self.counters.add(**{progress.IMAGE_ERRORS: 1})
             entry = error_entry(image.dataset, image.split, image.image_id, "prepare", str(error))
             yield beam.pvalue.TaggedOutput(ERRORS, entry)
             return
-        yield beam.pvalue.TaggedOutput(image.split, prepared)
+        yield beam.pvalue.TaggedOutput(image.split, dataclasses.replace(image, pixels=square))
 
 
 class PrepareRotations(beam.PTransform):
-    """Decoded SourceImage -> PreparedImage, one PCollection per name in `splits`, plus ERRORS."""
+    """Decoded SourceImage -> the same with the view's square (`geometry.view_source`: channels, crop),
+    one PCollection per name in `splits`, plus ERRORS. The shard writer prepares the square for every
+    angle (`prepare`: a square gives the same levels as the image it was cropped from)."""
 
     def __init__(
         self, config: PipelineConfig, splits: Sequence[str], progress_dir: str | None = None
@@ -136,8 +142,9 @@ class PrepareRotations(beam.PTransform):
 
 
 class _WriteShardFn(CountingDoFn):
-    """(shard index, prepared images or None) -> the shard written to the run's temporary directory, and
-    its stats: every record of the shard's images, rendered on the fly in the shard's order
+    """(shard index, images or None) -> the shard written to the run's temporary directory, and its
+    stats: the images prepared (PrepareRotations' squares; PreparedImage as they are), every record of
+    the shard's images rendered on the fly in the shard's order
     (rotations.shard_windows), with its record count, bytes and SHA-256 as written."""
 
     def __init__(
@@ -152,10 +159,16 @@ class _WriteShardFn(CountingDoFn):
 
         cv2.setNumThreads(1)  # Beam already runs one DoFn per core
 
-    def process(self, element: tuple[int, Iterable[PreparedImage | None]]) -> Iterator[dict[str, Any]]:
+    def process(
+        self, element: tuple[int, Iterable[SourceImage | PreparedImage | None]]
+    ) -> Iterator[dict[str, Any]]:
         index, grouped = element
-        images = [image for image in grouped if image is not None]
         config = self.config
+        images = [
+            prepare(image, config) if isinstance(image, SourceImage) else image
+            for image in grouped
+            if image is not None
+        ]
         name = sharding.shard_name(self.split, index, self.num_shards, config.compression)
         windows = rotations.shard_windows(
             images,
@@ -208,13 +221,14 @@ def shard_stats(
 
 
 class WriteShards(beam.PTransform):
-    """{split: PreparedImage} -> every rotation as records in `num_shards[split]` shards per split, in the
-    run's temporary directory (the launcher renames them into place once every file is verified).
+    """{split: SourceImage squares (PrepareRotations) or PreparedImage} -> every rotation as records in
+    `num_shards[split]` shards per split, in the run's temporary directory (the launcher renames them
+    into place once every file is verified).
 
     Each image goes to shard `sharding.shard_index(dataset, image id, num_shards)`; the GroupByKey is the
-    fusion break after the source's fan-out and moves one small prepared image per source image (MNIST:
-    ~0.8 KB instead of its 360 records, 245 KB), and each shard's records are rendered by the worker that
-    writes it. Shards no image hashed into are written too (empty), so a split always has all its
+    fusion break after the source's fan-out and moves one small square per source image (MNIST: ~0.8 KB
+    instead of its 360 records, 245 KB), and each shard's images are prepared and its records rendered
+    by the worker that writes it. Shards no image hashed into are written too (empty), so a split always has all its
     shards. Returns the stats of the written shards (shard_stats).
     """
 
