@@ -1086,6 +1086,18 @@ def prepare_view(
     )
 
 
+def min_prepared_bytes(view: View) -> int:
+    """A lower bound on the bytes of `prepare_view`'s pixels for this view, whatever the source: one
+    level of at least the output side times the supersampling, RGBA for RGB; 0 for the legacy chain,
+    whose source can be smaller than its square. The pipeline sends a square smaller than this through
+    its shuffle and prepares it after."""
+    if view.rendering == "legacy":
+        return 0
+    factor = SUPERSAMPLE_SMALL if view.image_size <= SMALL_OUTPUT_PX else SUPERSAMPLE
+    side = math.floor(view.image_size * factor)
+    return side * side * (4 if view.channels == 3 else 1)
+
+
 def upright_view(image: np.ndarray, view: View) -> np.ndarray:
     """What a model trained on the view's records is served: the record the pipeline would write of
     `image` at 0 degrees, without the record's sub-pixel jitter (image_size x image_size x channels).

@@ -149,21 +149,35 @@ def record_encoder(
     serialize = example_encoder(template)
     source, encode_images = image.source, codec.encode_images
 
+    # Pictures rendered and encoded together: as many as fit in BATCH_PIXEL_BYTES, so that each is still
+    # in the cache when it is encoded (one 224 px photo record at a time; hundreds of 28 px digits).
+    batch = max(1, BATCH_PIXEL_BYTES // (image_size * image_size * image.source.channels))
+
     def encode(angles_degrees: Sequence[int], keys: Sequence[str]) -> list[bytes]:
-        angles = [int(angle) for angle in angles_degrees]
-        if isinstance(source, geometry.RenderSource):
-            pictures = geometry.render_records(source, angles, image_size, list(keys), resampling)
-        else:
-            pictures = np.stack(
-                [
-                    rotation_image(source, key, angle, image_size)
-                    for angle, key in zip(angles, keys, strict=True)
-                ]
-            )
-        encoded = encode_images(pictures, image_format, jpeg_quality)
-        return [serialize(data, angle) for data, angle in zip(encoded, angles, strict=True)]
+        angles, keys = [int(angle) for angle in angles_degrees], list(keys)
+        records: list[bytes] = []
+        for start in range(0, len(angles), batch):
+            some_angles, some_keys = angles[start : start + batch], keys[start : start + batch]
+            if isinstance(source, geometry.RenderSource):
+                pictures = geometry.render_records(source, some_angles, image_size, some_keys, resampling)
+            else:
+                pictures = np.stack(
+                    [
+                        rotation_image(source, key, angle, image_size)
+                        for angle, key in zip(some_angles, some_keys, strict=True)
+                    ]
+                )
+            encoded = encode_images(pictures, image_format, jpeg_quality)
+            records += [serialize(data, angle) for data, angle in zip(encoded, some_angles, strict=True)]
+        return records
 
     return encode
+
+
+# Raw pixels of one batch of record_encoder: within a core's L2 cache (measured with 100-record batches
+# of 224 px photos: ~25% more CPU per record than one at a time, 15 MB of pictures rendered before the
+# first was encoded).
+BATCH_PIXEL_BYTES = 512 << 10
 
 
 def encode_rotations(

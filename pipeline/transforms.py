@@ -2,22 +2,21 @@
 
     datasets.NAME.plan(...).source    -> SourceImage, one per source image (+ errors)
       | DecodeImages                  -> SourceImage with HWC uint8 pixels (+ errors)
-      | PrepareRotations              -> SourceImage per split: the view's square (channels, crop) (+ errors)
+      | PrepareRotations              -> per split: the view's square, or its render level(s) (+ errors)
       | WriteShards                   -> {split}-SSSSS-of-NNNNN.tfrecord in the run's temporary directory
-                                         (each image's render levels built there, then its records)
     errors | WriteErrors              -> errors-00000-of-00001.jsonl there (image id, stage, reason), sorted
     every file's stats | WriteStats   -> one JSON list: records, bytes and SHA-256 of every file
 
 The dataset modules (pipeline/datasets/) read their sources; sources fan out (one MNIST file or Street
 View zip part holds thousands of images), so each ends with a Reshuffle: decoding and rotating then
 spread over all workers. The 360x fan-out happens inside the shard writer, behind a GroupByKey on the
-shard index: the shuffle moves one image's square instead of its 360 records (Beam costs ~45 us per
-element, a 28 px rotation + PNG ~40 us; the local runner's memory and Dataflow's shuffle stay ~300x
-smaller), and each shard is rendered in its fixed, fully mixed order (pipeline.rotations). The square,
-not its render levels: a 28 px digit's 4x supersampled level pickles to ~27 KB against its 0.8 KB
-square, a photo's five RGBA levels to ~6.5 MB against ~1.2 MB, and the local runner's process spent ~1
-ms of CPU per MNIST image moving the levels (issue 22). The launcher renames the files into place only
-after checking them (pipeline/job.py).
+shard index: the shuffle moves one small element per image instead of its 360 records (Beam costs ~45
+us per element, a 28 px rotation + PNG ~40 us; the local runner's memory and Dataflow's shuffle stay
+~300x smaller), and each shard is rendered in its fixed, fully mixed order (pipeline.rotations). Small
+images go as their square, prepared by the writer: a 28 px digit's 4x supersampled level pickles to
+~27 KB against its 0.8 KB square, and the local runner's process spent ~1 ms of CPU per MNIST image
+moving the levels (issue 22); a photo goes prepared (its 224 px level, 1.6 MB, is half its square).
+The launcher renames the files into place only after checking them (pipeline/job.py).
 
 Nothing is lost silently: every source image is counted as read and ends either as records or as one
 errors-file line; Street View views 0/5 and non-image files are counted separately.
@@ -114,20 +113,26 @@ class _PrepareFn(CountingDoFn):
         cv2.setNumThreads(1)
 
     def process(self, image: SourceImage) -> Iterator[Any]:
+        view = self.config.view()
         try:
-            square = geometry.view_source(image.pixels, self.config.view())
+            square = dataclasses.replace(image, pixels=geometry.view_source(image.pixels, view))
+            # Whichever is smaller goes through the shuffle: a 28 px digit's 0.8 KB square (its 4x
+            # level: ~23 KB), a photo's prepared level (1.6 MB; its square: ~3 MB).
+            small = square.pixels.nbytes < geometry.min_prepared_bytes(view)
+            element = square if small else prepare(square, self.config)
         except ValueError as error:
             self.counters.add(**{progress.IMAGE_ERRORS: 1})
             entry = error_entry(image.dataset, image.split, image.image_id, "prepare", str(error))
             yield beam.pvalue.TaggedOutput(ERRORS, entry)
             return
-        yield beam.pvalue.TaggedOutput(image.split, dataclasses.replace(image, pixels=square))
+        yield beam.pvalue.TaggedOutput(image.split, element)
 
 
 class PrepareRotations(beam.PTransform):
-    """Decoded SourceImage -> the same with the view's square (`geometry.view_source`: channels, crop),
-    one PCollection per name in `splits`, plus ERRORS. The shard writer prepares the square for every
-    angle (`prepare`: a square gives the same levels as the image it was cropped from)."""
+    """Decoded SourceImage -> its view's square (`geometry.view_source`: channels, crop) when that is
+    smaller than any preparation of it, else the PreparedImage (`prepare`): one PCollection per name in
+    `splits`, plus ERRORS. The shard writer prepares the squares (a square gives the same levels as the
+    image it was cut from)."""
 
     def __init__(
         self, config: PipelineConfig, splits: Sequence[str], progress_dir: str | None = None
@@ -226,9 +231,10 @@ class WriteShards(beam.PTransform):
     into place once every file is verified).
 
     Each image goes to shard `sharding.shard_index(dataset, image id, num_shards)`; the GroupByKey is the
-    fusion break after the source's fan-out and moves one small square per source image (MNIST: ~0.8 KB
-    instead of its 360 records, 245 KB), and each shard's images are prepared and its records rendered
-    by the worker that writes it. Shards no image hashed into are written too (empty), so a split always has all its
+    fusion break after the source's fan-out and moves one small element per source image (MNIST: a
+    ~0.8 KB square instead of its 360 records, 245 KB), and each shard's squares are prepared and its
+    records rendered by the worker that writes it. Shards no image hashed into are written too (empty),
+    so a split always has all its
     shards. Returns the stats of the written shards (shard_stats).
     """
 

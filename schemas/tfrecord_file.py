@@ -142,6 +142,10 @@ class _HashingWriter:
         self.raw.close()
 
 
+# Bytes of records ShardWriter.write_many frames and writes in one piece.
+WRITE_CHUNK_BYTES = 256 << 10
+
+
 class ShardWriter:
     """Write one shard (gzip when the name ends in .gz); after `close`, `num_records`, `num_bytes`
     and `sha256` describe the file exactly as stored.
@@ -168,9 +172,16 @@ class ShardWriter:
         self.num_records += 1
 
     def write_many(self, records: Sequence[bytes]) -> None:
-        """`write` each record, the same bytes: framed and joined first, so the file and the SHA-256 see
-        one large write (a write call per 28 px record cost ~1 us of the ~40 us each takes)."""
-        self._out.write(frame_records(records))
+        """`write` each record, the same bytes: framed and joined first, about WRITE_CHUNK_BYTES at a
+        time, so the file and the SHA-256 see few large writes (a write call per 28 px record cost ~1 us
+        of the ~40 us each takes) of data still in the cache (a window of 224 px photo records joined
+        at once, 28 MB, cost them more than the calls it saved)."""
+        start, size = 0, 0
+        for end, data in enumerate(records, 1):
+            size += len(data)
+            if size >= WRITE_CHUNK_BYTES or end == len(records):
+                self._out.write(frame_records(records[start:end]))
+                start, size = end, 0
         self.num_records += len(records)
 
     def close(self) -> None:

@@ -534,3 +534,24 @@ def test_render_records_constant_crop_refuses_unprepared_angles_too() -> None:
     geometry.render_records(source, [0, 10], 16, ["a", "b"])
     with pytest.raises(ValueError, match="prepared for other angles"):
         geometry.render_records(source, [10, 45], 16, ["a", "b"])
+
+
+def test_min_prepared_bytes_is_a_lower_bound(street_view_images) -> None:
+    # The pipeline ships a square smaller than this bound instead of its preparation: it must never
+    # be larger than what prepare_view builds.
+    from tests.factories import synthetic_image
+
+    photo, digit = street_view_images[0], synthetic_image(3, 28)
+    views = [
+        (digit, geometry.View(image_size=28, channels=1)),
+        (digit, geometry.View(image_size=28, channels=1, rendering="legacy")),
+        (photo, geometry.View(image_size=64, channels=3, crop_largest_rect=True, crop_scale="constant")),
+        (photo, geometry.View(image_size=96, channels=3, crop_largest_rect=True, angles_degrees=(0, 45))),
+        (photo[:80, :90], geometry.View(image_size=224, channels=3, crop_largest_rect=True)),
+    ]
+    for image, view in views:
+        prepared = geometry.prepare_view(image, view)
+        pixels = (
+            [level.pixels for level in prepared.levels] if hasattr(prepared, "levels") else [prepared.pixels]
+        )
+        assert sum(array.nbytes for array in pixels) >= geometry.min_prepared_bytes(view), view

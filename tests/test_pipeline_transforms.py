@@ -272,7 +272,15 @@ def test_shard_writer_prepares_squares_as_the_images_they_were_cut_from(
     prepare_fn = transforms._PrepareFn(config, None)
     prepare_fn.setup()
     squares = [output.value for photo in photos for output in prepare_fn.process(photo)]
-    assert [square.pixels.shape for square in squares] == [(40 + index,) * 2 + (3,) for index in range(3)]
+    if rendering == "legacy":  # geometry.min_prepared_bytes: always prepared before the shuffle
+        assert all(isinstance(square, rotations.PreparedImage) for square in squares)
+    else:
+        assert [square.pixels.shape for square in squares] == [(40 + index,) * 2 + (3,) for index in range(3)]
+    # A photo larger than its preparation goes prepared.
+    large = SourceImage(
+        "street_view", "train", "large_1", pixels=rng.integers(0, 256, (300, 320, 3), np.uint8)
+    )
+    assert all(isinstance(output.value, rotations.PreparedImage) for output in prepare_fn.process(large))
 
     def shard_bytes(images: list, name: str) -> bytes:
         write = transforms._WriteShardFn(config, "train", 1, str(tmp_path / name), None)
