@@ -129,8 +129,8 @@ def record_encoder(
     is the `example_key` of the record at `angles_degrees[i]` (shard_records has them already).
 
     A batch is rendered by `geometry.render_records` (one NumPy pass for the jitters and matrices, a warp
-    per record) and PNG-encoded by `codec.encode_images`: per record, the same bytes as rendering,
-    encoding and serializing it alone, with less Python around each of them.
+    per record) and encoded by `codec.encode_images`: per record, the same bytes as rendering, encoding
+    and serializing it alone, with less Python around each of them.
     """
     if resampling not in geometry.RESAMPLINGS:
         raise ValueError(f"resampling {resampling!r} is not one of {', '.join(geometry.RESAMPLINGS)}")
@@ -174,9 +174,9 @@ def record_encoder(
     return encode
 
 
-# Raw pixels of one batch of record_encoder: within a core's L2 cache (measured with 100-record batches
-# of 224 px photos: ~25% more CPU per record than one at a time, 15 MB of pictures rendered before the
-# first was encoded).
+# Raw pixels of one batch of record_encoder: within a core's L2 cache. With 100-record batches of 224 px
+# photos (15 MB of pictures rendered before the first was encoded) the shard writer's chain took ~20%
+# more CPU per record than one record at a time (medians of 2 x 3 runs on a shared machine).
 BATCH_PIXEL_BYTES = 512 << 10
 
 
