@@ -318,15 +318,15 @@ def _stage_functions() -> dict[str, list[Callable]]:
     return {
         "decode (IDX / JPEG to pixels)": [mnist.read_offline_split, codec.decode_source_image],
         "prepare (square, render levels)": [transforms.prepare],
-        "render (jitter from the key, warp)": [rotations.rotation_image],
-        "encode (PNG / JPEG)": [codec.encode_image],
-        "serialize (tf.train.Example, TFRecord frame)": [serialize_record, tfrecord_file.frame_record],
+        "render (jitter from the key, warp)": [geometry.render_records, rotations.rotation_image],
+        "encode (PNG / JPEG)": [codec.encode_images],
+        "serialize (tf.train.Example, TFRecord frame)": [serialize_record, tfrecord_file.frame_records],
         "write (SHA-256, file)": [tfrecord_file._HashingWriter.write, tfrecord_file.ShardWriter.close],
     }
 
 
 def _profiled_chain(config: PipelineConfig, images: Callable[[], list[SourceImage]], directory: Path) -> int:
-    """The shard writer's chain in this process (decode, prepare, shard_records, ShardWriter); records."""
+    """The shard writer's chain in this process (decode, prepare, shard_windows, ShardWriter); records."""
     decoded = []
     for image in images():
         pixels = image.pixels
@@ -341,7 +341,7 @@ def _profiled_chain(config: PipelineConfig, images: Callable[[], list[SourceImag
         ).append(prepared)
     count = 0
     for name, prepared_images in sorted(by_shard.items()):
-        records = rotations.shard_records(
+        windows = rotations.shard_windows(
             prepared_images,
             config.angles_degrees,
             config.image_size,
@@ -350,8 +350,8 @@ def _profiled_chain(config: PipelineConfig, images: Callable[[], list[SourceImag
             config.resampling,
         )
         with tfrecord_file.ShardWriter(str(directory / f"{name}.tfrecord")) as writer:
-            for data in records:
-                writer.write(data)
+            for window in windows:
+                writer.write_many(window)
         count += writer.num_records
     return count
 
@@ -412,7 +412,7 @@ def _stages(scratch: Path, quick: bool) -> list[str]:
     }
     names = list(next(iter(runs.values()))[2])
     lines = [
-        "Stages: one run of the shard writer's chain (decode, prepare, pipeline.rotations.shard_records, "
+        "Stages: one run of the shard writer's chain (decode, prepare, pipeline.rotations.shard_windows, "
         "ShardWriter) in this process under cProfile (CPU time of the process), all angles; each stage's "
         "inclusive time as a share of the run, and per record. cProfile slows Python-level work more than "
         "OpenCV/zlib calls: compare shares between versions, not with the rates above.",

@@ -84,6 +84,30 @@ def _small_grey_png(image: np.ndarray) -> bytes:
     return _png_header(height, width) + _png_chunk(b"IDAT", zlib.compress(rows, 1)) + _PNG_END
 
 
+def encode_images(
+    images: np.ndarray, image_format: str, jpeg_quality: int = DEFAULT_JPEG_QUALITY
+) -> list[bytes]:
+    """`encode_image` of each image of an (n, height, width, channels) uint8 array, the same bytes: small
+    grey PNGs (_small_grey_png) share one array of filter-prefixed rows and skip the per-image checks."""
+    if images.dtype != np.uint8 or images.ndim != 4:
+        raise ValueError(f"expected NHWC uint8, got {images.dtype} {images.shape}")
+    count, height, width, channels = images.shape
+    if image_format != "png" or channels != 1 or max(height, width) > SMALL_PNG_MAX_SIDE:
+        return [encode_image(image, image_format, jpeg_quality) for image in images]
+    rows = np.zeros((count, height, width + 1), np.uint8)  # each row: filter type 0, then its pixels
+    rows[:, :, 1:] = images[:, :, :, 0]
+    head, compress, crc32, pack = _png_header(height, width), zlib.compress, zlib.crc32, _WORD.pack
+    join, encoded = b"".join, []
+    for image_rows in rows:
+        data = compress(image_rows, 1)
+        encoded.append(join((head, pack(len(data)), b"IDAT", data, pack(crc32(data, _IDAT_CRC)), _PNG_END)))
+    return encoded
+
+
+_IDAT_CRC = zlib.crc32(b"IDAT")  # a chunk's CRC covers its type, then its data
+_WORD = struct.Struct(">I")
+
+
 def decode_image(data: bytes, image_format: str, height: int, width: int, channels: int) -> np.ndarray:
     """Decode record bytes back to HWC uint8 RGB; raises ValueError when the bytes do not match."""
     if image_format == "raw":

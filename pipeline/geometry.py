@@ -595,7 +595,7 @@ def prepare_render_source(
     source = np.ascontiguousarray(center_crop(image) if center_crop_square else image)
     height, width = source.shape[:2]
     out_height, out_width = as_size(image_size)
-    angles = frozenset(float(angle) for angle in angles_degrees)
+    angles = _angle_set(tuple(angles_degrees))
     if not angles:
         raise ValueError("angles_degrees must not be empty")
     if supersample is None:
@@ -631,6 +631,13 @@ def prepare_render_source(
     levels = _build_levels(source, _level_spacings([spacing(crop) for crop in final_crops]), False, **build)
     constant = final_crops[0] if crop_scale == "constant" else None
     return RenderSource(levels, width, height, source.shape[2], crop_scale, constant, margin, angles)
+
+
+@functools.lru_cache(maxsize=64)
+def _angle_set(angles_degrees: tuple[float, ...]) -> frozenset[float]:
+    """The angles as a set of floats: one object for every source of a run (360 floats per 28 px digit
+    cost a third of its preparation)."""
+    return frozenset(float(angle) for angle in angles_degrees)
 
 
 def render_crop(source: RenderSource, angle_degrees: float) -> tuple[float, float]:
@@ -775,6 +782,186 @@ def render(
     return _with_channels(rotated)
 
 
+# --- Many records of one source at once (the shard writer's hot loop) ----------------------------
+#
+# A 28 px record costs ~45 us of CPU, ~8 of them in Python around the one warp: the Jitter dataclass,
+# render_matrix's float arithmetic, the matrix list turned into an array. `render_records` computes the
+# jitter words of a batch with one BLAKE2b call per key (the digest is the definition of the jitter: it
+# cannot be shared between keys), the matrices as NumPy columns with the very float operations of
+# render_matrix (elementwise IEEE arithmetic, so the same bits), and warps each record into one array.
+# One remap of a whole batch was measured too and was slower: computing its maps costs more than the
+# warpAffine calls it saves.
+
+_JITTER_SCALE = 1.0 / 2.0**32
+
+
+class _AngleTable:
+    """render_matrix's jitter-independent numbers for every angle rendered so far, one row per angle, for
+    every source of one geometry (_angle_table); each computed by `_angle_row` exactly as render_matrix
+    computes it, in Python floats. Columns (COLUMNS): the matrix's first two columns (4), 0.5 * step
+    (x, y), crop / 2.0 (x, y), the level's scale (x, y), (cos, sin), (-sin, cos), the center (x, y)."""
+
+    COLUMNS = 16
+
+    def __init__(self) -> None:
+        self.rows: dict[float, int] = {}  # angle -> row
+        self.level = np.zeros(0, np.intp)  # index into source.levels
+        self.data = np.zeros((0, self.COLUMNS))
+
+    def lookup(
+        self, source: RenderSource, angles_degrees: list[float], out_height: int, out_width: int
+    ) -> np.ndarray:
+        """The row of each angle, adding the ones not seen yet."""
+        rows = self.rows
+        try:
+            return np.array([rows[angle] for angle in angles_degrees], np.intp)
+        except KeyError:
+            pass
+        missing = [angle for angle in dict.fromkeys(angles_degrees) if angle not in rows]
+        new = [_angle_row(source, angle, out_height, out_width) for angle in missing]
+        for angle in missing:
+            rows[angle] = len(rows)
+        self.level = np.concatenate([self.level, [index for index, _ in new]]).astype(np.intp)
+        self.data = np.concatenate([self.data, [values for _, values in new]])
+        return np.array([rows[angle] for angle in angles_degrees], np.intp)
+
+
+# Sources of one geometry (every 28 px MNIST digit, every Street View photo of one size) share a table:
+# keyed by everything render_crop and _level_for read. Bounded; a directory of odd-sized photos has many.
+_ANGLE_TABLES: dict[tuple, _AngleTable] = {}
+_MAX_ANGLE_TABLES = 1024
+
+
+def _angle_table(source: RenderSource, out_height: int, out_width: int) -> _AngleTable:
+    key = (
+        source.width,
+        source.height,
+        source.crop,
+        source.constant_crop,
+        source.edge_margin,
+        tuple((level.output_pixel_px, level.scale_x, level.scale_y, level.margin) for level in source.levels),
+        out_height,
+        out_width,
+        # render_crop refuses an angle a constant crop was not prepared for: the set is part of the key.
+        source.angles_degrees if source.crop == "constant" else None,
+    )
+    table = _ANGLE_TABLES.get(key)
+    if table is None:
+        if len(_ANGLE_TABLES) >= _MAX_ANGLE_TABLES:
+            _ANGLE_TABLES.clear()
+        table = _ANGLE_TABLES[key] = _AngleTable()
+    return table
+
+
+def _angle_row(source: RenderSource, angle_degrees: float, out_height: int, out_width: int) -> tuple:
+    """render_matrix's jitter-independent part at one angle, with its very operations: (level index,
+    the row of _AngleTable.COLUMNS)."""
+    crop_width, crop_height = render_crop(source, angle_degrees)
+    step_x, step_y = crop_width / out_width, crop_height / out_height
+    level = _level_for(source, min(step_x, step_y))
+    angle = math.radians(angle_degrees)
+    cos_a, sin_a = math.cos(angle), math.sin(angle)
+    sx, sy = level.scale_x, level.scale_y
+    index = next(i for i, candidate in enumerate(source.levels) if candidate is level)
+    center_x, center_y = source.width / 2.0 + level.margin, source.height / 2.0 + level.margin
+    return index, (
+        sx * cos_a * step_x, -sx * sin_a * step_y, sy * sin_a * step_x, sy * cos_a * step_y,
+        0.5 * step_x, 0.5 * step_y, crop_width / 2.0, crop_height / 2.0, sx, sy,
+        cos_a, sin_a, -sin_a, cos_a, center_x, center_y,
+    )  # fmt: skip
+
+
+def record_jitter_words(keys: list[str]) -> np.ndarray:
+    """The six uint32 words of `record_jitter` for each key, (n, 6): one BLAKE2b call per key."""
+    blake2b = hashlib.blake2b
+    digests = b"".join(
+        [blake2b(key.encode("utf-8"), digest_size=24, person=b"rotnet-jitter-v1").digest() for key in keys]
+    )
+    return np.frombuffer(digests, dtype="<u4").reshape(len(keys), 6).astype(np.int64)
+
+
+def render_matrices(
+    source: RenderSource, angles_degrees: list[float], image_size: Size, offsets: np.ndarray
+) -> tuple[np.ndarray, np.ndarray]:
+    """`render_matrix` of many records of one source: (level index per record, (n, 2, 3) float64
+    matrices), bit for bit the same as render_matrix with `Jitter(offsets[i, 0], offsets[i, 1])`.
+
+    `offsets`: (n, 2) level-pixel offsets (x, y). The per-angle part comes from a table shared by every
+    source of the same geometry; the rest is render_matrix's arithmetic, in the same order, on (n, 2)
+    columns (x and y side by side).
+    """
+    out_height, out_width = as_size(image_size)
+    table = _angle_table(source, out_height, out_width)
+    rows = table.lookup(source, angles_degrees, out_height, out_width)
+    data = table.data[rows]
+    scale = data[:, 8:10]
+    # x0, y0 = 0.5 * step + offset / scale - crop / 2.0
+    origin = data[:, 4:6] + offsets / scale - data[:, 6:8]
+    # (cos x0 - sin y0, sin x0 + cos y0): a - b as a + (-b), which IEEE rounds alike
+    turned = data[:, 10:12] * origin[:, :1] + data[:, 12:14] * origin[:, 1:]
+    matrices = np.empty((len(rows), 2, 3))
+    matrices[:, :, :2] = data[:, :4].reshape(-1, 2, 2)
+    matrices[:, :, 2] = scale * (turned + data[:, 14:16]) - 0.5  # scale * (turned + center) - 0.5
+    return table.level[rows], matrices
+
+
+def render_records(
+    source: RenderSource,
+    angles_degrees: list[float],
+    image_size: Size,
+    keys: list[str],
+    resampling: str = "fixed",
+) -> np.ndarray:
+    """The pictures of many records of one source, (n, height, width, channels) uint8: record i is
+    `render(source, angles_degrees[i], image_size, record_jitter(keys[i], resampling))`, the same bytes."""
+    if resampling not in RESAMPLINGS:
+        raise ValueError(f"resampling {resampling!r} is not one of {', '.join(RESAMPLINGS)}")
+    out_height, out_width = as_size(image_size)
+    count = len(keys)
+    words = record_jitter_words(keys)
+    offsets = words[:, :2] * _JITTER_SCALE - 0.5
+    index, matrices = render_matrices(source, angles_degrees, image_size, offsets)
+    channels = source.channels
+    pictures = np.empty((count, out_height, out_width, channels), np.uint8)
+    if source.crop == "none":
+        border = cv2.BORDER_CONSTANT
+    else:
+        border = cv2.BORDER_REPLICATE
+    levels, size, warp = source.levels, (out_width, out_height), cv2.warpAffine
+    flags = cv2.INTER_LINEAR | cv2.WARP_INVERSE_MAP
+    fill = (0,) * levels[0].pixels.shape[2]
+    index = index.tolist()
+    if channels == 1:
+        for i in range(count):
+            warp(levels[index[i]].pixels, matrices[i], size, pictures[i, :, :, 0], flags, border, fill)
+    else:
+        to_rgb, rgba2rgb = cv2.cvtColor, cv2.COLOR_RGBA2RGB
+        for i in range(count):
+            to_rgb(
+                warp(levels[index[i]].pixels, matrices[i], size, None, flags, border, fill),
+                rgba2rgb,
+                pictures[i],
+            )
+    if resampling == "random":
+        kernels = (words[:, 2] * len(KERNELS)) >> 32
+        phases = words[:, 3:6] * _JITTER_SCALE
+        for i in range(count):
+            kernel = KERNELS[int(kernels[i])]
+            if kernel == "lowpass":
+                continue
+            phase_x, phase_y, box = (float(value) for value in phases[i])
+            box_width = 1.0 + box
+            filtered = cv2.sepFilter2D(
+                pictures[i],
+                -1,
+                kernel_taps(kernel, phase_x, box_width),
+                kernel_taps(kernel, phase_y, box_width),
+                borderType=cv2.BORDER_REFLECT_101,
+            )
+            pictures[i] = _with_channels(filtered)
+    return pictures
+
+
 # --- The view: what a record shows of its source, for training and serving alike ----------------
 #
 # A model is served what it was trained on only if a photo is prepared exactly as the records were:
@@ -897,6 +1084,18 @@ def prepare_view(
     return prepare_render_source(
         square, view.image_size, angles, False, view.crop_largest_rect, view.crop_scale
     )
+
+
+def min_prepared_bytes(view: View) -> int:
+    """A lower bound on the bytes of `prepare_view`'s pixels for this view, whatever the source: one
+    level of at least the output side times the supersampling, RGBA for RGB; 0 for the legacy chain,
+    whose source can be smaller than its square. The pipeline sends a square smaller than this through
+    its shuffle and prepares it after."""
+    if view.rendering == "legacy":
+        return 0
+    factor = SUPERSAMPLE_SMALL if view.image_size <= SMALL_OUTPUT_PX else SUPERSAMPLE
+    side = math.floor(view.image_size * factor)
+    return side * side * (4 if view.channels == 3 else 1)
 
 
 def upright_view(image: np.ndarray, view: View) -> np.ndarray:

@@ -4,7 +4,7 @@
                     angles=range(360), image_size=28, image_format="png", crop_largest_rect=False)
 
 Same format as `rotnet-pipeline` (its shard names, membership and order, a manifest written last) and
-the same bytes (`rotations.prepare` + `rotations.shard_records`, as the pipeline's shard writer), but
+the same bytes (`rotations.prepare` + `rotations.shard_windows`, as the pipeline's shard writer), but
 on one core in this process: fine for a few thousand images (a 5,000-digit MNIST subset x 360 angles
 takes minutes), not for a dataset. Use `rotnet-pipeline` for real data. The rendering options are the
 pipeline's (`rendering`, `resampling`, `crop_scale`, pipeline/config.py) and go into the manifest's
@@ -110,12 +110,12 @@ def write_rotations(
         shards = []
         for index, shard_images in enumerate(by_shard):
             name = sharding.shard_name(split, index, num_shards, compression)
-            records = rotations.shard_records(
+            windows = rotations.shard_windows(
                 shard_images, angles, image_size, image_format, jpeg_quality, resampling
             )
             with tfrecord_file.ShardWriter(str(directory / name)) as writer:
-                for record in records:
-                    writer.write(record)
+                for window in windows:
+                    writer.write_many(window)
             shards.append(schemas.ShardInfo(name, writer.num_records, writer.num_bytes, writer.sha256))
         num_records = len(images) * len(angles)
         splits[split] = schemas.SplitInfo(num_images=len(images), num_records=num_records, shards=shards)

@@ -2,7 +2,7 @@
 
     datasets.NAME.plan(...).source    -> SourceImage, one per source image (+ errors)
       | DecodeImages                  -> SourceImage with HWC uint8 pixels (+ errors)
-      | PrepareRotations              -> PreparedImage per split: square crop, low-passed level (+ errors)
+      | PrepareRotations              -> per split: the view's square, or its render level(s) (+ errors)
       | WriteShards                   -> {split}-SSSSS-of-NNNNN.tfrecord in the run's temporary directory
     errors | WriteErrors              -> errors-00000-of-00001.jsonl there (image id, stage, reason), sorted
     every file's stats | WriteStats   -> one JSON list: records, bytes and SHA-256 of every file
@@ -10,10 +10,13 @@
 The dataset modules (pipeline/datasets/) read their sources; sources fan out (one MNIST file or Street
 View zip part holds thousands of images), so each ends with a Reshuffle: decoding and rotating then
 spread over all workers. The 360x fan-out happens inside the shard writer, behind a GroupByKey on the
-shard index: the shuffle moves one small prepared image instead of its 360 records (Beam costs ~45 us
-per element, a 28 px rotation + PNG ~40 us; the local runner's memory and Dataflow's shuffle stay
-~300x smaller), and each shard is rendered in its fixed, fully mixed order (pipeline.rotations). The
-launcher renames the files into place only after checking them (pipeline/job.py).
+shard index: the shuffle moves one small element per image instead of its 360 records (Beam costs ~45
+us per element, a 28 px rotation + PNG ~40 us; the local runner's memory and Dataflow's shuffle stay
+~300x smaller), and each shard is rendered in its fixed, fully mixed order (pipeline.rotations). Small
+images go as their square, prepared by the writer: a 28 px digit's 4x supersampled level pickles to
+~27 KB against its 0.8 KB square, and the local runner's process spent ~1 ms of CPU per MNIST image
+moving the levels (issue 22); a photo goes prepared (its 224 px level, 1.6 MB, is half its square).
+The launcher renames the files into place only after checking them (pipeline/job.py).
 
 Nothing is lost silently: every source image is counted as read and ends either as records or as one
 errors-file line; Street View views 0/5 and non-image files are counted separately.
@@ -110,18 +113,26 @@ class _PrepareFn(CountingDoFn):
         cv2.setNumThreads(1)
 
     def process(self, image: SourceImage) -> Iterator[Any]:
+        view = self.config.view()
         try:
-            prepared = prepare(image, self.config)
+            square = dataclasses.replace(image, pixels=geometry.view_source(image.pixels, view))
+            # Whichever is smaller goes through the shuffle: a 28 px digit's 0.8 KB square (its 4x
+            # level: ~23 KB), a photo's prepared level (1.6 MB; its square: ~3 MB).
+            small = square.pixels.nbytes < geometry.min_prepared_bytes(view)
+            element = square if small else prepare(square, self.config)
         except ValueError as error:
             self.counters.add(**{progress.IMAGE_ERRORS: 1})
             entry = error_entry(image.dataset, image.split, image.image_id, "prepare", str(error))
             yield beam.pvalue.TaggedOutput(ERRORS, entry)
             return
-        yield beam.pvalue.TaggedOutput(image.split, prepared)
+        yield beam.pvalue.TaggedOutput(image.split, element)
 
 
 class PrepareRotations(beam.PTransform):
-    """Decoded SourceImage -> PreparedImage, one PCollection per name in `splits`, plus ERRORS."""
+    """Decoded SourceImage -> its view's square (`geometry.view_source`: channels, crop) when that is
+    smaller than any preparation of it, else the PreparedImage (`prepare`): one PCollection per name in
+    `splits`, plus ERRORS. The shard writer prepares the squares (a square gives the same levels as the
+    image it was cut from)."""
 
     def __init__(
         self, config: PipelineConfig, splits: Sequence[str], progress_dir: str | None = None
@@ -136,9 +147,10 @@ class PrepareRotations(beam.PTransform):
 
 
 class _WriteShardFn(CountingDoFn):
-    """(shard index, prepared images or None) -> the shard written to the run's temporary directory, and
-    its stats: every record of the shard's images, rendered on the fly in the shard's order
-    (rotations.shard_records), with its record count, bytes and SHA-256 as written."""
+    """(shard index, images or None) -> the shard written to the run's temporary directory, and its
+    stats: the images prepared (PrepareRotations' squares; PreparedImage as they are), every record of
+    the shard's images rendered on the fly in the shard's order
+    (rotations.shard_windows), with its record count, bytes and SHA-256 as written."""
 
     def __init__(
         self, config: PipelineConfig, split: str, num_shards: int, temp_dir: str, progress_dir: str | None
@@ -152,12 +164,18 @@ class _WriteShardFn(CountingDoFn):
 
         cv2.setNumThreads(1)  # Beam already runs one DoFn per core
 
-    def process(self, element: tuple[int, Iterable[PreparedImage | None]]) -> Iterator[dict[str, Any]]:
+    def process(
+        self, element: tuple[int, Iterable[SourceImage | PreparedImage | None]]
+    ) -> Iterator[dict[str, Any]]:
         index, grouped = element
-        images = [image for image in grouped if image is not None]
         config = self.config
+        images = [
+            prepare(image, config) if isinstance(image, SourceImage) else image
+            for image in grouped
+            if image is not None
+        ]
         name = sharding.shard_name(self.split, index, self.num_shards, config.compression)
-        records = rotations.shard_records(
+        windows = rotations.shard_windows(
             images,
             config.angles_degrees,
             config.image_size,
@@ -167,25 +185,30 @@ class _WriteShardFn(CountingDoFn):
         )
         paths.make_dirs(self.temp_dir)
         num_angles, expanded = len(config.angles_degrees), 0  # images' worth of records counted so far
+        counted = 0  # records counted so far
         with tfrecord_file.ShardWriter(paths.join(self.temp_dir, name)) as writer:
-            for count, record in enumerate(records, 1):
-                writer.write(record)
-                if count % PROGRESS_RECORDS == 0:
-                    now = min(len(images), count // num_angles)
+            for window in windows:
+                writer.write_many(window)
+                if writer.num_records - counted >= PROGRESS_RECORDS:
+                    now = min(len(images), writer.num_records // num_angles)
                     self.counters.add(
-                        **{progress.RECORDS: PROGRESS_RECORDS, progress.IMAGES_EXPANDED: now - expanded}
+                        **{
+                            progress.RECORDS: writer.num_records - counted,
+                            progress.IMAGES_EXPANDED: now - expanded,
+                        }
                     )
-                    expanded = now
+                    counted, expanded = writer.num_records, now
         self.counters.add(
             **{
-                progress.RECORDS: writer.num_records % PROGRESS_RECORDS,
+                progress.RECORDS: writer.num_records - counted,
                 progress.IMAGES_EXPANDED: len(images) - expanded,
             }
         )
         yield shard_stats("shard", name, writer)
 
 
-# Records between progress-counter updates (a counter update per record would cost more than a warp).
+# Records between progress-counter updates, at most (a counter update per record would cost more than a
+# warp); one update per render window (rotations.shard_windows) when the windows are larger.
 PROGRESS_RECORDS = 1024
 
 
@@ -203,13 +226,15 @@ def shard_stats(
 
 
 class WriteShards(beam.PTransform):
-    """{split: PreparedImage} -> every rotation as records in `num_shards[split]` shards per split, in the
-    run's temporary directory (the launcher renames them into place once every file is verified).
+    """{split: SourceImage squares (PrepareRotations) or PreparedImage} -> every rotation as records in
+    `num_shards[split]` shards per split, in the run's temporary directory (the launcher renames them
+    into place once every file is verified).
 
     Each image goes to shard `sharding.shard_index(dataset, image id, num_shards)`; the GroupByKey is the
-    fusion break after the source's fan-out and moves one small prepared image per source image (MNIST:
-    ~0.8 KB instead of its 360 records, 245 KB), and each shard's records are rendered by the worker that
-    writes it. Shards no image hashed into are written too (empty), so a split always has all its
+    fusion break after the source's fan-out and moves one small element per source image (MNIST: a
+    ~0.8 KB square instead of its 360 records, 245 KB), and each shard's squares are prepared and its
+    records rendered by the worker that writes it. Shards no image hashed into are written too (empty),
+    so a split always has all its
     shards. Returns the stats of the written shards (shard_stats).
     """
 

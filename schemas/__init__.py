@@ -18,6 +18,7 @@ from schemas.record import (
     decode_example,
     encode_example,
     example_key,
+    example_keys,
     feature_spec,
     parse_batch,
 )
@@ -43,6 +44,7 @@ __all__ = [
     "decode_example",
     "encode_example",
     "example_key",
+    "example_keys",
     "feature_spec",
     "in_subset",
     "load_manifest",

@@ -25,7 +25,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -116,6 +116,19 @@ class Record:
 def example_key(dataset: str, split: str, image_id: str, angle_degrees: int) -> str:
     """The stable identity of a record: `dataset/split/image_id/angle` (angle zero-padded to 3 digits)."""
     return f"{dataset}/{split}/{image_id}/{angle_degrees:03d}"
+
+
+def example_keys(dataset: str, split: str, image_id: str, angles_degrees: Sequence[int]) -> list[str]:
+    """`example_key` of each angle of one image (the shard writer's hot loop: one format per image)."""
+    prefix = example_key(dataset, split, image_id, 0)[:-3]
+    texts = _ANGLE_TEXTS
+    return [
+        prefix + texts[angle] if 0 <= angle < NUM_ANGLES else example_key(dataset, split, image_id, angle)
+        for angle in angles_degrees
+    ]
+
+
+_ANGLE_TEXTS = tuple(f"{angle:03d}" for angle in range(NUM_ANGLES))  # as example_key spells them
 
 
 def encode_example(record: Record) -> bytes:

@@ -50,6 +50,12 @@ def record_order_key(example_key: str) -> bytes:
     return hashlib.blake2b(example_key.encode(), digest_size=8, key=_ORDER_SALT).digest()
 
 
+def record_order_keys(example_keys: list[str]) -> list[bytes]:
+    """`record_order_key` of each key (one call per shard image instead of one per record)."""
+    blake2b, salt = hashlib.blake2b, _ORDER_SALT
+    return [blake2b(key.encode(), digest_size=8, key=salt).digest() for key in example_keys]
+
+
 def _compression_suffix(compression: str) -> str:
     if compression not in COMPRESSION_SUFFIXES:
         raise ValueError(f"compression {compression!r} must be one of {sorted(COMPRESSION_SUFFIXES)}")

@@ -13,12 +13,13 @@ without a timestamp or file name in their header, so the same records give the s
 
 from __future__ import annotations
 
+import functools
 import gzip
 import hashlib
 import os
 import stat
 import struct
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from typing import IO, Any
 
 import google_crc32c
@@ -141,6 +142,10 @@ class _HashingWriter:
         self.raw.close()
 
 
+# Bytes of records ShardWriter.write_many frames and writes in one piece.
+WRITE_CHUNK_BYTES = 256 << 10
+
+
 class ShardWriter:
     """Write one shard (gzip when the name ends in .gz); after `close`, `num_records`, `num_bytes`
     and `sha256` describe the file exactly as stored.
@@ -165,6 +170,19 @@ class ShardWriter:
     def write(self, record: bytes) -> None:
         self._out.write(frame_record(record))
         self.num_records += 1
+
+    def write_many(self, records: Sequence[bytes]) -> None:
+        """`write` each record, the same bytes: framed and joined first, about WRITE_CHUNK_BYTES at a
+        time, so the file and the SHA-256 see few large writes (a write call per 28 px record cost ~1 us
+        of the ~40 us each takes) of data still in the cache (a window of 224 px photo records joined
+        at once, 28 MB, cost them more than the calls it saved)."""
+        start, size = 0, 0
+        for end, data in enumerate(records, 1):
+            size += len(data)
+            if size >= WRITE_CHUNK_BYTES or end == len(records):
+                self._out.write(frame_records(records[start:end]))
+                start, size = end, 0
+        self.num_records += len(records)
 
     def close(self) -> None:
         if self._out is not self._raw:
@@ -252,8 +270,25 @@ def _records(path: str, handle: Any, verify: bool) -> Iterator[bytes]:
 
 def frame_record(data: bytes) -> bytes:
     """One record in TFRecord framing."""
-    length = struct.pack("<Q", len(data))
-    return length + struct.pack("<I", masked_crc32c(length)) + data + struct.pack("<I", masked_crc32c(data))
+    return b"".join((_frame_head(len(data)), data, struct.pack("<I", masked_crc32c(data))))
+
+
+@functools.lru_cache(maxsize=1 << 16)
+def _frame_head(length: int) -> bytes:
+    """The length and its masked CRC: the same 12 bytes for every record of that length (records of a
+    dataset have a few thousand lengths; 28 px MNIST records a few hundred)."""
+    encoded = struct.pack("<Q", length)
+    return encoded + struct.pack("<I", masked_crc32c(encoded))
+
+
+def frame_records(records: Iterable[bytes]) -> bytes:
+    """The records in TFRecord framing, one after the other: `frame_record` of each, joined."""
+    head, crc32c, pack, delta = _frame_head, google_crc32c.value, struct.Struct("<I").pack, _MASK_DELTA
+    parts = []
+    for data in records:
+        crc = crc32c(data)
+        parts += (head(len(data)), data, pack((((crc >> 15) | (crc << 17)) + delta) & 0xFFFFFFFF))
+    return b"".join(parts)
 
 
 def write_records(path: str, records: Iterable[bytes]) -> int:

@@ -102,3 +102,20 @@ def test_huge_header_is_refused_before_decoding() -> None:
     data = _pil_bytes(Image.new("L", (3000, 3000)), "PNG")
     with pytest.raises(codec.BadImageError, match="over the limit"):
         codec.decode_source_image(data, max_pixels=1_000_000)
+
+
+@pytest.mark.parametrize(
+    ("image_format", "size", "channels"),
+    [("png", 28, 1), ("png", 80, 1), ("png", 20, 3), ("jpeg", 32, 3), ("jpeg", 32, 1), ("raw", 16, 3)],
+)
+def test_encode_images_is_encode_image_of_each(image_format: str, size: int, channels: int) -> None:
+    rng = np.random.default_rng(size + channels)
+    images = rng.integers(0, 256, (5, size, size, channels), dtype=np.uint8)
+    images[1] = 0  # a blank record compresses differently
+    expected = [codec.encode_image(image, image_format) for image in images]
+    assert codec.encode_images(images, image_format) == expected
+
+
+def test_encode_images_refuses_other_arrays() -> None:
+    with pytest.raises(ValueError, match="NHWC uint8"):
+        codec.encode_images(np.zeros((2, 28, 28), np.uint8), "png")

@@ -474,3 +474,84 @@ def test_render_without_crop_keeps_mnist_digits_whole() -> None:
     ]
     assert max(inks) / min(inks) < 1.02
     assert inks[0] == pytest.approx(float(image.sum()), rel=0.02)
+
+
+def _sources_for_batches(street_view_images) -> list[tuple[geometry.RenderSource, int]]:
+    """(source, output size) of each kind the pipeline renders: a 28 px digit (no crop, one level), a
+    photo at 64 px (largest crop: several levels, RGB) and with a constant crop."""
+    from tests.factories import synthetic_image
+
+    photo = street_view_images[2]
+    return [
+        (geometry.prepare_render_source(synthetic_image(7, 28), 28, ALL_ANGLES, crop_largest_rect=False), 28),
+        (geometry.prepare_render_source(photo, 64, ALL_ANGLES), 64),
+        (geometry.prepare_render_source(photo, 48, range(0, 360, 3), crop_scale="constant"), 48),
+    ]
+
+
+@pytest.mark.parametrize("resampling", geometry.RESAMPLINGS)
+def test_render_records_draws_each_record_as_render_does(resampling: str, street_view_images) -> None:
+    # The shard writer's batch: the same bytes as rendering each record alone, whatever the angles'
+    # order, repeats, or a geometry table shared with an earlier source.
+    for source, size in _sources_for_batches(street_view_images):
+        angles = [0, 90, 3, 45, 357, 180, 3, 270, 123]
+        keys = [f"street_view/train/photo/{index:03d}" for index in range(len(angles))]
+        batch = geometry.render_records(source, angles, size, keys, resampling)
+        assert batch.shape == (len(angles), size, size, source.channels) and batch.dtype == np.uint8
+        for picture, angle, key in zip(batch, angles, keys, strict=True):
+            alone = geometry.render(source, angle, size, geometry.record_jitter(key, resampling))
+            assert np.array_equal(picture, alone), (size, angle, key)
+
+
+def test_render_matrices_are_render_matrix_bit_for_bit(street_view_images) -> None:
+    rng = np.random.default_rng(0)
+    for source, size in _sources_for_batches(street_view_images):
+        angles = [int(angle) for angle in rng.choice(sorted(source.angles_degrees), 40)]
+        offsets = rng.uniform(-0.5, 0.5, (len(angles), 2))
+        levels, matrices = geometry.render_matrices(source, angles, size, offsets)
+        for level, matrix, angle, (offset_x, offset_y) in zip(levels, matrices, angles, offsets, strict=True):
+            expected_level, expected = geometry.render_matrix(
+                source, angle, size, geometry.Jitter(offset_x, offset_y)
+            )
+            assert source.levels[level] is expected_level
+            assert np.array_equal(matrix, np.array(expected))  # equal bits, not approximately
+
+
+def test_record_jitter_words_are_record_jitter() -> None:
+    keys = [f"mnist/train/{index:05d}/{index % 360:03d}" for index in range(50)]
+    words = geometry.record_jitter_words(keys)
+    scale = 1.0 / 2.0**32
+    for row, key in zip(words, keys, strict=True):
+        jitter = geometry.record_jitter(key, "random")
+        assert (row[0] * scale - 0.5, row[1] * scale - 0.5) == (jitter.offset_x, jitter.offset_y)
+        assert geometry.KERNELS[int(row[2]) * len(geometry.KERNELS) >> 32] == jitter.kernel
+
+
+def test_render_records_constant_crop_refuses_unprepared_angles_too() -> None:
+    source = geometry.prepare_render_source(
+        np.zeros((50, 50, 1), np.uint8), 16, [0, 10], crop_scale="constant"
+    )
+    geometry.render_records(source, [0, 10], 16, ["a", "b"])
+    with pytest.raises(ValueError, match="prepared for other angles"):
+        geometry.render_records(source, [10, 45], 16, ["a", "b"])
+
+
+def test_min_prepared_bytes_is_a_lower_bound(street_view_images) -> None:
+    # The pipeline ships a square smaller than this bound instead of its preparation: it must never
+    # be larger than what prepare_view builds.
+    from tests.factories import synthetic_image
+
+    photo, digit = street_view_images[0], synthetic_image(3, 28)
+    views = [
+        (digit, geometry.View(image_size=28, channels=1)),
+        (digit, geometry.View(image_size=28, channels=1, rendering="legacy")),
+        (photo, geometry.View(image_size=64, channels=3, crop_largest_rect=True, crop_scale="constant")),
+        (photo, geometry.View(image_size=96, channels=3, crop_largest_rect=True, angles_degrees=(0, 45))),
+        (photo[:80, :90], geometry.View(image_size=224, channels=3, crop_largest_rect=True)),
+    ]
+    for image, view in views:
+        prepared = geometry.prepare_view(image, view)
+        pixels = (
+            [level.pixels for level in prepared.levels] if hasattr(prepared, "levels") else [prepared.pixels]
+        )
+        assert sum(array.nbytes for array in pixels) >= geometry.min_prepared_bytes(view), view

@@ -147,3 +147,9 @@ def test_shard_membership_and_record_order_are_stable_hashes() -> None:
     order = sorted(keys, key=sharding.record_order_key)
     assert order == sorted(reversed(keys), key=sharding.record_order_key)
     assert order != keys and order[:3] != keys[:3]
+    # The shard writer's batch forms: the same keys and order keys, one call per image.
+    assert sharding.record_order_keys(keys) == [sharding.record_order_key(key) for key in keys]
+    angles = [0, 7, 90, 359, 360, 1234]  # past 359: example_key's own spelling
+    assert schemas.example_keys("mnist", "train", "00042", angles) == [
+        schemas.example_key("mnist", "train", "00042", angle) for angle in angles
+    ]

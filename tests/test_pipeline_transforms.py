@@ -230,6 +230,10 @@ def test_images_expanded_counts_as_the_records_are_written(tmp_path: Path, monke
         for index in range(5)
     ]
     monkeypatch.setattr(transforms, "PROGRESS_RECORDS", 6)  # 20 records: updates at 6, 12, 18 and the end
+    # ... as the render windows end: windows of 6 records here
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_RECORDS", 6)
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_RECORDS_PER_IMAGE", 1)
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_PIXEL_BYTES", 0)
     seen = []
 
     class Recorder:
@@ -243,3 +247,46 @@ def test_images_expanded_counts_as_the_records_are_written(tmp_path: Path, monke
     assert stats["num_records"] == 20
     # (records, images' worth of records) per update: 6 // 4 = 1, 12 // 4 = 3, 18 // 4 = 4, then the rest.
     assert seen == [(6, 1), (6, 2), (6, 1), (2, 1)]
+
+
+@pytest.mark.parametrize("rendering", ["angle-independent", "legacy"])
+def test_shard_writer_prepares_squares_as_the_images_they_were_cut_from(
+    tmp_path: Path, rendering: str
+) -> None:
+    # PrepareRotations sends each image's square through the GroupByKey (not its render levels) and
+    # the shard writer prepares it: the same bytes as preparing the whole photo (Street View's
+    # right-aligned square, RGB, a crop per angle).
+    config = PipelineConfig(
+        dataset="street_view",
+        output_dir=str(tmp_path),
+        angles_degrees=(0, 37, 90, 211),
+        image_size=24,
+        rendering=rendering,
+        crop_scale="largest" if rendering == "legacy" else "constant",
+    ).resolved()
+    rng = np.random.default_rng(5)
+    photos = [
+        SourceImage("street_view", "train", f"{index:03d}_1", pixels=rng.integers(0, 256, (40 + index, 57, 3), np.uint8))
+        for index in range(3)
+    ]  # fmt: skip
+    prepare_fn = transforms._PrepareFn(config, None)
+    prepare_fn.setup()
+    squares = [output.value for photo in photos for output in prepare_fn.process(photo)]
+    if rendering == "legacy":  # geometry.min_prepared_bytes: always prepared before the shuffle
+        assert all(isinstance(square, rotations.PreparedImage) for square in squares)
+    else:
+        assert [square.pixels.shape for square in squares] == [(40 + index,) * 2 + (3,) for index in range(3)]
+    # A photo larger than its preparation goes prepared.
+    large = SourceImage(
+        "street_view", "train", "large_1", pixels=rng.integers(0, 256, (300, 320, 3), np.uint8)
+    )
+    assert all(isinstance(output.value, rotations.PreparedImage) for output in prepare_fn.process(large))
+
+    def shard_bytes(images: list, name: str) -> bytes:
+        write = transforms._WriteShardFn(config, "train", 1, str(tmp_path / name), None)
+        write.setup()
+        [stats] = list(write.process((0, images)))
+        return (tmp_path / name / stats["name"]).read_bytes()
+
+    prepared = [transforms.prepare(photo, config) for photo in photos]
+    assert shard_bytes(squares, "squares") == shard_bytes(prepared, "prepared")

@@ -136,5 +136,8 @@ def test_shard_records_are_the_shard_order_whatever_the_render_window(monkeypatc
     whole = list(rotations.shard_records(images[::-1], angles, 28, "png"))  # one window: 1,024 records
     monkeypatch.setattr(rotations, "RENDER_WINDOW_RECORDS", 7)
     monkeypatch.setattr(rotations, "RENDER_WINDOW_RECORDS_PER_IMAGE", 1)
+    monkeypatch.setattr(rotations, "RENDER_WINDOW_PIXEL_BYTES", 0)
     windowed = list(rotations.shard_records(images, angles, 28, "png"))  # 9 windows, the last one short
-    assert whole == windowed == expected
+    windows = list(rotations.shard_windows(images, angles, 28, "png"))
+    assert [len(window) for window in windows] == [7] * 8 + [4]
+    assert whole == windowed == [data for window in windows for data in window] == expected

@@ -53,3 +53,18 @@ def test_truncated_shard_names_the_file_and_offset(tmp_path: Path) -> None:
     path.write_bytes(full[:3])
     with pytest.raises(tfrecord_file.CorruptShardError, match="truncated record header"):
         list(tfrecord_file.iter_records(str(path), verify=False))
+
+
+@pytest.mark.parametrize("name", ["shard.tfrecord", "shard.tfrecord.gz"])
+def test_write_many_writes_the_bytes_of_write(tmp_path: Path, name: str) -> None:
+    records = [*RECORDS, b"x" * 300, b"y" * 300]
+    assert tfrecord_file.frame_records(records) == b"".join(map(tfrecord_file.frame_record, records))
+    with tfrecord_file.ShardWriter(str(tmp_path / ("one-" + name))) as one:
+        for data in records:
+            one.write(data)
+    with tfrecord_file.ShardWriter(str(tmp_path / ("many-" + name))) as many:
+        many.write_many(records[:3])
+        many.write_many([])
+        many.write_many(records[3:])
+    assert (tmp_path / ("one-" + name)).read_bytes() == (tmp_path / ("many-" + name)).read_bytes()
+    assert (many.num_records, many.num_bytes, many.sha256) == (one.num_records, one.num_bytes, one.sha256)
