@@ -187,6 +187,26 @@ def test_config_checks_and_defaults() -> None:
     assert subset_fraction(50, 200) == 0.25 and subset_fraction(500, 200) == 1.0
 
 
+@pytest.mark.parametrize(
+    ("model", "width", "expected"),
+    [
+        ("mnist-cnn-bn", 1.5, None),
+        ("mnist-cnn-bn", 3.0, None),
+        ("mnist-cnn-bn", 0.0, "--width must be a number above 0 and at most 3, not 0.0"),
+        ("mnist-cnn-bn", float("nan"), "--width must be a number above 0"),
+        ("mnist-cnn-bn", 3.5, "at most 3, not 3.5"),
+        ("mnist-cnn", 2.0, "--width applies to mnist-cnn-bn, not mnist-cnn"),
+        ("resnet50", 1.0, None),  # the default is no choice
+    ],
+)
+def test_width_is_checked(model: str, width: float, expected: str | None) -> None:
+    problems = " ".join(check(TrainConfig(model=model, width=width)))
+    if expected is None:
+        assert problems == ""
+    else:
+        assert expected in problems
+
+
 # --- Architectures -------------------------------------------------------------------------------
 
 
@@ -303,6 +323,22 @@ def test_mnist_cnn_bn_is_the_documented_architecture() -> None:
     assert model.output_shape == (None, 360)
     # 28 px: two 2x2 poolings leave 7x7x128 features for the dense layer (the spatial layout is kept).
     assert model.get_layer("flatten").output.shape == (None, 7 * 7 * 128)
+
+
+def test_mnist_cnn_bn_width_scales_every_layer() -> None:
+    from trainer.models import build_model
+
+    def counts(width: float) -> list[int]:
+        model = build_model(_config(model="mnist-cnn-bn", width=width), Head("classification", ALL_BINS))
+        return [
+            getattr(layer, "filters", None) or layer.units
+            for layer in model.layers
+            if type(layer).__name__ in ("Conv2D", "Dense")
+        ]
+
+    assert counts(1.0) == [32, 32, 64, 64, 128, 256, 360]
+    assert counts(1.5) == [48, 48, 96, 96, 192, 384, 360]  # the head keeps one output per angle
+    assert counts(0.25) == [8, 8, 16, 16, 32, 64, 360]
 
 
 def test_preprocess_layer_matches_the_numpy_core_and_survives_saving(tmp_path) -> None:

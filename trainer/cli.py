@@ -21,6 +21,7 @@ from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
 from trainer.config import (
     HEADS,
     LR_SCHEDULES,
+    MAX_WIDTH,
     MIN_VALIDATION_RECORDS,
     MODELS,
     PRECISIONS,
@@ -103,6 +104,14 @@ def weights_file_problem(path: str) -> str | None:
     default=DEFAULT["sigma_degrees"],
     show_default=True,
     help="Circular-gaussian head: standard deviation of the soft labels, degrees.",
+)
+@click.option(
+    "--width",
+    type=float,
+    default=DEFAULT["width"],
+    show_default=True,
+    help=f"mnist-cnn-bn only: multiply every layer's filters and units by this (1.5: 48-48 / 96-96 / 192 "
+    f"filters, dense 384; compute grows about as its square), above 0 and at most {MAX_WIDTH:g}.",
 )
 @click.option(
     "--angles",

@@ -26,6 +26,10 @@ PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("plateau", "cosine")
 # Models built on keras.applications backbones: they accept --weights imagenet|none|<path>.
 PRETRAINED_BACKBONES = ("resnet50", "mobilenet-v3-small")
+# Models whose size --width scales, and its bound (3: ~9x the multiply-adds of width 1, ~200 M per 28 px
+# image; beyond that a 2-core CPU run of the recipe would take hours).
+WIDTH_MODELS = ("mnist-cnn-bn",)
+MAX_WIDTH = 3.0
 # Preprocessing of uint8 pixels, done by the models' first layer (trainer.models.Preprocess):
 #   binarize  RotNet's MNIST binarization (pixel / 255 >= 0.1 -> 1.0 else 0.0)
 #   scale     pixel / 255
@@ -54,6 +58,7 @@ class TrainConfig:
     weights: str | None = None  # imagenet | none | <path> for backbones; None = imagenet for backbones
     head: str = "classification"  # one of HEADS
     sigma_degrees: float = 3.0  # circular-gaussian head: standard deviation of the soft label
+    width: float = 1.0  # mnist-cnn-bn: every layer's filters and units times this (1.5: 48-48/96-96/192/384)
     angles: list[int] | None = None  # train on these angles only (labels remapped); None = all in shards
     max_images: float | None = None  # <= 1: fraction of training images; > 1: about that many (stable hash)
     binarize: bool | None = None  # None = RotNet's binarization for the MNIST CNNs on MNIST records
@@ -146,6 +151,10 @@ def check(config: TrainConfig) -> list[str]:
     # `not x > 0` rather than `x <= 0`: NaN fails every comparison, so `nan <= 0` would let it through.
     if not (math.isfinite(config.sigma_degrees) and config.sigma_degrees > 0):
         problems.append(f"--sigma must be a positive, finite number of degrees, not {config.sigma_degrees}")
+    if not (math.isfinite(config.width) and 0 < config.width <= MAX_WIDTH):
+        problems.append(f"--width must be a number above 0 and at most {MAX_WIDTH:g}, not {config.width}")
+    elif config.width != 1.0 and config.model not in WIDTH_MODELS:
+        problems.append(f"--width applies to {', '.join(WIDTH_MODELS)}, not {config.model}")
     if config.angles is not None:
         if not config.angles:
             problems.append("angles must not be empty")

@@ -55,6 +55,7 @@ RESUME_FIELDS = (
     "model",
     "head",
     "sigma_degrees",
+    "width",
     "bin_angles",
     "image_size",
     "channels",
