@@ -188,7 +188,11 @@ def _prepare_resume(config: TrainConfig, echo: Callable[[str], None] = print) ->
         except (OSError, ValueError):
             previous = {}
         current = json.loads(config.to_json())
-        changed = [field for field in RESUME_FIELDS if previous.get(field) != current.get(field)]
+        # A field newer than the interrupted run (e.g. width) had its default's meaning when it ran.
+        defaults = json.loads(TrainConfig(records="", output="").to_json())
+        changed = [
+            field for field in RESUME_FIELDS if previous.get(field, defaults.get(field)) != current.get(field)
+        ]
         if changed:
             raise TrainingError(
                 f"{config.output} holds an interrupted run with a different {', '.join(changed)}; "
