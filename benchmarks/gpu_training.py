@@ -47,7 +47,8 @@ def measure(records: Path, output: Path, batch_size: int, steps: int, precision:
     with strategy.scope():
         model = build_model(config, head)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=head.loss(), metrics=head.metrics())
-    dataset = data.training_dataset(info.shard_paths(str(records), "train"), config, head)
+    counts = [shard.num_records for shard in info.splits["train"].shards]
+    dataset = data.training_dataset(info.shard_paths(str(records), "train"), config, head, counts)
     if cached:
         dataset = dataset.take(1).cache().repeat()
     throughput = train.Throughput(config.global_batch_size)

@@ -132,6 +132,46 @@ def test_each_shard_pass_reads_every_record_once_in_order_from_a_new_start(tmp_p
     assert in_order == list(range(1_003))  # validation and evaluation: the shard as written
 
 
+@pytest.mark.parametrize("image_format", ["jpeg", "png"])
+@pytest.mark.parametrize("channels", [1, 3])
+def test_the_trainer_decodes_records_as_every_other_reader(image_format: str, channels: int) -> None:
+    # The trainer (TensorFlow) and the tools (OpenCV: codec.decode_image; PIL) must see the same pixels
+    # of a record: JPEG with libjpeg's default IDCT (INTEGER_FAST is up to ~19 levels off on photos).
+    import io
+
+    import tensorflow as tf
+    from PIL import Image
+
+    from pipeline import codec
+
+    rng = np.random.default_rng(7)
+    texture = _smooth_noise(rng.integers(0, 256, (4, 96, 96, channels), dtype=np.uint8))
+    encoded = [codec.encode_image(image, image_format, 95) for image in texture]
+    decoded = data.decode_images(tf.constant(encoded), image_format, 96, 96, channels).numpy()
+    for image_bytes, image, original in zip(encoded, decoded, texture, strict=True):
+        assert np.array_equal(image, codec.decode_image(image_bytes, image_format, 96, 96, channels))
+        with Image.open(io.BytesIO(image_bytes)) as picture:
+            pil = np.asarray(picture.convert("L" if channels == 1 else "RGB")).reshape(image.shape)
+        assert np.array_equal(image, pil)
+        assert image_format == "jpeg" or np.array_equal(image, original)  # PNG: lossless
+
+
+def _smooth_noise(images: np.ndarray) -> np.ndarray:
+    """Smooth noise (B, H, W, C) uint8: photo-like gradients, where IDCT variants disagree."""
+    import cv2
+
+    return np.stack([cv2.GaussianBlur(image, (0, 0), 1.5).reshape(image.shape) for image in images])
+
+
+def test_shards_are_read_on_threads_only_from_object_storage() -> None:
+    # Local shards: one thread, round robin (per-record thread hand-offs cost more than they hide);
+    # gs://: parallel reads hide the network's latency, in order only with --deterministic.
+    assert data._parallel_reads(["/data/train-00000-of-00002.tfrecord", "relative/shard"], False) == {}
+    remote = data._parallel_reads(["gs://bucket/records/train-00000-of-00002.tfrecord"], False)
+    assert remote == {"num_parallel_calls": data.AUTOTUNE, "deterministic": False}
+    assert data._parallel_reads(["gs://bucket/a"], True)["deterministic"] is True
+
+
 def test_deterministic_streams_repeat_their_batches(records: Path) -> None:
     def first_batches(**overrides) -> list[np.ndarray]:
         config, info, head = _resolved(records, deterministic=True, **overrides)

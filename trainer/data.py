@@ -5,7 +5,7 @@ The training chain, top to bottom (`training_dataset`):
     endless_shard_passes:
       shard paths (manifest), shuffled     file order reshuffled every pass (the manifest's list, no glob)
       .repeat()                            an endless stream; Keras counts steps_per_epoch
-      .interleave(one pass over a shard, cycle_length, AUTOTUNE, deterministic=--deterministic)
+      .interleave(one pass over a shard, cycle_length, parallel for gs:// only, --deterministic)
                                            several shards at once, each read in order from a random
                                            start record to its end and round to the start: the
                                            pipeline writes every shard in a fixed, fully mixed order
@@ -42,6 +42,7 @@ import tensorflow as tf
 
 import schemas
 from pipeline.geometry import BINARIZE_THRESHOLD
+from schemas import paths as schemas_paths
 from schemas import splits, verify
 from trainer.config import TrainConfig
 from trainer.heads import Head
@@ -49,9 +50,10 @@ from trainer.heads import Head
 AUTOTUNE = tf.data.AUTOTUNE
 # keras.applications.resnet50.preprocess_input ("caffe"): BGR order minus these channel means.
 IMAGENET_MEANS_BGR = (103.939, 116.779, 123.68)
-# libjpeg's fast integer IDCT: ~10% faster than the default on 224 px q95 records, pixels within a
-# level or two of it (far below the JPEG error itself).
-JPEG_DCT_METHOD = "INTEGER_FAST"
+# libjpeg's default IDCT, as PIL and OpenCV decode at serving. INTEGER_FAST is not worth its picture
+# difference: 1.00-1.03x as fast on 224 px q95 records, pixels up to 19 levels apart (docs/benchmarks.md,
+# input_pipeline; an earlier ~10% came from a benchmark that timed work buffered in others' windows).
+JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 SAMPLE_BLOCK = 1024  # records per block when hash-sampling validation records (see _hash_sample)
 HASH_BUCKETS = 1 << 24
 
@@ -249,6 +251,16 @@ def _cycle_length(paths: Sequence[str], config: TrainConfig) -> int:
     return max(1, min(config.cycle_length, len(paths)))
 
 
+def _parallel_reads(paths: Sequence[str], deterministic: bool) -> dict[str, object]:
+    """The interleave's parallelism: AUTOTUNE threads for shards in object storage (gs://, where each
+    read waits on the network and parallel reads hide it), one thread reading the shards round robin
+    for local files: handing each record between threads costs 4-7 us of CPU, a quarter to a third of
+    decoding a 28 px PNG (docs/benchmarks.md, input_pipeline)."""
+    if any(schemas_paths.is_remote(path) for path in paths):
+        return {"num_parallel_calls": AUTOTUNE, "deterministic": deterministic}
+    return {}  # one thread: deterministic by construction
+
+
 def _compression(config: TrainConfig) -> str:
     return "GZIP" if config.compression == "gzip" else ""
 
@@ -260,8 +272,7 @@ def records_in_order(paths: Sequence[str], config: TrainConfig) -> tf.data.Datas
     return tf.data.Dataset.from_tensor_slices(list(paths)).interleave(
         lambda path: tf.data.TFRecordDataset(path, compression_type=_compression(config)),
         cycle_length=_cycle_length(paths, config),
-        num_parallel_calls=AUTOTUNE,
-        deterministic=True,
+        **_parallel_reads(paths, deterministic=True),
     )
 
 
@@ -281,8 +292,7 @@ def endless_shard_passes(
                 shard[0], shard[1], _compression(config), tf.stack([seed, position])
             ),
             cycle_length=_cycle_length(paths, config),
-            num_parallel_calls=AUTOTUNE,
-            deterministic=config.deterministic,
+            **_parallel_reads(paths, config.deterministic),
         )
     )
 
