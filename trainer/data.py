@@ -51,7 +51,7 @@ AUTOTUNE = tf.data.AUTOTUNE
 # keras.applications.resnet50.preprocess_input ("caffe"): BGR order minus these channel means.
 IMAGENET_MEANS_BGR = (103.939, 116.779, 123.68)
 # libjpeg's default IDCT, as PIL and OpenCV decode at serving. INTEGER_FAST is not worth its picture
-# difference: 1.00-1.03x as fast on 224 px q95 records, pixels up to 19 levels apart (docs/benchmarks.md,
+# difference: 0.93-1.03x as fast on 224 px q95 records, pixels up to 19 levels apart (docs/benchmarks.md,
 # input_pipeline; an earlier ~10% came from a benchmark that timed work buffered in others' windows).
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"
 SAMPLE_BLOCK = 1024  # records per block when hash-sampling validation records (see _hash_sample)
