@@ -34,3 +34,22 @@ def test_work_dirs_are_removed_only_when_a_benchmark_made_them(tmp_path) -> None
         with pytest.raises(FileExistsError, match="delete it yourself"):
             fresh_work_dir(path)
     assert (foreign / "thesis.tex").read_text() == "keep" and (work / WORK_DIR_MARKER).is_file()
+
+
+def test_input_windows_start_after_untimed_batches(monkeypatch) -> None:
+    # Every window of every contestant begins with warm_up untimed batches, so that what a contestant's
+    # buffers filled while the others ran is not counted in its own window.
+    from benchmarks import input_pipeline
+
+    monkeypatch.setattr(input_pipeline, "REPEATS", 3)
+    drawn: list[str] = []
+
+    def stream(name: str):
+        while True:
+            drawn.append(name)
+            yield None
+
+    rates = input_pipeline.interleaved_rates({"a": stream("a"), "b": stream("b")}, 8, batches=4, warm_up=2)
+    assert drawn == (["a"] * 6 + ["b"] * 6) * 3  # (2 untimed + 4 timed) each, in turn, 3 rounds
+    assert [len(windows) for windows in rates.values()] == [3, 3]
+    assert all(rate > 0 for windows in rates.values() for rate in windows)
