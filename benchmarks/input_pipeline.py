@@ -123,6 +123,20 @@ def interleaved_rates(
 OLD_STREAM_STRIDE = 8
 
 
+def _resolved(records: Path, model: str, batch_size: int, **overrides: object):
+    """(TrainConfig resolved against the records' manifest, the manifest, the model's head), as
+    rotnet-train builds them; `overrides` set TrainConfig fields."""
+    from trainer.config import TrainConfig, resolve
+    from trainer.heads import Head
+
+    config = TrainConfig(records=str(records), output="", model=model, batch_size=batch_size, weights="none")
+    for name, value in overrides.items():
+        setattr(config, name, value)
+    info = schemas.load_manifest(str(records))
+    resolve(config, info)
+    return config, info, Head(config.head, tuple(config.bin_angles))
+
+
 def tf_data_iterator(
     records: Path,
     model: str,
@@ -138,15 +152,8 @@ def tf_data_iterator(
     import tensorflow as tf
 
     from trainer import data
-    from trainer.config import TrainConfig, resolve
-    from trainer.heads import Head
 
-    config = TrainConfig(records=str(records), output="", model=model, batch_size=batch_size, weights="none")
-    for name, value in overrides.items():
-        setattr(config, name, value)
-    info = schemas.load_manifest(str(records))
-    resolve(config, info)
-    head = Head(config.head, tuple(config.bin_angles))
+    config, info, head = _resolved(records, model, batch_size, **overrides)
     counts = [shard.num_records for shard in info.splits["train"].shards]
     in_order, local_reads = data._shard_pass, data._parallel_reads
     if parallel_reads:
@@ -177,22 +184,15 @@ def in_order_iterator(records: Path, model: str, batch_size: int) -> Iterator:
     import tensorflow as tf
 
     from trainer import data
-    from trainer.config import TrainConfig, resolve
-    from trainer.heads import Head
 
-    config = TrainConfig(records=str(records), output="", model=model, batch_size=batch_size, weights="none")
-    info = schemas.load_manifest(str(records))
-    resolve(config, info)
+    config, info, head = _resolved(records, model, batch_size)
     table = tf.constant(data.label_table(config.bin_angles))
     dataset = (
         tf.data.TFRecordDataset(info.shard_paths(str(records), "train"))
         .repeat()
         .batch(batch_size, drop_remainder=True)
         .map(data._parse(data.FIELDS), num_parallel_calls=tf.data.AUTOTUNE)
-        .map(
-            data._to_model_inputs(config, Head(config.head, tuple(config.bin_angles)), table),
-            num_parallel_calls=tf.data.AUTOTUNE,
-        )
+        .map(data._to_model_inputs(config, head, table), num_parallel_calls=tf.data.AUTOTUNE)
         .prefetch(tf.data.AUTOTUNE)
     )
     return iter(dataset)
