@@ -306,7 +306,9 @@ _RUN_OPTIONS = [
         default=DEFAULT["duplicate_ids"],
         show_default=True,
         help="Two source images with one image id (e.g. a/x_1.jpg and b/x_1.jpg in Street View): fail the "
-        "run listing them, or give each a stable suffix (~ and 8 hex digits of its source's SHA-256).",
+        "run listing them, or give each a stable suffix (~ and 8 hex digits of its source's SHA-256). Memory "
+        "bound either way: suffix groups names only (a few hundred bytes per source image), before any "
+        "image is read; a worker holds one image's bytes at a time.",
     ),
     click.option(
         "--overwrite",

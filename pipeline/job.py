@@ -143,7 +143,9 @@ def build(
     from pipeline import transforms
 
     source = pipeline | "Read" >> plan.source
-    images = source["images"] | "CheckIds" >> image_ids.CheckIds(config, claimed.duplicates_path)
+    images = source["images"] | "CheckIds" >> image_ids.CheckIds(
+        config, claimed.duplicates_path, renamed=plan.renames_duplicate_ids
+    )
     decoded = images | "DecodeImages" >> transforms.DecodeImages(config, progress_dir)
     prepared = decoded.images | "PrepareRotations" >> transforms.PrepareRotations(
         config, plan.splits, progress_dir
