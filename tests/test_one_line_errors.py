@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_inspect_sheet_on_a_full_or_read_only_disk_is_one_line(
 # --- manifests that would cost a traceback or all memory --------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["nested", "huge image"])
+@pytest.mark.parametrize("damage", ["nested", "huge image", "channels"])
 def test_hostile_manifests_are_one_line(tmp_path: Path, damage: str) -> None:
     from tools.inspect import main as inspect_main
 
@@ -154,12 +155,17 @@ def test_hostile_manifests_are_one_line(tmp_path: Path, damage: str) -> None:
     if damage == "nested":
         manifest.write_text('{"schema_version": ' + "[" * 100_000 + "]" * 100_000 + "}")
         expected = "nests JSON too deeply"
-    else:
+    elif damage == "huge image":
         data = json.loads(manifest.read_text())
         data["image"]["height"] = data["image"]["width"] = 100_000
         manifest.write_text(json.dumps(data))
         expected = "image 100000x100000 px is over 4096 px a side"
-    with pytest.raises(schemas.ManifestError, match=expected):
+    else:  # issue 32, item 2: rotnet-train passed it to TensorFlow (InvalidArgumentError, a traceback)
+        data = json.loads(manifest.read_text())
+        data["image"]["channels"] = 7
+        manifest.write_text(json.dumps(data))
+        expected = "image channels 7 is not one of (1, 3)"
+    with pytest.raises(schemas.ManifestError, match=re.escape(expected)):
         schemas.load_manifest(str(records))
     line = _one_error_line(CliRunner().invoke(inspect_main, [str(records), "--no-progress"]), 1)
     assert expected in line
@@ -196,6 +202,20 @@ def test_weights_that_are_not_a_weights_file_are_refused(records: Path, tmp_path
     result = _train(records, tmp_path / "run", "--model", "mobilenet-v3-small", "--weights", weights)
     line = _one_error_line(result, 2)
     assert "--weights" in line and ("not an HDF5 weights file" in line or "FIFO" in line), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_on_a_manifest_claiming_7_channels_is_one_line(tmp_path: Path) -> None:
+    """Issue 32, item 2: the manifest's facts are checked before TensorFlow sees them (before:
+    InvalidArgumentError and its traceback, exit 1)."""
+    records = tmp_path / "records"
+    write_records_dir(records, images_per_split={"train": 4, "validation": 2}, angles=(0, 90))
+    manifest = records / schemas.MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    data["image"]["channels"] = 7
+    manifest.write_text(json.dumps(data))
+    line = _one_error_line(_train(records, tmp_path / "run"), 2)
+    assert "image channels 7 is not one of (1, 3)" in line and "--records" in line, line
     assert not (tmp_path / "run").exists()
 
 

@@ -507,8 +507,12 @@ def _export(
 
     try:
         reference = Predictor.load(saved_model)
-    except (OSError, ValueError) as error:
-        raise ExportError(f"cannot load the SavedModel {saved_model}: {error}") from None
+    except Exception as error:  # TensorFlow's loader raises IndexError, OpErrors, ... for damaged files
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(
+            f"cannot load the SavedModel {saved_model} ({type(error).__name__}: {reason}): it is damaged "
+            "(e.g. a truncated variables file); export a run whose rotnet-train finished, or retrain it"
+        ) from None
     config = reference.config
     records = records or config.get("records")
     if not records:
