@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import schemas
-from pipeline import datasets, image_ids, output_dir, progress, runner
+from pipeline import datasets, image_ids, interrupts, output_dir, progress, runner
 from pipeline.config import ConfigError, JobError, PipelineConfig
 from pipeline.datasets.common import ERRORS, SourcePlan
 from schemas import gcs, paths, sharding, verify
@@ -100,6 +100,8 @@ def _run(
                     return runner.dataflow_dry_run(result, options)
                 result.wait_until_finish()
             except Exception as error:
+                if interrupts.received() is not None:  # Beam wrapped the interrupt a DoFn saw
+                    raise interrupts.received() from None
                 raise JobError(
                     f"the Beam job failed: {runner.failure_message(error)}{runner.kept_worker_log(progress_dir)}"
                 ) from error

@@ -256,7 +256,8 @@ def test_a_worker_without_its_peer_stops_in_one_line(records: Path, tmp_path: Pa
     code, _, stderr = _finish(waiting, timeout=60)
     assert code == 143
     assert stderr.strip().splitlines() == [
-        f"Error: stopped by SIGTERM while waiting for 127.0.0.1:{ports[1]}"
+        f"interrupted (SIGTERM): while waiting for 127.0.0.1:{ports[1]}; nothing was trained or written: "
+        "start every worker of TF_CONFIG with the same command"
     ]
 
 

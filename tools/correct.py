@@ -52,7 +52,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import codec, geometry
+from pipeline import codec, geometry, interrupts
 from pipeline import inputs as input_files
 from pipeline.codec import IMAGE_EXTENSIONS, BadImageError, decode_source_image
 from tools.safe_output import OutputRefusedError, OutputTree
@@ -235,7 +235,11 @@ def load_predictor(model: str):
 # --- Command ----------------------------------------------------------------------------------
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="nothing was written; rerun the same command",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.argument("model", metavar="MODEL")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option(
@@ -302,12 +306,48 @@ def main(
     except OutputRefusedError as error:
         raise click.UsageError(str(error)) from None
     outcomes = [Outcome(path=input_files.printable_name(str(item.file))) for item in files]
+    csv_path = output / f"{REPORT_NAME}.csv"
+    try:
+        _correct_all(files, outcomes, predictor, tree, crop, keep_size, int(tta), batch_size, dry_run,
+                     max_file_bytes, max_pixels, no_progress)  # fmt: skip
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: the report was written all the same
+        done = sum(outcome.angle_degrees is not None and not outcome.error for outcome in outcomes)
+        interrupts.exit_interrupted(
+            error,
+            f"{done} of {len(outcomes)} images {'predicted' if dry_run else 'corrected'}; they and the report "
+            f'{csv_path} (the rest marked "not processed") are kept: rerun the same command to do them all',
+        )
+    failed = [outcome for outcome in outcomes if outcome.error]
+    for outcome in failed:
+        click.echo(f"skipped  {outcome.path}: {outcome.error}", err=True)
+    done = len(outcomes) - len(failed)
+    verb = "predicted" if dry_run else "corrected"
+    click.echo(f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped; report: {csv_path}")
+    if outcomes and not done:
+        raise SystemExit(1)
+
+
+def _correct_all(
+    files: Sequence[InputFile],
+    outcomes: list[Outcome],
+    predictor,
+    tree: OutputTree,
+    crop: bool,
+    keep_size: bool,
+    tta: int,
+    batch_size: int,
+    dry_run: bool,
+    max_file_bytes: int,
+    max_pixels: int,
+    no_progress: bool,
+) -> None:
+    """Every batch, then the report, which is written however the run ends (a crash, Ctrl-C)."""
     with tree:
         try:
             with tqdm(total=len(files), unit="img", disable=no_progress, desc="correct") as bar:
                 for batch in _batches(list(zip(files, outcomes, strict=True)), batch_size):
                     _correct_batch(
-                        batch, predictor, tree, crop, keep_size, int(tta), dry_run, max_file_bytes, max_pixels
+                        batch, predictor, tree, crop, keep_size, tta, dry_run, max_file_bytes, max_pixels
                     )
                     if not dry_run:
                         tree.save_ledger()  # a killed run still proves which outputs are its own
@@ -323,15 +363,6 @@ def main(
                 tree.save_ledger()
             except OutputRefusedError as error:
                 raise click.ClickException(f"the report was not written: {error}") from None
-    csv_path = output / f"{REPORT_NAME}.csv"
-    failed = [outcome for outcome in outcomes if outcome.error]
-    for outcome in failed:
-        click.echo(f"skipped  {outcome.path}: {outcome.error}", err=True)
-    done = len(outcomes) - len(failed)
-    verb = "predicted" if dry_run else "corrected"
-    click.echo(f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped; report: {csv_path}")
-    if outcomes and not done:
-        raise SystemExit(1)
 
 
 def _correct_batch(

@@ -17,6 +17,7 @@ import os
 
 import click
 
+from pipeline import interrupts
 from schemas import ManifestError, angles, paths
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
 from trainer.evaluate import evaluate as _evaluate
@@ -68,7 +69,11 @@ def _evaluate_with_progress(model, records, split, tta, batch_size, max_records,
         )  # fmt: skip
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="nothing was written (the outputs are written at the end); rerun the same command",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.option(
     "--model",
     required=True,

@@ -46,6 +46,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from pipeline import interrupts
 from trainer import runtimes
 from trainer.heads import circular_difference_degrees
 
@@ -390,7 +391,12 @@ class UnavailableExit(click.ClickException):
     exit_code = 2
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="nothing was written at --output (the model is written once it passed parity); rerun "
+    "the same command",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.argument("run", metavar="RUN_DIR", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--format",

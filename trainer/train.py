@@ -511,8 +511,7 @@ class BackupOnSignal(keras.callbacks.Callback):
         if self.signalled.is_set():
             self.backup.save_now()  # the callback's own save; fit's on_train_end would delete it
             raise TrainingInterruptedError(
-                f"interrupted by SIGTERM; backup written to {self.backup.backup_dir}: "
-                "rerun the same command to resume"
+                f"backup written to {self.backup.backup_dir}; rerun the same command to resume"
             )
 
 

@@ -514,7 +514,9 @@ class _ReadZipMemberFn(CountingDoFn):
             archive = self._archive(part_name, path)
             info = archive.getinfo(member) if position is None else archive.infolist()[position]
             if info.filename != member:
-                raise ValueError(f"the part changed since it was listed (member {position} is {info.filename!r})")
+                raise ValueError(
+                    f"the part changed since it was listed (member {position} is {info.filename!r})"
+                )
             data = _read_member(archive, info, image_id)
         except (CorruptMemberError, ValueError, KeyError) as error:
             reason = (
@@ -612,7 +614,9 @@ def _unique_ids_from_names(members, loose, loose_files: FileSource | None, pipel
 
     names = []
     if members is not None:
-        names.append(members | "MemberNames" >> beam.Map(lambda member: (member[3], member[5], ("zip", member))))
+        names.append(
+            members | "MemberNames" >> beam.Map(lambda member: (member[3], member[5], ("zip", member)))
+        )
     if loose is not None and loose_files is not None:
         names.append(
             loose
@@ -622,7 +626,9 @@ def _unique_ids_from_names(members, loose, loose_files: FileSource | None, pipel
 
     def rebuild(payload: tuple[str, Any], image_id: str) -> tuple[str, Any]:
         kind, item = payload
-        return (kind, (*item[:3], image_id, *item[4:])) if kind == "zip" else (kind, RenamedFile(item, image_id))
+        return (
+            (kind, (*item[:3], image_id, *item[4:])) if kind == "zip" else (kind, RenamedFile(item, image_id))
+        )
 
     renamed = (
         names
