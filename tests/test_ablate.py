@@ -335,9 +335,10 @@ def test_sweep_killed_mid_arm_resumes_it_and_skips_the_finished_one(sweep: dict,
     log = (output / "logs" / "long-s0.log").read_text()
     assert "resuming at epoch" in log
     metrics = json.loads((output / "arms" / "long-s0" / "metrics.json").read_text())
-    # Resumed after epoch 0 and trained to the last epoch (index 5); epochs_run counts history.csv's
-    # rows, and a kill between the backup and CSVLogger's row loses epoch 0's row.
+    # Resumed after epoch 0 and trained to the last epoch (index 5), every epoch's row kept: the backup
+    # is written after CSVLogger's row (issue 32, item 5: a kill in between lost epoch 0's row).
     assert metrics["resumed_from_epoch"] >= 1 and metrics["final"]["epoch"] == 5
+    assert [row["epoch"] for row in metrics["history"]] == list(range(6)), metrics["history"]
     after = _model_times(output)
     assert after["cls-s0"] == before["cls-s0"] and after["reg-s0"] == before["reg-s0"]
     rows = {row["arm"]: row for row in _rows(output)}

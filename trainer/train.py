@@ -762,7 +762,6 @@ class _Callbacks:
         self.on_signal = BackupOnSignal(backup)
         self.non_finite = StopOnNonFiniteLoss()
         self.all = [
-            backup,
             keras.callbacks.ModelCheckpoint(
                 self.model_path,
                 monitor=monitor,
@@ -794,6 +793,11 @@ class _Callbacks:
             config.tensorboard
         ):  # tf.summary needs the tensorboard package, which TensorFlow does not pull in
             echo("no TensorBoard logs: the tensorboard package is not installed (pip install tensorboard)")
+        # The backup last: an epoch is backed up only once its history row, its best model and the
+        # learning-rate change are written, so a run killed in between (a lost peer, SIGKILL) redoes the
+        # epoch and logs it again instead of resuming after it without its row (_prepare_resume keeps
+        # the rows of the epochs before the backup's).
+        self.all.append(backup)
 
 
 def _train(model, strategy, config, head, datasets, callbacks, shards, initial_epoch: int) -> None:
