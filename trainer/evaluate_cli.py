@@ -155,11 +155,11 @@ def main(
     from trainer.quiet import import_tensorflow
 
     import_tensorflow(verbose)
-    from trainer.evaluate import EvaluationError, evaluate_rotation_codes, open_output, write_outputs
+    from trainer.evaluate import EvaluationError, check_output, evaluate_rotation_codes, write_outputs
 
     output = output or default_output(model, split, int(tta))
-    try:  # refused before the evaluation, not after it
-        open_output(output).close()
+    try:  # refused before the evaluation, not after it; nothing is created until the results are written
+        check_output(output)
     except EvaluationError as error:
         raise click.ClickException(str(error)) from None
 
