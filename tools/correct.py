@@ -18,7 +18,9 @@ angle (clockwise) at full resolution:
 
 Outputs keep their file format (JPEG q95, PNG, ...) and their path below the input directory.
 `OUT/predictions.csv` and `OUT/predictions.json` list every input with the predicted angle and
-confidence, or the reason it was skipped: an unreadable file is reported, never fatal.
+confidence, or the reason it was skipped: an unreadable file is reported, never fatal. A file of
+several frames (an animated GIF, a multi-page TIFF) is predicted and corrected from its first frame
+and written as a still image: its report line says so in `note`, and the summary line counts them.
 
 The inputs are never touched (`tools.safe_output`, `pipeline.inputs`):
 
@@ -76,6 +78,7 @@ class Outcome:
     angle_degrees: int | None = None
     confidence: float | None = None
     error: str = ""
+    note: str = ""  # what the output does not keep (the frames after the first of an animated GIF)
 
 
 # --- Pure core --------------------------------------------------------------------------------
@@ -181,6 +184,24 @@ def output_overlap(specs: Sequence[str], files: Sequence[InputFile], output: Pat
                     f"{input_files.printable_name(str(output))}; choose an output directory outside every input"
                 )
     return None
+
+
+def frame_count(data: bytes) -> int:
+    """How many frames (animation frames, pages) the image file holds; 1 when it cannot be told."""
+    try:
+        return int(getattr(Image.open(io.BytesIO(data)), "n_frames", 1))
+    except Exception:  # decode_source_image gives the reason for an unreadable file
+        return 1
+
+
+def frames_note(frames: int, dry_run: bool) -> str:
+    """The report's note for a file of `frames` frames: only the first is predicted and written."""
+    if frames <= 1:
+        return ""
+    done = "predicted" if dry_run else "corrected and written (a still image)"
+    return (
+        f"{frames} frames (animated or multi-page): only the first was {done}; the other {frames - 1} are not"
+    )
 
 
 def _is_grey(data: bytes) -> bool:
@@ -322,7 +343,11 @@ def main(
         click.echo(f"skipped  {outcome.path}: {outcome.error}", err=True)
     done = len(outcomes) - len(failed)
     verb = "predicted" if dry_run else "corrected"
-    click.echo(f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped; report: {csv_path}")
+    frames = sum(1 for outcome in outcomes if outcome.note and not outcome.error)
+    first_only = f"{frames} of them with several frames, only the first {verb} (see note); " if frames else ""
+    click.echo(
+        f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped; {first_only}report: {csv_path}"
+    )
     if outcomes and not done:
         raise SystemExit(1)
 
@@ -385,6 +410,7 @@ def _correct_batch(
         try:
             data = input_files.read_input_file(str(item.file), max_file_bytes, max_pixels)
             image = decode_source_image(data, channels=1 if _is_grey(data) else 3, max_pixels=max_pixels)
+            outcome.note = frames_note(frame_count(data), dry_run)
         except BadImageError as error:
             outcome.error = str(error)
             continue
