@@ -28,6 +28,7 @@ from pipeline import datasets, interrupts
 from pipeline.config import (
     DUPLICATE_ID_POLICIES,
     MAX_IMAGE_SIZE,
+    MAX_UPSCALE,
     MIN_IMAGE_SIZE,
     TARGET_SHARD_BYTES,
     ConfigError,
@@ -189,7 +190,9 @@ _RUN_OPTIONS = [
     click.option(
         "--image-size",
         type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
-        help=f"Output side in pixels (square). Default: the dataset's ({_by_dataset('image_size')}).",
+        help=f"Output side in pixels (square), {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, and at most {MAX_UPSCALE}x "
+        "the side of a dataset whose source images all have one (MNIST: 28 px, so 112). Default: the "
+        f"dataset's ({_by_dataset('image_size')}).",
     ),
     click.option(
         "--angles",

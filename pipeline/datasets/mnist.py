@@ -80,6 +80,7 @@ MNIST_MIRRORS: tuple[str, ...] = (
 )
 
 IMAGE_SIZE = 28
+SOURCE_SIDE = IMAGE_SIZE  # every source digit's side: --image-size is capped at MAX_UPSCALE times it
 NUM_CLASSES = 10
 
 # A checksums file is a few hundred bytes; anything far larger is not one.
