@@ -91,6 +91,7 @@ def signals_raise() -> Iterator[None]:
     finally:
         for number, handler in previous.items():
             signal.signal(number, handler)
+        _received.clear()  # a later job in this process (a test's) is not told of this one's
 
 
 class Command(click.Command):
