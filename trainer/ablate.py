@@ -53,8 +53,12 @@ INTERRUPTED = "the running arms stopped at a backup; rerun the same command to r
 # the command, so the child keeps its pid (and its lock names it).
 _PR_SET_PDEATHSIG = 1
 _DIE_WITH_PARENT = (
-    "import ctypes, os, signal, sys\n"
-    f"ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+    "import os, signal, sys\n"
+    "try:\n"
+    "    import ctypes\n"
+    f"    ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+    "except Exception:\n"
+    "    pass  # no prctl here: a rerun takes over from an orphan (stop_orphan)\n"
     "os.getppid() == int(sys.argv[1]) or os._exit(143)\n"
     "os.execv(sys.argv[2], sys.argv[2:])\n"
 )

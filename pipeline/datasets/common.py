@@ -287,9 +287,10 @@ class _ReadFileFn(CountingDoFn):
                 self.counters.add(**{skipped: 1})
             return
         reason = problem or (None if inputs.is_utf8_name(image_id) else _NOT_UTF8)
-        image_id = renamed or inputs.printable_name(image_id)
+        image_id = inputs.printable_name(image_id)
         if config.subset_fraction < 1.0 and not in_subset(image_id, config.subset_fraction):
-            return
+            return  # by the id the file has, as zip members are chosen (before --duplicate-ids suffix)
+        image_id = renamed or image_id
         split = train_split(image_id, config)
         self.counters.add(**{progress.IMAGES_READ: 1})
         stage = "read"

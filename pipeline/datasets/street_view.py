@@ -518,7 +518,7 @@ class _ReadZipMemberFn(CountingDoFn):
                     f"the part changed since it was listed (member {position} is {info.filename!r})"
                 )
             data = _read_member(archive, info, image_id)
-        except (CorruptMemberError, ValueError, KeyError) as error:
+        except (CorruptMemberError, ValueError, KeyError, IndexError) as error:
             reason = (
                 str(error) if isinstance(error, CorruptMemberError) else f"zip member {member!r}: {error}"
             )
