@@ -19,17 +19,16 @@ import errno
 import logging
 import os
 import re
-import signal
-import sys
 from collections.abc import Callable
 from typing import Any
 
 import click
 
-from pipeline import datasets
+from pipeline import datasets, interrupts
 from pipeline.config import (
     DUPLICATE_ID_POLICIES,
     MAX_IMAGE_SIZE,
+    MAX_UPSCALE,
     MIN_IMAGE_SIZE,
     TARGET_SHARD_BYTES,
     ConfigError,
@@ -141,9 +140,19 @@ def _by_dataset(key: str) -> str:
     return ", ".join(f"{name} {word(datasets.get(name).DEFAULTS[key])}" for name in datasets.names())
 
 
+# What an interrupted run leaves (pipeline/output_dir.py: its temp and progress dirs go and its lock
+# is released however the run ends; the ledger stays until a run finishes).
+INTERRUPTED = (
+    "no manifest was written; the run removed its temporary and progress files and released its lock, "
+    "and its ledger .rotnet-run.json names anything else it wrote, which the rerun removes: rerun the "
+    "same command"
+)
+
 # click.command's settings (the help text is _main's docstring).
 _COMMAND = dict(
     name="rotnet-pipeline",
+    cls=interrupts.Command,
+    interrupted=INTERRUPTED,
     context_settings={
         "help_option_names": ["-h", "--help"],
         "ignore_unknown_options": True,
@@ -181,7 +190,9 @@ _RUN_OPTIONS = [
     click.option(
         "--image-size",
         type=click.IntRange(MIN_IMAGE_SIZE, MAX_IMAGE_SIZE),
-        help=f"Output side in pixels (square). Default: the dataset's ({_by_dataset('image_size')}).",
+        help=f"Output side in pixels (square), {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}, and at most {MAX_UPSCALE}x "
+        "the side of a dataset whose source images all have one (MNIST: 28 px, so 112). Default: the "
+        f"dataset's ({_by_dataset('image_size')}).",
     ),
     click.option(
         "--angles",
@@ -306,7 +317,9 @@ _RUN_OPTIONS = [
         default=DEFAULT["duplicate_ids"],
         show_default=True,
         help="Two source images with one image id (e.g. a/x_1.jpg and b/x_1.jpg in Street View): fail the "
-        "run listing them, or give each a stable suffix (~ and 8 hex digits of its source's SHA-256).",
+        "run listing them, or give each a stable suffix (~ and 8 hex digits of its source's SHA-256). Memory "
+        "bound either way: suffix groups names only (a few hundred bytes per source image), before any "
+        "image is read; a worker holds one image's bytes at a time.",
     ),
     click.option(
         "--overwrite",
@@ -367,11 +380,11 @@ def _main(ctx: click.Context, no_progress: bool, verbose: bool, **options: objec
         problem = str(error)
     if problem:
         raise click.UsageError(problem)
-    previous_handler = signal.signal(signal.SIGINT, _interrupted) if _in_main_thread() else None
     try:
-        summary = job.run(
-            config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
-        )
+        with interrupts.first_of_all(_mute_workers):
+            summary = job.run(
+                config, beam_args, show_progress=not no_progress, log=lambda line: click.echo(line, err=True)
+            )
     except (output_dir.OutputDirError, ConfigError) as error:
         raise RefusedError(str(error)) from None
     except JobError as error:
@@ -389,33 +402,18 @@ def _main(ctx: click.Context, no_progress: bool, verbose: bool, **options: objec
             + ", then rerun the same command (what this run wrote is named by its ledger and removed by "
             "the rerun)"
         ) from None
-    except KeyboardInterrupt:
-        click.echo(
-            "interrupted (Ctrl-C): no manifest was written; rerun the same command (the run's ledger "
-            "names what it wrote, and the rerun removes it)",
-            err=True,
-        )
-        sys.exit(130)
-    finally:
-        if previous_handler is not None:
-            signal.signal(signal.SIGINT, previous_handler)
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: the run's own files went with it
+        interrupts.exit_interrupted(error, INTERRUPTED)
     click.echo(summary.table())
 
 
-def _in_main_thread() -> bool:
-    import threading
-
-    return threading.current_thread() is threading.main_thread()
-
-
-def _interrupted(signum: int, frame: object) -> None:
-    """Ctrl-C: Beam's worker threads and log handlers would each report the workers' end with a
-    traceback; from now on they are muted, and the one line is printed where KeyboardInterrupt lands."""
+def _mute_workers() -> None:
+    """Ctrl-C or SIGTERM: Beam's worker threads and log handlers would each report the workers' end
+    with a traceback; from now on they are muted, and the one line is printed where the interrupt lands."""
     import threading
 
     logging.disable(logging.CRITICAL)
     threading.excepthook = lambda arguments: None
-    signal.default_int_handler(signum, frame)
 
 
 class RefusedError(click.ClickException):

@@ -13,6 +13,7 @@ from __future__ import annotations
 import functools
 import io
 import struct
+import threading
 import warnings
 import zlib
 from typing import IO
@@ -148,13 +149,26 @@ def _to_uint8(image: Image.Image) -> Image.Image:
     return image
 
 
+# Pillow's own decompression-bomb guard (Image.MAX_IMAGE_PIXELS, 89,478,485 pixels) would refuse a
+# 100-megapixel image before --max-pixels speaks, with its message and its limit, even when the user
+# raised --max-pixels. Every input image is opened here, so the guard is off for this one call and
+# rotnet's check, on the same header, right after, decides. The lock keeps the swap of Pillow's global
+# to one thread at a time.
+_PILLOW_GUARD = threading.Lock()
+
+
 def _open_header(stream: IO[bytes], max_pixels: int) -> Image.Image:
     """PIL's lazy open: the header only, with the pixel cap checked before any pixel is decoded.
 
     Callers turn DecompressionBombWarning into an error (warnings.catch_warnings) around this call.
     """
     try:
-        image = Image.open(stream)
+        with _PILLOW_GUARD:
+            pillows_limit, Image.MAX_IMAGE_PIXELS = Image.MAX_IMAGE_PIXELS, None
+            try:
+                image = Image.open(stream)
+            finally:
+                Image.MAX_IMAGE_PIXELS = pillows_limit
     except UnidentifiedImageError:
         raise BadImageError("not an image file (unknown format)") from None
     except (Image.DecompressionBombError, Image.DecompressionBombWarning) as error:

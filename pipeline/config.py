@@ -42,6 +42,11 @@ DEFAULT_MIN_IMAGE_SIDE = 16
 # Records smaller than this are not images a model can learn a rotation from (and --image-size 1 was
 # accepted); larger than MAX_IMAGE_SIZE is far beyond any model's input.
 MIN_IMAGE_SIZE, MAX_IMAGE_SIZE = 8, 4096
+# A dataset whose every source image has one known side (its module's SOURCE_SIDE: MNIST's 28 px)
+# refuses an --image-size over this many times that side: such records are the same pixels blown up,
+# and rendering them costs the square of the factor (MNIST at 4096 px: 21,400x the pixels, minutes for
+# a dozen digits and 664 MB). Photos' sides are known only when each is read: --image-size <= 4096.
+MAX_UPSCALE = 4
 # What a run does when two source images get the same id: fail (listing them), or add a stable suffix.
 DUPLICATE_ID_POLICIES = ("fail", "suffix")
 
@@ -158,6 +163,14 @@ class PipelineConfig:
             problems.append("an output directory is required (--output-dir)")
         if self.image_size is not None and not MIN_IMAGE_SIZE <= self.image_size <= MAX_IMAGE_SIZE:
             problems.append(f"image size {self.image_size} must be in {MIN_IMAGE_SIZE}..{MAX_IMAGE_SIZE}")
+        source_side = getattr(datasets.get(self.dataset), "SOURCE_SIDE", None)
+        if source_side and self.image_size is not None and self.image_size > MAX_UPSCALE * source_side:
+            problems.append(
+                f"--image-size {self.image_size} is over {MAX_UPSCALE}x the {source_side}-px side of every "
+                f"{self.dataset} source image: its records would be the same pixels blown up "
+                f"{(self.image_size / source_side) ** 2:,.0f}x, slow to render; choose --image-size "
+                f"{MAX_UPSCALE * source_side} or less"
+            )
         if not self.angles_degrees or any(not 0 <= a < NUM_ANGLES for a in self.angles_degrees):
             problems.append("angles must be a non-empty set of integers in 0..359")
         if self.rendering not in RENDERINGS:

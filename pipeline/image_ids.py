@@ -8,10 +8,14 @@ photos) all get id `dup_1`; TFDS fails a build on duplicate keys, and so does ro
 * `FindDuplicateIds`: (split, id) -> how many source images have it and where they came from (the
   first few `SourceImage.source`s), written as JSON for the launcher, which fails the run with
   `duplicates_message` before writing the manifest.
-* `MakeIdsUnique` (`--duplicate-ids suffix`): every image of a shared id gets
+* `UniqueIdsFromNames` (`--duplicate-ids suffix`): every source of a shared id gets
   `suffixed_id(id, source)` = `id~` + 8 hex digits of its source's SHA-256, the same on every run and
-  machine; its split is drawn again from the new id. It groups the images by id, a shuffle of the
-  images' bytes, so it runs only when asked.
+  machine; its split is drawn again from the new id when its bytes are read. It groups *names* (id,
+  source, where to read it: a few hundred bytes per source image), before any image's bytes are read,
+  so the flag keeps the memory bound of a run without it (the file-reading datasets, street_view and
+  images, apply it in their read: `SourcePlan.renames_duplicate_ids`).
+* `MakeIdsUnique`: the same on SourceImages, for a registered dataset whose source does not rename
+  names itself. It groups the images by id, a shuffle of the images' bytes (memory grows with them).
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import apache_beam as beam
@@ -137,9 +141,42 @@ def _unique(
         yield dataclasses.replace(image, image_id=new_id, split=split)
 
 
+def _renamed_names(
+    keyed: tuple[str | None, Iterable[tuple[str | None, str, Any]]], rebuild: Callable[[Any, str], Any]
+) -> Iterator[Any]:
+    image_id, group = keyed
+    names = list(group)  # (id, source, payload): names only, never an image's bytes
+    if image_id is None or len(names) == 1:
+        yield from (payload for _, _, payload in names)
+        return
+    for _, source, payload in sorted(names, key=lambda name: name[1]):
+        yield rebuild(payload, suffixed_id(image_id, source))
+
+
+class UniqueIdsFromNames(beam.PTransform):
+    """(image id or None, source, payload) -> payload, or `rebuild(payload, suffixed_id(id, source))`
+    for every payload whose id several sources share (`--duplicate-ids suffix`, applied by a dataset's
+    read before the bytes are read: the payload says where to read them, e.g. a zip member's name).
+
+    Memory: the group of one id holds its names (a few hundred bytes each), never image bytes; a
+    payload without an id (None: not an image, read only to be counted) passes unchanged."""
+
+    def __init__(self, rebuild: Callable[[Any, str], Any]) -> None:
+        super().__init__()
+        self.rebuild = rebuild
+
+    def expand(self, names: beam.PCollection) -> beam.PCollection:
+        return (
+            names
+            | "ById" >> beam.Map(lambda name: (name[0], name))
+            | "GroupById" >> beam.GroupByKey()
+            | "Rename" >> beam.FlatMap(_renamed_names, self.rebuild)
+        )
+
+
 class MakeIdsUnique(beam.PTransform):
     """SourceImage -> the same images, those sharing an id renamed by `suffixed_id` (--duplicate-ids
-    suffix)."""
+    suffix), for a dataset whose read does not apply UniqueIdsFromNames: it groups the images' bytes."""
 
     def __init__(self, config: PipelineConfig) -> None:
         super().__init__()
@@ -155,15 +192,16 @@ class MakeIdsUnique(beam.PTransform):
 
 
 class CheckIds(beam.PTransform):
-    """SourceImage -> the same images, their ids made unique first with `--duplicate-ids suffix`, and
-    the ids that are still shared written to `duplicates_path` (for `check_unique`)."""
+    """SourceImage -> the same images, their ids made unique first with `--duplicate-ids suffix` (unless
+    the source did so on names: `renamed`), and the ids that are still shared written to
+    `duplicates_path` (for `check_unique`)."""
 
-    def __init__(self, config: PipelineConfig, duplicates_path: str) -> None:
+    def __init__(self, config: PipelineConfig, duplicates_path: str, renamed: bool = False) -> None:
         super().__init__()
-        self.config, self.duplicates_path = config, duplicates_path
+        self.config, self.duplicates_path, self.renamed = config, duplicates_path, renamed
 
     def expand(self, images: beam.PCollection) -> beam.PCollection:
-        if self.config.duplicate_ids == "suffix":
+        if self.config.duplicate_ids == "suffix" and not self.renamed:
             images = images | "MakeIdsUnique" >> MakeIdsUnique(self.config)
         images | "FindDuplicateIds" >> FindDuplicateIds(self.duplicates_path)
         return images

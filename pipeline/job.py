@@ -30,7 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 import schemas
-from pipeline import datasets, image_ids, output_dir, progress, runner
+from pipeline import datasets, image_ids, interrupts, output_dir, progress, runner
 from pipeline.config import ConfigError, JobError, PipelineConfig
 from pipeline.datasets.common import ERRORS, SourcePlan
 from schemas import gcs, paths, sharding, verify
@@ -100,6 +100,8 @@ def _run(
                     return runner.dataflow_dry_run(result, options)
                 result.wait_until_finish()
             except Exception as error:
+                if interrupts.received() is not None:  # Beam wrapped the interrupt a DoFn saw
+                    raise interrupts.received() from None
                 raise JobError(
                     f"the Beam job failed: {runner.failure_message(error)}{runner.kept_worker_log(progress_dir)}"
                 ) from error
@@ -143,7 +145,9 @@ def build(
     from pipeline import transforms
 
     source = pipeline | "Read" >> plan.source
-    images = source["images"] | "CheckIds" >> image_ids.CheckIds(config, claimed.duplicates_path)
+    images = source["images"] | "CheckIds" >> image_ids.CheckIds(
+        config, claimed.duplicates_path, renamed=plan.renames_duplicate_ids
+    )
     decoded = images | "DecodeImages" >> transforms.DecodeImages(config, progress_dir)
     prepared = decoded.images | "PrepareRotations" >> transforms.PrepareRotations(
         config, plan.splits, progress_dir

@@ -83,20 +83,39 @@ def planned_files(splits: Iterable[str], num_shards: dict[str, int], compression
 
 
 def input_roots(config: PipelineConfig) -> list[str]:
-    """The local directories (or files) a run reads: its dataset's location settings (--input: a
-    glob's fixed part, --mnist-dir, --street-view-dir)."""
-    roots = []
-    for _, given in config.locations():
-        if paths.is_remote(given):
-            continue
-        if literal_or_glob(given) == "glob" and paths.has_pattern_characters(given):
-            given = paths.pattern_base(given)
-        roots.append(given)
-    return roots
+    """The local inputs a run reads: its dataset's location settings (--input: a directory, a file or
+    a glob, --mnist-dir, --street-view-dir), as given."""
+    return [given for _, given in config.locations() if not paths.is_remote(given)]
 
 
 def _inside(path: str, directory: str) -> bool:
     return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
+def glob_reads_in(pattern: str, directory: str) -> bool:
+    """True when the local glob `pattern` (Beam's syntax, as pipeline.datasets.common reads it: `*`, `?`
+    and `[...]` within a name, `**` across names) could match a file in `directory`, or `directory`
+    holds the glob's fixed part. A glob beside `directory` (`photos[2]*` beside `photos-out`) is not.
+
+    Compared name by name below the fixed part: a match is a file exactly as deep as the pattern has
+    names, so `directory` is read only if each of its names below the fixed part matches the pattern's
+    name at that depth and the pattern goes deeper (or has `**` there)."""
+    from apache_beam.io.filesystem import FileSystem
+
+    base = paths.pattern_base(pattern)
+    base_real, directory_real = os.path.realpath(base), os.path.realpath(directory)
+    if _inside(base_real, directory_real):
+        return True  # `directory` is the fixed part or holds it
+    if not _inside(directory_real, base_real):
+        return False
+    rest = pattern[len(base) :].lstrip("/") if base != "." else pattern.removeprefix("./")
+    names = rest.split("/")
+    for depth, name in enumerate(os.path.relpath(directory_real, base_real).split(os.sep)):
+        if "**" in names[depth]:
+            return True
+        if depth == len(names) - 1 or not re.match(FileSystem.translate_pattern(names[depth]), name):
+            return False  # the pattern's file name, or a name that does not match: nothing below
+    return True
 
 
 def check_location(output_dir: str, inputs: Sequence[str]) -> None:
@@ -131,6 +150,13 @@ def check_location(output_dir: str, inputs: Sequence[str]) -> None:
         )
     for given in inputs:
         source = os.path.realpath(given)
+        if literal_or_glob(given) == "glob" and paths.has_pattern_characters(given):
+            if glob_reads_in(given, local):
+                raise OutputDirError(
+                    f"{shown} could hold files the input {given} matches (the records would be written "
+                    "among the files being read): choose a directory the glob does not reach"
+                )
+            continue
         if real == source:
             problem = f"is the input {given}"
         elif _inside(source, real):

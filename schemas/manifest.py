@@ -67,6 +67,7 @@ _TOP_FIELDS = {
 # The largest image side a manifest may claim (pipeline.config.MAX_IMAGE_SIZE: what rotnet-pipeline
 # writes); a larger claim would make the trainer allocate for it.
 MAX_IMAGE_SIDE = 4096
+IMAGE_CHANNELS = (1, 3)  # grey or RGB: a record's image has these (schemas.record)
 _IMAGE_FIELDS = {"height": "positive", "width": "positive", "channels": "positive", "format": "string"}
 _SPLIT_FIELDS = {"num_images": "count", "num_records": "count", "shards": "list"}
 _SHARD_FIELDS = {"name": "string", "num_records": "count", "num_bytes": "count", "sha256": "string"}
@@ -202,6 +203,11 @@ class DatasetInfo:
             found.append(
                 f"image {self.image.height}x{self.image.width} px is over {MAX_IMAGE_SIDE} px a side "
                 "(rotnet-pipeline writes at most that)"
+            )
+        if self.image.channels not in IMAGE_CHANNELS:
+            found.append(
+                f"image channels {self.image.channels} is not one of {IMAGE_CHANNELS} (grey or RGB: what "
+                "rotnet-pipeline writes)"
             )
         if not NAME_PATTERN.match(self.dataset):
             found.append(f"dataset {self.dataset!r} must be lower-case letters, digits and '_'")

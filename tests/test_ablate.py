@@ -335,9 +335,10 @@ def test_sweep_killed_mid_arm_resumes_it_and_skips_the_finished_one(sweep: dict,
     log = (output / "logs" / "long-s0.log").read_text()
     assert "resuming at epoch" in log
     metrics = json.loads((output / "arms" / "long-s0" / "metrics.json").read_text())
-    # Resumed after epoch 0 and trained to the last epoch (index 5); epochs_run counts history.csv's
-    # rows, and a kill between the backup and CSVLogger's row loses epoch 0's row.
+    # Resumed after epoch 0 and trained to the last epoch (index 5), every epoch's row kept: the backup
+    # is written after CSVLogger's row (issue 32, item 5: a kill in between lost epoch 0's row).
     assert metrics["resumed_from_epoch"] >= 1 and metrics["final"]["epoch"] == 5
+    assert [row["epoch"] for row in metrics["history"]] == list(range(6)), metrics["history"]
     after = _model_times(output)
     assert after["cls-s0"] == before["cls-s0"] and after["reg-s0"] == before["reg-s0"]
     rows = {row["arm"]: row for row in _rows(output)}
@@ -418,3 +419,128 @@ def test_checking_a_spec_and_skipping_finished_runs_import_no_tensorflow(
     )
     assert result.returncode == 0, result.stderr
     assert result.stdout.strip() == "[]"
+
+
+# --- issue 32, item 4: names the filesystem cannot hold; children that outlive rotnet-ablate ----------
+
+
+def test_an_arm_name_the_filesystem_cannot_hold_is_a_spec_error_at_dry_run(
+    records: Path, tmp_path: Path
+) -> None:
+    """A 300-character arm name passed --dry-run (exit 0), then the real run failed with "File name too
+    long" and left a half-made study. Now it is a spec error naming the line, before anything is made."""
+    body = BASE + f'\n[[arm]]\nname = "{"a" * 300}"\nhead = "regression"\n'
+    spec = _spec(tmp_path / "spec.toml", records, body)
+    for extra in (["--dry-run"], []):
+        result = _invoke(spec, "--output", tmp_path / "out", *extra)
+        assert result.exit_code == 2, result.output
+        assert "spec.toml:11: arm name 'aaaa" in result.output and "at most 255" in result.output, (
+            result.output
+        )
+        assert not (tmp_path / "out").exists()
+    # The longest name that fits is accepted (255 bytes - the suffixes rotnet-ablate adds).
+    longest = 255 - len("-s0") - 18
+    fits = _spec(tmp_path / "fits.toml", records, BASE + f'\n[[arm]]\nname = "{"b" * longest}"\n')
+    assert _invoke(fits, "--output", tmp_path / "out", "--dry-run").exit_code == 0
+    too_long = _spec(tmp_path / "over.toml", records, BASE + f'\n[[arm]]\nname = "{"b" * (longest + 1)}"\n')
+    assert _invoke(too_long, "--output", tmp_path / "out", "--dry-run").exit_code == 2
+    # A grid's names are checked alike, at the grid's line.
+    grid = _spec(tmp_path / "grid.toml", records, BASE + f'\n[grid]\nangles = ["0,90,{"0," * 120}180"]\n')
+    result = _invoke(grid, "--output", tmp_path / "out", "--dry-run")
+    assert result.exit_code == 2 and "grid.toml:11: arm name" in result.output, result.output
+
+
+# Holds the lock of the run directory argv[1] as rotnet-train does, until SIGTERM.
+_LOCK_HOLDER = """
+import signal, sys, time
+from pipeline.output_lock import LocalLock
+lock = LocalLock(sys.argv[1])
+lock.acquire()
+signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+print("locked", flush=True)
+while True:
+    time.sleep(0.1)
+"""
+
+
+def test_a_rerun_takes_over_from_an_orphaned_rotnet_train(tmp_path: Path) -> None:
+    """A rotnet-train left running in an arm (its rotnet-ablate gone) held the arm's lock, and the rerun
+    failed "is being written by pid N". The rerun (which holds the study's lock) now sends it SIGTERM,
+    waits for it and goes on."""
+    run_dir = tmp_path / "arms" / "a-s0"
+    run_dir.mkdir(parents=True)
+    orphan = subprocess.Popen(
+        [sys.executable, "-c", _LOCK_HOLDER, str(run_dir)], cwd=REPO_ROOT, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert orphan.stdout.readline().strip() == "locked"
+        assert ablate.stop_orphan(str(run_dir), "a-s0", timeout_s=60) == ""
+        assert orphan.wait(timeout=10) == 143
+    finally:
+        if orphan.poll() is None:
+            orphan.kill()
+    assert ablate.stop_orphan(str(run_dir), "a-s0") == ""  # nobody holds it: nothing to do
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(400)
+def test_kill_9_of_rotnet_ablate_alone_stops_its_rotnet_train_and_the_rerun_resumes(
+    records: Path, tmp_path: Path
+) -> None:
+    """kill -9 of the rotnet-ablate process alone left its rotnet-train training as an orphan. Now the
+    child gets SIGTERM when its launcher dies (PR_SET_PDEATHSIG), backs up and exits 143; the rerun
+    resumes the arm from that backup and finishes."""
+    spec = _spec(
+        tmp_path / "spec.toml",
+        records,
+        BASE.replace("epochs = 1", "epochs = 80")
+        + 'backup_every_steps = 1\nearly_stopping_patience = 100\nlr_schedule = "cosine"\n'
+        + '[evaluate]\nsplit = "validation"\n',
+    )
+    output = tmp_path / "study"
+    process = subprocess.Popen(
+        [sys.executable, "-m", "trainer.ablate", str(spec), "--output", str(output)],
+        cwd=REPO_ROOT, stderr=subprocess.DEVNULL,
+    )  # fmt: skip
+    run_dir = output / "arms" / "base-s0"
+    metadata = run_dir / "backup" / "training_metadata.json"
+    deadline = time.monotonic() + 240
+    holder = None
+    try:
+        while time.monotonic() < deadline and process.poll() is None:
+            try:  # training: its first backup is written, and its lock names it
+                if json.loads(metadata.read_text()).get("epoch", 0) >= 1:
+                    holder = json.loads((run_dir / ".rotnet-lock").read_text())["pid"]
+                    break
+            except (OSError, ValueError, KeyError):
+                pass
+            time.sleep(0.05)
+        assert holder is not None, "rotnet-train never backed up"
+        process.send_signal(signal.SIGKILL)  # rotnet-ablate alone
+        assert process.wait(timeout=30) == -signal.SIGKILL
+        deadline = time.monotonic() + 15  # its next batch: 0.1 s; the whole run: about 20 s more
+        while _alive(holder) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not _alive(holder), "rotnet-train outlived its rotnet-ablate"
+    finally:
+        if holder is not None and _alive(holder):
+            os.kill(holder, signal.SIGKILL)
+    log = (output / "logs" / "base-s0.log").read_text()
+    assert "interrupted (SIGTERM): backup written to" in log, log[-2000:]
+    assert not (output / "arms" / "base-s0" / "metrics.json").exists()
+
+    result = _invoke(spec, "--output", output)
+    assert result.exit_code == 0, result.output
+    assert "base-s0: interrupted, resuming from its backup" in result.output
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_epoch"] >= 1 and metrics["final"]["epoch"] == 79
+    assert json.loads((output / "state" / "base-s0.json").read_text())["state"] == "done"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    with open(f"/proc/{pid}/stat") as handle:  # a zombie has ended; only its parent's wait is missing
+        return handle.read().rsplit(")", 1)[1].split()[0] != "Z"

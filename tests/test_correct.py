@@ -152,3 +152,36 @@ def test_every_input_failing_exits_1_and_usage_errors_exit_2(
     assert missing_model.exit_code == 2 and "nowhere.keras does not exist" in missing_model.output
     no_output = CliRunner().invoke(correct.main, [str(inputs), str(inputs)])
     assert no_output.exit_code == 2 and "Missing option '-o'" in no_output.output
+
+
+def test_an_animated_gif_is_corrected_from_its_first_frame_and_the_report_says_so(
+    tmp_path: Path, monkeypatch
+) -> None:
+    """Issue 32, item 7: a 5-frame animated GIF was written as a 1-frame GIF with no note."""
+    folder = tmp_path / "in"
+    folder.mkdir()
+    turned = np.rot90(upright_photo(), k=1)
+    frames = [
+        Image.fromarray(np.where(turned > 0, turned, 10 * k).astype(np.uint8)).convert("P") for k in range(5)
+    ]
+    frames[0].save(folder / "anim.gif", save_all=True, append_images=frames[1:], duration=100, loop=0)
+    assert Image.open(folder / "anim.gif").n_frames == 5
+    Image.fromarray(np.rot90(upright_photo(), k=1)).save(folder / "still.png")
+    out = tmp_path / "out"
+    result = run(tmp_path, monkeypatch, str(folder), "-o", str(out))
+    assert result.exit_code == 0, result.output
+    assert "corrected 2 of 2 images, 0 skipped; 1 of them with several frames, only the first corrected" in (
+        result.output
+    )
+    note = "5 frames (animated or multi-page): only the first was corrected and written (a still image); "
+    note += "the other 4 are not"
+    rows = {
+        Path(row["path"]).name: row
+        for row in csv.DictReader((out / "predictions.csv").read_text().splitlines())
+    }
+    assert rows["anim.gif"]["note"] == note and rows["anim.gif"]["error"] == ""
+    assert rows["still.png"]["note"] == ""
+    assert json.loads((out / "predictions.json").read_text())[0]["note"] == note
+    assert getattr(Image.open(out / "anim.gif"), "n_frames", 1) == 1  # what the note says
+    dry = run(tmp_path, monkeypatch, str(folder / "anim.gif"), "-o", str(tmp_path / "dry"), "--dry-run")
+    assert "only the first predicted" in dry.output

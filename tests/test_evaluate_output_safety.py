@@ -101,3 +101,28 @@ def test_a_broken_model_is_one_line(run: dict[str, Path], tmp_path: Path, damage
     line = _one_line(_evaluate(run, tmp_path / "evaluation", model))
     assert str(model) in line
     assert "FIFO" in line if damage == "fifo" else "cannot load the model" in line
+
+
+def test_a_refused_run_creates_no_directory(run: dict[str, Path], tmp_path: Path) -> None:
+    """Issue 32, item 6: `--model REC --records REC` exited 2 but left REC/evaluation-validation/
+    inside the records; `--split nope` exited 1 and left MODEL/evaluation-nope/. Refused before
+    creating anything."""
+    from tests.hostile_inputs import tree_digest
+
+    records, model = tmp_path / "records", tmp_path / "run"
+    shutil.copytree(run["records"], records)
+    shutil.copytree(run["model"], model)
+    before = tree_digest(records), tree_digest(model)
+    not_a_model = CliRunner().invoke(evaluate_main, ["--model", str(records), "--records", str(records)])
+    assert not_a_model.exit_code == 2, not_a_model.output
+    assert "Traceback" not in not_a_model.output
+    no_split = CliRunner().invoke(
+        evaluate_main, ["--model", str(model), "--records", str(records), "--split", "nope"]
+    )
+    assert "split 'nope' is not in" in _one_line(no_split)
+    assert (tree_digest(records), tree_digest(model)) == before
+    assert not (records / "evaluation-validation").exists() and not (model / "evaluation-nope").exists()
+    # An --output below a file is refused in one line, before the evaluation and without creating it.
+    (tmp_path / "afile").write_text("x")
+    below = _evaluate(run, tmp_path / "afile" / "evaluation")
+    assert "which is not a directory" in _one_line(below)

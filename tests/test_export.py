@@ -293,6 +293,28 @@ def test_usage_errors_are_one_line(run_dir: Path, tmp_path: Path, monkeypatch: p
     assert "Traceback" not in unavailable.output and not (tmp_path / "m.onnx").exists()
 
 
+def test_a_saved_model_with_truncated_variables_is_one_line(run_dir: Path, tmp_path: Path) -> None:
+    """Issue 32, item 2: `truncate -s 100` of variables.data-* made rotnet-export exit 1 with
+    "IndexError: Read less bytes than requested" and its traceback."""
+    import shutil
+
+    damaged = tmp_path / "run"
+    shutil.copytree(run_dir, damaged)
+    [variables] = (damaged / "saved_model" / "variables").glob("variables.data-*")
+    os.truncate(variables, 100)
+    output = tmp_path / "out" / "m.tflite"
+    result = CliRunner().invoke(
+        export.main,
+        [str(damaged), "--format", "tflite", "--output", str(output), "--no-progress"],
+        catch_exceptions=False,
+    )
+    assert result.exit_code == 1, result.output
+    assert "Traceback" not in result.output
+    [line] = [line for line in result.output.splitlines() if line.startswith("Error:")]
+    assert f"cannot load the SavedModel {damaged / 'saved_model'}" in line and "damaged" in line, line
+    assert not output.exists() and not list(output.parent.glob("m*"))
+
+
 def test_tensorflows_interpreter_runs_the_file_when_ai_edge_litert_is_missing(
     exports: dict[str, Path], monkeypatch: pytest.MonkeyPatch
 ) -> None:

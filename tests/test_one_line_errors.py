@@ -9,6 +9,7 @@ from __future__ import annotations
 import errno
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -144,7 +145,7 @@ def test_inspect_sheet_on_a_full_or_read_only_disk_is_one_line(
 # --- manifests that would cost a traceback or all memory --------------------------------------------
 
 
-@pytest.mark.parametrize("damage", ["nested", "huge image"])
+@pytest.mark.parametrize("damage", ["nested", "huge image", "channels"])
 def test_hostile_manifests_are_one_line(tmp_path: Path, damage: str) -> None:
     from tools.inspect import main as inspect_main
 
@@ -154,12 +155,17 @@ def test_hostile_manifests_are_one_line(tmp_path: Path, damage: str) -> None:
     if damage == "nested":
         manifest.write_text('{"schema_version": ' + "[" * 100_000 + "]" * 100_000 + "}")
         expected = "nests JSON too deeply"
-    else:
+    elif damage == "huge image":
         data = json.loads(manifest.read_text())
         data["image"]["height"] = data["image"]["width"] = 100_000
         manifest.write_text(json.dumps(data))
         expected = "image 100000x100000 px is over 4096 px a side"
-    with pytest.raises(schemas.ManifestError, match=expected):
+    else:  # issue 32, item 2: rotnet-train passed it to TensorFlow (InvalidArgumentError, a traceback)
+        data = json.loads(manifest.read_text())
+        data["image"]["channels"] = 7
+        manifest.write_text(json.dumps(data))
+        expected = "image channels 7 is not one of (1, 3)"
+    with pytest.raises(schemas.ManifestError, match=re.escape(expected)):
         schemas.load_manifest(str(records))
     line = _one_error_line(CliRunner().invoke(inspect_main, [str(records), "--no-progress"]), 1)
     assert expected in line
@@ -196,6 +202,20 @@ def test_weights_that_are_not_a_weights_file_are_refused(records: Path, tmp_path
     result = _train(records, tmp_path / "run", "--model", "mobilenet-v3-small", "--weights", weights)
     line = _one_error_line(result, 2)
     assert "--weights" in line and ("not an HDF5 weights file" in line or "FIFO" in line), line
+    assert not (tmp_path / "run").exists()
+
+
+def test_train_on_a_manifest_claiming_7_channels_is_one_line(tmp_path: Path) -> None:
+    """Issue 32, item 2: the manifest's facts are checked before TensorFlow sees them (before:
+    InvalidArgumentError and its traceback, exit 1)."""
+    records = tmp_path / "records"
+    write_records_dir(records, images_per_split={"train": 4, "validation": 2}, angles=(0, 90))
+    manifest = records / schemas.MANIFEST_NAME
+    data = json.loads(manifest.read_text())
+    data["image"]["channels"] = 7
+    manifest.write_text(json.dumps(data))
+    line = _one_error_line(_train(records, tmp_path / "run"), 2)
+    assert "image channels 7 is not one of (1, 3)" in line and "--records" in line, line
     assert not (tmp_path / "run").exists()
 
 
@@ -277,3 +297,96 @@ def test_ctrl_c_of_a_two_worker_pipeline_is_one_line_and_exit_130(tmp_path: Path
     assert "Traceback" not in output and "CRITICAL" not in output, output
     assert sum("interrupted (Ctrl-C)" in line for line in lines) == 1, output
     assert not (tmp_path / "out" / schemas.MANIFEST_NAME).exists()
+
+
+# --- Ctrl-C and SIGTERM: one convention for every command (issue 32, item 3) -------------------------
+
+# Runs a console script's main with one function replaced by one that signals this process (the
+# interrupt lands while the command runs, as a Ctrl-C or `kill` would), then returns the exit status.
+_SIGNALLED_COMMAND = """
+import importlib, os, signal, sys, time
+entry, target, sent = sys.argv[1:4]
+module_name, attribute = target.rsplit(":", 1)
+
+def interrupt(*args, **kwargs):
+    os.kill(os.getpid(), getattr(signal, sent))
+    time.sleep(30)  # the signal's handler raises here
+
+setattr(importlib.import_module(module_name), attribute, interrupt)
+entry_module, entry_name = entry.split(":")
+getattr(importlib.import_module(entry_module), entry_name)(sys.argv[4:], prog_name="rotnet")
+"""
+
+
+def _convention_cases(tmp_path: Path) -> dict[str, tuple[str, str, list[str], str]]:
+    """command -> (entry point, function replaced, arguments, words its line must hold)."""
+    records = tmp_path / "records"
+    write_records_dir(records, images_per_split={"train": 2, "validation": 2}, angles=(0, 90))
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    (photos / "a.jpg").write_bytes(small_jpeg(0))
+    run = tmp_path / "run" / "saved_model"
+    run.mkdir(parents=True)
+    (run / "saved_model.pb").write_bytes(b"")
+    spec = tmp_path / "spec.toml"
+    spec.write_text(f'records = "{records}"\n')
+    tensorflow = "trainer.quiet:import_tensorflow"
+    return {
+        "rotnet-pipeline": (
+            "pipeline.cli:main", "pipeline.job:run",
+            ["--dataset", "images", "--input", str(photos), "--output-dir", str(tmp_path / "out")],
+            "no manifest was written",
+        ),
+        "rotnet-train": (
+            "trainer.cli:main", tensorflow, ["--records", str(records), "--output", str(tmp_path / "t")],
+            "rerun the same command to resume",
+        ),
+        "rotnet-evaluate": (
+            "trainer.evaluate_cli:main", tensorflow,
+            ["--model", str(records), "--records", str(records), "--output", str(tmp_path / "e")],
+            "nothing was written",
+        ),
+        "rotnet-correct": (
+            "tools.correct:main", tensorflow, [str(records), str(photos), "-o", str(tmp_path / "c")],
+            "nothing was written",
+        ),
+        "rotnet-inspect": ("tools.inspect:main", "tools.inspect:stray_files", [str(records)], "nothing changed"),
+        "rotnet-bench": (
+            "tools.bench:main", "tools.bench:load", ["geometry", "--print-only"], "was not changed",
+        ),
+        "rotnet-ablate": (
+            "trainer.ablate:main", "trainer.ablate:load_spec", [str(spec), "--output", str(tmp_path / "a")],
+            "rerun the same command to resume",
+        ),
+        "rotnet-export": (
+            "trainer.export:main", tensorflow,
+            [str(run.parent), "--format", "tflite", "--output", str(tmp_path / "m.tflite")],
+            "nothing was written",
+        ),
+    }  # fmt: skip
+
+
+@pytest.mark.parametrize(("sent", "code", "cause"), [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+@pytest.mark.parametrize(
+    "command",
+    [
+        "rotnet-pipeline", "rotnet-train", "rotnet-evaluate", "rotnet-correct", "rotnet-inspect",
+        "rotnet-bench", "rotnet-ablate", "rotnet-export",
+    ],
+)  # fmt: skip
+def test_every_command_ends_an_interrupt_in_one_line_and_130_or_143(
+    tmp_path: Path, command: str, sent: str, code: int, cause: str
+) -> None:
+    """Before: rotnet-export and rotnet-correct printed click's "Aborted!" and exited 1 on Ctrl-C;
+    SIGTERM killed most commands without a word (exit -15), leaving their temporary files."""
+    entry, target, arguments, kept = _convention_cases(tmp_path)[command]
+    done = subprocess.run(
+        [sys.executable, "-c", _SIGNALLED_COMMAND, entry, target, sent, *arguments],
+        capture_output=True, text=True, timeout=120, cwd=REPO_ROOT,
+        env={**os.environ, "PYTHONPATH": str(REPO_ROOT)},
+    )  # fmt: skip
+    output = done.stdout + done.stderr
+    assert done.returncode == code, output
+    assert "Traceback" not in output and "Aborted!" not in output, output
+    [line] = [line for line in output.splitlines() if line.startswith("interrupted")]
+    assert line.startswith(f"interrupted ({cause}): ") and kept in line, line

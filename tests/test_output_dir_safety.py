@@ -287,3 +287,68 @@ def test_a_directory_at_a_name_the_old_manifest_lists_is_not_removed(tmp_path: P
     line = one_error_line(result.output)
     assert "train-00000-of-00002.tfrecord is a directory where rotnet wrote a file" in line, line
     assert tree_digest(output) == before
+
+
+# --- issue 32, item 9: the overlap check for globs, and --max-pixels before Pillow's guard ---------
+
+
+@pytest.mark.parametrize(
+    ("pattern", "directory", "reads_in"),
+    [
+        ("photos[2]*", "records", False),  # beside the glob's files: nothing overlaps (was refused)
+        ("photos[2]*", ".", True),  # holds the glob's fixed part
+        ("*.jpg", "records", False),  # a match is a file in ".", never one below records/
+        ("*/*.jpg", "records", True),  # records/x.jpg would match
+        ("**/*.jpg", "records", True),
+        ("in/*.jpg", "in/records", False),
+        ("in/*/*.jpg", "in/records", True),
+        ("in/**", "in/records", True),
+        ("in/*.jpg", "in", True),
+        ("a*/b/*.jpg", "abc/c", False),
+        ("a*/b/*.jpg", "abc/b", True),
+    ],
+)
+def test_a_glob_reaches_the_output_only_where_its_names_can_match(
+    tmp_path: Path, monkeypatch, pattern: str, directory: str, reads_in: bool
+) -> None:
+    from pipeline.output_dir import glob_reads_in
+
+    monkeypatch.chdir(tmp_path)
+    assert glob_reads_in(pattern, directory) is reads_in
+    assert glob_reads_in(str(tmp_path / pattern), str(tmp_path / directory)) is reads_in
+
+
+def test_a_glob_beside_the_output_is_read_and_one_that_reaches_it_is_refused(tmp_path: Path) -> None:
+    """`--input 'photos[2]*'`, whose fixed part is the output's parent, was refused as "inside the
+    input" although nothing overlaps."""
+    photos(tmp_path, ("photos2.jpg", "photos2b.jpg", "photos3.jpg"))
+    result = images_run(f"{tmp_path}/photos[2]*", tmp_path / "records")
+    assert result.exit_code == 0, result.output
+    assert verified_ids(tmp_path / "records") == {"photos2.jpg", "photos2b.jpg"}
+    before = tree_digest(tmp_path)
+    refused = images_run(f"{tmp_path}/*/*.jpg", tmp_path / "more")
+    assert refused.exit_code == 2, refused.output
+    assert "could hold files the input" in one_error_line(refused.output)
+    assert tree_digest(tmp_path) == before
+
+
+def test_max_pixels_speaks_before_pillows_guard(tmp_path: Path) -> None:
+    """A 100-megapixel PNG was refused by Pillow's DecompressionBomb guard (its message, its 89.5 M
+    limit), before --max-pixels; a raised --max-pixels could not let it through."""
+    import io
+
+    from pipeline import codec
+    from tests.pipeline_helpers import bomb_png, error_entries
+
+    header = bomb_png(10_000, 10_000)  # 100,000,000 pixels claimed, 60 bytes
+    with pytest.raises(
+        codec.BadImageError, match=r"10000x10000 = 100,000,000 pixels, over the limit of 64,000,000"
+    ):
+        codec.check_image_header(io.BytesIO(header))
+    assert codec.check_image_header(io.BytesIO(header), max_pixels=200_000_000) == (10_000, 10_000)
+    inputs = photos(tmp_path / "in", ("good.jpg",))
+    (inputs / "huge.png").write_bytes(header)
+    result = images_run(inputs, tmp_path / "records", "--max-error-fraction", "1")
+    assert result.exit_code == 0, result.output
+    [entry] = error_entries(tmp_path / "records")
+    assert "over the limit of 64,000,000" in entry["reason"] and "--max-pixels" in entry["reason"], entry

@@ -112,6 +112,27 @@ def test_duplicate_image_ids_fail_the_job_listing_them_or_get_a_stable_suffix(tm
     assert schemas.load_manifest(str(output)).num_records == 4 * 2
 
 
+@pytest.mark.timeout(120)  # before: still rendering after 300 s
+def test_an_image_size_far_above_the_sources_is_refused_in_one_line(
+    tmp_path: Path, shared_data: Path
+) -> None:
+    """Issue 32, item 8: `--dataset mnist --image-size 4096` on 12 digits x 2 angles still ran after
+    300 s (664 MB). Over 4x the 28-px digits (112 px) is refused before anything is read or written."""
+    arguments = [
+        "--dataset", "mnist", "--mnist-dir", str(shared_data / "mnist-5k"), "--angles", "0,90",
+        "--subset-fraction", "0.0025", *LOCAL_ONE_WORKER,
+    ]  # fmt: skip
+    refused = run_cli(*arguments, "--output-dir", str(tmp_path / "big"), "--image-size", "4096")
+    assert refused.exit_code == 2, refused.output
+    assert "Traceback" not in refused.output
+    [line] = [line for line in refused.output.splitlines() if line.startswith("Error:")]
+    assert "--image-size 4096 is over 4x the 28-px side of every mnist source image" in line, line
+    assert "choose --image-size 112 or less" in line
+    assert not (tmp_path / "big").exists()
+    largest = run_cli(*arguments, "--output-dir", str(tmp_path / "ok"), "--image-size", "112")
+    assert largest.exit_code == 0, largest.output
+
+
 @pytest.mark.parametrize(
     ("arguments", "expected"),
     [

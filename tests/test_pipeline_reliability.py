@@ -168,6 +168,49 @@ def test_killed_pipeline_leaves_no_partial_shard_and_a_rerun_writes_the_same_rec
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(180)
+@pytest.mark.parametrize(("sent", "code", "cause"), [("SIGINT", 130, "Ctrl-C"), ("SIGTERM", 143, "SIGTERM")])
+def test_interrupted_one_worker_pipeline_is_one_line_and_leaves_only_its_ledger(
+    tmp_path: Path, shared_data: Path, sent: str, code: int, cause: str
+) -> None:
+    """Issue 32, item 3: Ctrl-C of `--direct_num_workers 1` exited 1 with "the Beam job failed:
+    KeyboardInterrupt"; SIGTERM killed it without a word, leaving its lock, temp and progress files.
+    Now: 130 / 143, one line, and only the ledger is left (it names what the rerun removes)."""
+    output = tmp_path / "records"
+    arguments = [
+        "--dataset", "mnist", "--mnist-dir", str(shared_data / "mnist-5k"), "--output-dir", str(output),
+        "--image-size", "28", "--no-progress", "--direct_num_workers", "1",
+    ]  # fmt: skip
+    process = subprocess.Popen(
+        _rotnet_pipeline_command() + arguments, cwd=REPO_ROOT, stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    lines = []
+    try:
+        for line in process.stderr:  # the job runs once it says what it writes
+            lines.append(line)
+            if line.startswith("writing mnist"):
+                break
+        time.sleep(6)  # in a DoFn: rendering 5,000 images x 360 angles on one worker takes minutes
+        assert process.poll() is None, "".join(lines)
+        process.send_signal(getattr(signal, sent))  # the launcher alone, as `kill` or a scheduler does
+        lines += process.stderr.readlines()
+        assert process.wait(timeout=60) == code, "".join(lines)
+    finally:
+        if process.poll() is None:
+            process.kill()
+    text = "".join(lines)
+    assert "Traceback" not in text and "Beam job failed" not in text, text
+    [line] = [line for line in lines if line.startswith("interrupted")]
+    assert (
+        line.startswith(f"interrupted ({cause}): no manifest was written")
+        and "rerun the same command" in line
+    )
+    # Its lock released, its temp and progress dirs removed; the ledger names what is left to remove.
+    assert sorted(os.listdir(output)) == [".rotnet-run.json"]
+
+
+@pytest.mark.slow
 def test_download_with_a_wrong_checksum_fails_clearly_and_writes_nothing(
     tmp_path: Path, shared_data: Path, http_server: tuple[str, Path]
 ) -> None:

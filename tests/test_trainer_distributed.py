@@ -50,6 +50,31 @@ from trainer.cli import main
 main(sys.argv[1:])
 """
 
+# Worker 1 kills itself (SIGKILL) as its first epoch ends, right after its own backup: the chief, in
+# its own epoch-end callbacks (about a second after it printed "Epoch 1/3"), loses its peer at the
+# next collective step, as when the issue 32 probe killed the worker then.
+KILLED_AT_FIRST_EPOCH_END = """
+import os, signal, sys
+import keras
+from trainer import train
+
+class Kill(keras.callbacks.Callback):
+    def on_epoch_end(self, epoch, logs=None):
+        if epoch == 0:
+            os.kill(os.getpid(), signal.SIGKILL)
+
+original_init = train._Callbacks.__init__
+
+def init(self, *args, **kwargs):
+    original_init(self, *args, **kwargs)
+    backup = next(index for index, callback in enumerate(self.all) if isinstance(callback, train.Backup))
+    self.all.insert(backup + 1, Kill())
+
+train._Callbacks.__init__ = init
+from trainer.cli import main
+main(sys.argv[1:])
+"""
+
 # Three runs in one process, on two logical CPUs: one device, then model.fit and the custom loop under
 # one MirroredStrategy (two strategies in a process would reuse collective keys); prints each run's
 # replicas and history as JSON. Dropout is the identity (its masks are drawn per replica, so they
@@ -233,6 +258,37 @@ def test_two_workers_train_survive_a_killed_worker_and_resume(records: Path, tmp
 
 
 @pytest.mark.slow
+@pytest.mark.timeout(600)
+def test_a_worker_killed_as_the_first_epoch_ends_keeps_every_history_row(
+    records: Path, tmp_path: Path
+) -> None:
+    """Issue 32, item 5: the second worker killed about a second after the chief printed "Epoch 1/3":
+    the resumed run's history.csv and metrics.json covered epochs 1-2 only (epoch 0's row was lost:
+    the chief's backup of epoch 0 was written, then it lost its peer before CSVLogger wrote the row).
+    The backup now comes after every other epoch-end callback: an epoch is backed up only once its
+    row and best model are written."""
+    output = tmp_path / "run"
+    three_epochs = ["--epochs", "3"]
+    ports = [free_port(), free_port()]
+    chief = _start(ports, 0, records, output, *three_epochs)
+    killed = _start(ports, 1, records, output, *three_epochs, script=KILLED_AT_FIRST_EPOCH_END)
+    killed_code, _, _ = _finish(killed)
+    chief_code, chief_out, chief_err = _finish(chief)
+    assert killed_code == -signal.SIGKILL
+    assert chief_code == 1 and chief_out.count("Epoch 1/3 - ") == 1, chief_err[-3000:]
+
+    ports = [free_port(), free_port()]
+    processes = [_start(ports, index, records, output, *three_epochs) for index in (0, 1)]
+    (chief_code, chief_out, chief_err), (worker_code, _, worker_err) = map(_finish, processes)
+    assert chief_code == 0, chief_err[-3000:]
+    assert worker_code == 0, worker_err[-3000:]
+    metrics = json.loads((output / "metrics.json").read_text())
+    assert [row["epoch"] for row in metrics["history"]] == [0, 1, 2], metrics["history"]
+    rows = (output / "history.csv").read_text().splitlines()
+    assert [row.split(",")[0] for row in rows[1:]] == ["0", "1", "2"], rows
+
+
+@pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_a_worker_without_its_peer_stops_in_one_line(records: Path, tmp_path: Path) -> None:
     ports = [free_port(), free_port()]
@@ -256,7 +312,8 @@ def test_a_worker_without_its_peer_stops_in_one_line(records: Path, tmp_path: Pa
     code, _, stderr = _finish(waiting, timeout=60)
     assert code == 143
     assert stderr.strip().splitlines() == [
-        f"Error: stopped by SIGTERM while waiting for 127.0.0.1:{ports[1]}"
+        f"interrupted (SIGTERM): while waiting for 127.0.0.1:{ports[1]}; nothing was trained or written: "
+        "start every worker of TF_CONFIG with the same command"
     ]
 
 

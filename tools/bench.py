@@ -21,6 +21,7 @@ import click
 
 from benchmarks import BENCHMARKS, load
 from benchmarks.common import REPO_ROOT, machine_summary
+from pipeline import interrupts
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
 HEADER = """# Benchmarks
@@ -59,7 +60,12 @@ def update_document(document: str, sections: dict[str, str]) -> str:
     return HEADER + "\n" + "\n\n".join(ordered) + "\n"
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="--output was not changed (sections are written once every benchmark asked for has run); "
+    "rerun the same command, or `rotnet-bench NAME` for one benchmark",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.argument("names", nargs=-1, type=click.Choice(sorted(BENCHMARKS)))
 @click.option("--quick", is_flag=True, help="Fewer angles and repeats: a smoke run, not for the record.")
 @click.option(

@@ -18,7 +18,9 @@ angle (clockwise) at full resolution:
 
 Outputs keep their file format (JPEG q95, PNG, ...) and their path below the input directory.
 `OUT/predictions.csv` and `OUT/predictions.json` list every input with the predicted angle and
-confidence, or the reason it was skipped: an unreadable file is reported, never fatal.
+confidence, or the reason it was skipped: an unreadable file is reported, never fatal. A file of
+several frames (an animated GIF, a multi-page TIFF) is predicted and corrected from its first frame
+and written as a still image: its report line says so in `note`, and the summary line counts them.
 
 The inputs are never touched (`tools.safe_output`, `pipeline.inputs`):
 
@@ -52,7 +54,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from pipeline import codec, geometry
+from pipeline import codec, geometry, interrupts
 from pipeline import inputs as input_files
 from pipeline.codec import IMAGE_EXTENSIONS, BadImageError, decode_source_image
 from tools.safe_output import OutputRefusedError, OutputTree
@@ -76,6 +78,7 @@ class Outcome:
     angle_degrees: int | None = None
     confidence: float | None = None
     error: str = ""
+    note: str = ""  # what the output does not keep (the frames after the first of an animated GIF)
 
 
 # --- Pure core --------------------------------------------------------------------------------
@@ -183,6 +186,24 @@ def output_overlap(specs: Sequence[str], files: Sequence[InputFile], output: Pat
     return None
 
 
+def frame_count(data: bytes) -> int:
+    """How many frames (animation frames, pages) the image file holds; 1 when it cannot be told."""
+    try:
+        return int(getattr(Image.open(io.BytesIO(data)), "n_frames", 1))
+    except Exception:  # decode_source_image gives the reason for an unreadable file
+        return 1
+
+
+def frames_note(frames: int, dry_run: bool) -> str:
+    """The report's note for a file of `frames` frames: only the first is predicted and written."""
+    if frames <= 1:
+        return ""
+    done = "predicted" if dry_run else "corrected and written (a still image)"
+    return (
+        f"{frames} frames (animated or multi-page): only the first was {done}; the other {frames - 1} are not"
+    )
+
+
 def _is_grey(data: bytes) -> bool:
     """True for a grey-scale file (read from the header only), so it is written back grey."""
     try:
@@ -235,7 +256,11 @@ def load_predictor(model: str):
 # --- Command ----------------------------------------------------------------------------------
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="nothing was written; rerun the same command",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.argument("model", metavar="MODEL")
 @click.argument("inputs", nargs=-1, required=True, metavar="INPUTS...")
 @click.option(
@@ -302,12 +327,52 @@ def main(
     except OutputRefusedError as error:
         raise click.UsageError(str(error)) from None
     outcomes = [Outcome(path=input_files.printable_name(str(item.file))) for item in files]
+    csv_path = output / f"{REPORT_NAME}.csv"
+    try:
+        _correct_all(files, outcomes, predictor, tree, crop, keep_size, int(tta), batch_size, dry_run,
+                     max_file_bytes, max_pixels, no_progress)  # fmt: skip
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: the report was written all the same
+        done = sum(outcome.angle_degrees is not None and not outcome.error for outcome in outcomes)
+        interrupts.exit_interrupted(
+            error,
+            f"{done} of {len(outcomes)} images {'predicted' if dry_run else 'corrected'}; they and the report "
+            f'{csv_path} (the rest marked "not processed") are kept: rerun the same command to do them all',
+        )
+    failed = [outcome for outcome in outcomes if outcome.error]
+    for outcome in failed:
+        click.echo(f"skipped  {outcome.path}: {outcome.error}", err=True)
+    done = len(outcomes) - len(failed)
+    verb = "predicted" if dry_run else "corrected"
+    frames = sum(1 for outcome in outcomes if outcome.note and not outcome.error)
+    first_only = f"{frames} of them with several frames, only the first {verb} (see note); " if frames else ""
+    click.echo(
+        f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped; {first_only}report: {csv_path}"
+    )
+    if outcomes and not done:
+        raise SystemExit(1)
+
+
+def _correct_all(
+    files: Sequence[InputFile],
+    outcomes: list[Outcome],
+    predictor,
+    tree: OutputTree,
+    crop: bool,
+    keep_size: bool,
+    tta: int,
+    batch_size: int,
+    dry_run: bool,
+    max_file_bytes: int,
+    max_pixels: int,
+    no_progress: bool,
+) -> None:
+    """Every batch, then the report, which is written however the run ends (a crash, Ctrl-C)."""
     with tree:
         try:
             with tqdm(total=len(files), unit="img", disable=no_progress, desc="correct") as bar:
                 for batch in _batches(list(zip(files, outcomes, strict=True)), batch_size):
                     _correct_batch(
-                        batch, predictor, tree, crop, keep_size, int(tta), dry_run, max_file_bytes, max_pixels
+                        batch, predictor, tree, crop, keep_size, tta, dry_run, max_file_bytes, max_pixels
                     )
                     if not dry_run:
                         tree.save_ledger()  # a killed run still proves which outputs are its own
@@ -323,15 +388,6 @@ def main(
                 tree.save_ledger()
             except OutputRefusedError as error:
                 raise click.ClickException(f"the report was not written: {error}") from None
-    csv_path = output / f"{REPORT_NAME}.csv"
-    failed = [outcome for outcome in outcomes if outcome.error]
-    for outcome in failed:
-        click.echo(f"skipped  {outcome.path}: {outcome.error}", err=True)
-    done = len(outcomes) - len(failed)
-    verb = "predicted" if dry_run else "corrected"
-    click.echo(f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped; report: {csv_path}")
-    if outcomes and not done:
-        raise SystemExit(1)
 
 
 def _correct_batch(
@@ -354,6 +410,7 @@ def _correct_batch(
         try:
             data = input_files.read_input_file(str(item.file), max_file_bytes, max_pixels)
             image = decode_source_image(data, channels=1 if _is_grey(data) else 3, max_pixels=max_pixels)
+            outcome.note = frames_note(frame_count(data), dry_run)
         except BadImageError as error:
             outcome.error = str(error)
             continue

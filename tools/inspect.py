@@ -25,6 +25,7 @@ import click
 from tqdm import tqdm
 
 import schemas
+from pipeline import interrupts
 from schemas import gcs, paths, sharding, tfrecord_file
 from schemas.angles import describe_angles
 from schemas.record import SchemaError, decode_fields
@@ -187,7 +188,12 @@ def write_sheet(records: list[schemas.Record], path: Path, title: str) -> Path:
     return figures.write_new_file(path, figures.render_tiles(tiles, columns=8, title=title).save)
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="the records were only read, nothing changed (a --sheet or --audit-plot is written whole or not at "
+    "all); rerun the same command",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.argument("records", metavar="RECORDS")
 @click.option(
     "--verify", is_flag=True, help="Read every record: check CRCs, schema, counts per split and angle."

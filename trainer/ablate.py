@@ -16,6 +16,7 @@ directory layout and its rules are in trainer/ablate_output.py. See docs/ablatio
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import os
 import shutil
 import signal
@@ -28,6 +29,7 @@ from typing import Any
 
 import click
 
+from pipeline import interrupts
 from trainer import ablate_output as out
 from trainer.ablate_report import EVALUATION_DIR, run_figures, write_results
 from trainer.ablate_spec import Run, Spec, SpecError, load_spec, train_args
@@ -41,6 +43,32 @@ PLANS = ("new", "resume", "evaluate", "finished", "changed")
 
 class StopRequestedError(Exception):
     """Ctrl-C or SIGTERM: the running arms were told to stop and back up."""
+
+
+INTERRUPTED = "the running arms stopped at a backup; rerun the same command to resume"
+
+# Children never outlive rotnet-ablate: each is started through this wrapper, which asks Linux to send
+# it SIGTERM when the thread that started it dies (prctl PR_SET_PDEATHSIG, kept across the exec), and
+# exits at once if that already happened; rotnet-train then backs up and exits 143. The wrapper execs
+# the command, so the child keeps its pid (and its lock names it).
+_PR_SET_PDEATHSIG = 1
+_DIE_WITH_PARENT = (
+    "import os, signal, sys\n"
+    "try:\n"
+    "    import ctypes\n"
+    f"    ctypes.CDLL(None, use_errno=True).prctl({_PR_SET_PDEATHSIG}, signal.SIGTERM, 0, 0, 0)\n"
+    "except Exception:\n"
+    "    pass  # no prctl here: a rerun takes over from an orphan (stop_orphan)\n"
+    "os.getppid() == int(sys.argv[1]) or os._exit(143)\n"
+    "os.execv(sys.argv[2], sys.argv[2:])\n"
+)
+
+
+def dies_with_this_process(command: list[str]) -> list[str]:
+    """`command` run so that it gets SIGTERM when this process dies, however (Linux); else as is."""
+    if not sys.platform.startswith("linux"):
+        return command
+    return [sys.executable, "-c", _DIE_WITH_PARENT, str(os.getpid()), *command]
 
 
 # --- what each run needs ---------------------------------------------------------------------------
@@ -148,7 +176,9 @@ class Runner:
             with self.lock:
                 if self.stopping:
                     raise StopRequestedError()
-                process = subprocess.Popen(command, stdout=handle, stderr=subprocess.STDOUT, env=slot.env)
+                process = subprocess.Popen(
+                    dies_with_this_process(command), stdout=handle, stderr=subprocess.STDOUT, env=slot.env
+                )
                 self.processes.add(process)
             if slot.cores:  # before TensorFlow starts its threads (they inherit the affinity)
                 os.sched_setaffinity(process.pid, slot.cores)
@@ -204,10 +234,53 @@ def start_state(run: Run, spec: Spec, output: str) -> dict[str, Any]:
     return state
 
 
+def stop_orphan(run_dir: str, run_name: str, timeout_s: float = 300.0) -> str:
+    """Take over from a rotnet-train an earlier rotnet-ablate left running in `run_dir` (a platform
+    without PR_SET_PDEATHSIG, or one still writing its backup after its SIGTERM): this process holds the
+    study's lock, so a live holder of the arm's lock is an orphan. It is sent SIGTERM (it backs up and
+    exits 143) and waited for, up to `timeout_s` seconds; '' once it is gone, else why not."""
+    import fcntl
+
+    from pipeline.output_lock import LOCK_NAME, LockHolder
+
+    path = os.path.join(run_dir, LOCK_NAME)
+    told = False
+    deadline = time.monotonic() + timeout_s
+    while True:
+        try:
+            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
+        except OSError:
+            return ""  # no lock file: nobody writes the run
+        try:
+            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
+            return ""  # not held: the holder is gone (rotnet-train takes the stale file over)
+        except BlockingIOError:
+            holder = LockHolder.from_bytes(os.pread(descriptor, 4096, 0))
+        finally:
+            os.close(descriptor)
+        if holder is None or holder.is_running_here() is not True:
+            return ""  # rotnet-train's own check says what it is
+        if not told:
+            click.echo(
+                f"{run_name}: a rotnet-train of an earlier rotnet-ablate (pid {holder.pid}) still writes "
+                "it; sending it SIGTERM (it backs up) and taking over",
+                err=True,
+            )
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(holder.pid, signal.SIGTERM)
+            told = True
+        if time.monotonic() > deadline:
+            return f"the orphaned rotnet-train pid {holder.pid} did not stop within {timeout_s:g} s"
+        time.sleep(0.2)
+
+
 def train(run: Run, state: dict[str, Any], output: str, runner: Runner, slot: Slot) -> str:
     """Train (or resume) the run; '' when trained, else why not."""
     run_dir = out.arm_dir(output, run.name)
     overwrite = bool(state.get("overwrite"))
+    problem = stop_orphan(run_dir, run.name)
+    if problem:
+        return problem
     if overwrite or not finished_unrecorded(run_dir):
         code = runner.call(train_command(run, run_dir, overwrite), out.log_path(output, run.name), slot)
         if code != 0:
@@ -294,10 +367,6 @@ def run_all(todo: list[Run], spec: Spec, output: str, parallel: int, runner: Run
             raise
 
 
-def _raise_interrupted(signum: int, frame: Any) -> None:
-    raise StopRequestedError()
-
-
 def check_changes(runs: list[Run], states: dict[str, str], output: str, overwrite_changed: bool) -> None:
     """Refuse changed runs without --overwrite-changed, and changed runs killed mid-training always."""
     changed = [run for run in runs if states[run.name] == "changed"]
@@ -381,7 +450,11 @@ def table(spec: Spec, output: str) -> None:
 # --- the command -----------------------------------------------------------------------------------
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(
+    cls=interrupts.Command,
+    interrupted=INTERRUPTED,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.argument("spec_path", metavar="SPEC.toml", type=click.Path(dir_okay=False))
 @click.option(
     "--output",
@@ -430,7 +503,7 @@ def main(
     Ctrl-C (or SIGTERM) stops the running arms at a backup; rerun the same command to go on.
     """
     try:
-        spec = load_spec(spec_path)
+        spec = load_spec(spec_path, output)
         out.check_output(output, sorted({arm.records for arm in spec.arms}))
     except (SpecError, out.OutputError) as error:
         raise click.UsageError(str(error)) from None
@@ -440,21 +513,15 @@ def main(
     if table_only:
         table(spec, output)
         return
-    previous = signal.signal(signal.SIGTERM, _raise_interrupted)
     try:
         failures = sweep(spec, output, parallel, overwrite_changed)
-    except (KeyboardInterrupt, StopRequestedError):
-        click.echo(
-            "interrupted: the running arms stopped at a backup; rerun the same command to resume", err=True
-        )
-        sys.exit(130)
+    except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM (interrupts.Command): the arms were stopped
+        interrupts.exit_interrupted(error, INTERRUPTED)
     except (OSError, out.OutputError) as error:
         reason = getattr(error, "strerror", None) or error
         raise click.ClickException(
             f"cannot write in {output} ({reason}): free space or fix it, then rerun"
         ) from None
-    finally:
-        signal.signal(signal.SIGTERM, previous)
     click.echo(f"wrote {os.path.join(output, 'ablation.md')}, ablation.csv, ablation.json")
     if failures:
         raise click.ClickException(

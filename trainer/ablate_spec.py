@@ -42,6 +42,11 @@ EVALUATE_KEYS: dict[str, type] = {
 TTAS = (1, 2, 4)
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few lines; refuse to read more than 1 MiB
+# What rotnet-ablate adds to a run's name NAME-sSEED in its longest file name: the temporary of
+# state/NAME-sSEED.json (trainer/ablate_output.write_aside: "." + name + ".json.tmp-" + a pid of at most
+# 7 digits). Logs (NAME-sSEED.log) and arm directories (NAME-sSEED/) are shorter.
+RUN_NAME_EXTRA_BYTES = len(".") + len(".json.tmp-") + 7
+DEFAULT_NAME_MAX = 255  # bytes in one file name on ext4, xfs, btrfs, tmpfs, APFS, NTFS (UTF-16 units)
 
 
 class SpecError(Exception):
@@ -284,7 +289,32 @@ def _evaluate(data: dict[str, Any], lines: Lines) -> dict[str, Any]:
     return evaluate
 
 
-def _explicit_arms(data: dict[str, Any], lines: Lines, spec: Spec) -> list[Arm]:
+def name_max(output: str | None) -> int:
+    """The longest file name (bytes) the filesystem of `output` (its nearest existing ancestor) holds:
+    os.pathconf NAME_MAX, else DEFAULT_NAME_MAX."""
+    directory = os.path.abspath(output or ".")
+    while not os.path.isdir(directory) and os.path.dirname(directory) != directory:
+        directory = os.path.dirname(directory)
+    try:
+        return int(os.pathconf(directory, "PC_NAME_MAX"))
+    except (OSError, ValueError, AttributeError):
+        return DEFAULT_NAME_MAX
+
+
+def _check_name_length(name: str, seeds: list[int], limit: int, where: str, fix: str) -> None:
+    """A run name whose files the filesystem cannot hold is a spec error (before: --dry-run passed and
+    the real run failed with "File name too long" in a half-made study)."""
+    longest = max(len(f"{name}-s{seed}".encode()) for seed in seeds) + RUN_NAME_EXTRA_BYTES
+    if longest > limit:
+        allowed = limit - RUN_NAME_EXTRA_BYTES - max(len(f"-s{seed}") for seed in seeds)
+        raise SpecError(
+            f"{where}: arm name {name[:40]!r}{'...' if len(name) > 40 else ''} has {len(name.encode())} "
+            f"bytes; with its seed and rotnet-ablate's suffixes its file names would have {longest}, and the "
+            f"filesystem of --output holds at most {limit}: {fix} (at most {allowed} bytes)"
+        )
+
+
+def _explicit_arms(data: dict[str, Any], lines: Lines, spec: Spec, limit: int) -> list[Arm]:
     arms = []
     for index, table in enumerate(data.get("arm", [])):
 
@@ -296,6 +326,7 @@ def _explicit_arms(data: dict[str, Any], lines: Lines, spec: Spec) -> list[Arm]:
             raise SpecError(
                 f"{where('name')}: every [[arm]] needs a name of letters, digits, . _ + - (got {name!r})"
             )
+        _check_name_length(name, spec.seeds, limit, where("name"), "give it a shorter name")
         options = {k: v for k, v in table.items() if k not in ("name", "records")}
         records = table.get("records", spec.records)
         if not isinstance(records, str) or not records:
@@ -314,7 +345,7 @@ def grid_arm_name(values: dict[str, Any]) -> str:
     return "_".join(parts)
 
 
-def _grid_arms(data: dict[str, Any], lines: Lines, spec: Spec) -> list[Arm]:
+def _grid_arms(data: dict[str, Any], lines: Lines, spec: Spec, limit: int) -> list[Arm]:
     grid = data.get("grid", {})
     if not grid:
         return []
@@ -327,7 +358,10 @@ def _grid_arms(data: dict[str, Any], lines: Lines, spec: Spec) -> list[Arm]:
     for combination in itertools.product(*grid.values()):
         values = dict(zip(grid, combination, strict=True))
         check_train_options({**spec.base, **values}, spec.records, lambda key: lines.at("grid", key))
-        arms.append(Arm(grid_arm_name(values), values, spec.records))
+        name = grid_arm_name(values)
+        fix = "give the grid shorter values, or name these arms with [[arm]]"
+        _check_name_length(name, spec.seeds, limit, lines.at("grid", next(iter(grid))), fix)
+        arms.append(Arm(name, values, spec.records))
     return arms
 
 
@@ -351,8 +385,9 @@ def _check_records_exist(spec: Spec, lines: Lines) -> None:
             )
 
 
-def load_spec(path: str) -> Spec:
-    """Read and check the whole spec; raises SpecError naming the line of the first problem."""
+def load_spec(path: str, output: str | None = None) -> Spec:
+    """Read and check the whole spec; raises SpecError naming the line of the first problem. Arm names
+    are checked against the longest file name the filesystem of `output` (the study) holds."""
     text = _read(path)
     data = _parse(path, text)
     lines = Lines(path, text)
@@ -361,7 +396,8 @@ def load_spec(path: str) -> Spec:
         path, _records(data, lines), _seeds(data, lines), data.get("base", {}), _evaluate(data, lines)
     )
     check_train_options(spec.base, spec.records, lambda key: lines.at("base", key))
-    spec.arms = _explicit_arms(data, lines, spec) + _grid_arms(data, lines, spec)
+    limit = name_max(output)
+    spec.arms = _explicit_arms(data, lines, spec, limit) + _grid_arms(data, lines, spec, limit)
     if not spec.arms:
         spec.arms = [Arm("base", {}, spec.records)]
     _check_arms(spec.arms, path)

@@ -16,6 +16,7 @@ import sys
 
 import click
 
+from pipeline import interrupts
 from schemas import ManifestError, angles, gcs, paths
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
 from trainer.config import (
@@ -29,6 +30,9 @@ from trainer.config import (
     TrainingError,
     check,
 )
+
+# What an interrupted run keeps: its backups (SIGTERM during training writes one at once).
+RESUME = "the last backup is kept; rerun the same command to resume from it"
 
 # Every option's default is TrainConfig's: spelled once, there.
 DEFAULT = {field.name: field.default for field in dataclasses.fields(TrainConfig)}
@@ -63,7 +67,11 @@ def weights_file_problem(path: str) -> str | None:
     return None
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(
+    cls=interrupts.Command,
+    interrupted=RESUME,
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.option(
     "--records",
     required=True,
@@ -309,23 +317,18 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
             sys.stdout.flush()
             sys.stderr.flush()
             os._exit(1)
-        except PeerWaitInterruptedError as error:
-            click.echo(f"Error: {error}", err=True)
-            sys.exit(143)
+        except PeerWaitInterruptedError as error:  # SIGTERM while waiting for the other workers
+            interrupts.exit_interrupted(interrupts.TerminatedError(), str(error))
         except TrainingError as error:
             raise click.ClickException(str(error)) from None
-        except train.TrainingInterruptedError as error:
-            click.echo(str(error), err=True)
-            sys.exit(143)
+        except train.TrainingInterruptedError as error:  # SIGTERM during fit: backed up at once
+            interrupts.exit_interrupted(interrupts.TerminatedError(), str(error))
         except Exception as error:  # with TF_CONFIG: a peer died while variables were made or saved
             if not os.environ.get("TF_CONFIG") or not distributed.is_peer_failure(error):
                 raise
             raise click.ClickException(distributed.peer_failure_message(error)) from None
-        except KeyboardInterrupt:
-            click.echo(
-                "interrupted (Ctrl-C): rerun the same command to resume from the last backup", err=True
-            )
-            sys.exit(130)
+        except KeyboardInterrupt as error:  # Ctrl-C; SIGTERM outside of fit (inside it: a backup first)
+            interrupts.exit_interrupted(error, RESUME)
 
 
 if __name__ == "__main__":

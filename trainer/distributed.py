@@ -117,7 +117,11 @@ def wait_for_peers(tf_config: str, timeout_s: float, poll_s: float = 0.2) -> Non
         ) from None
     deadline = time.monotonic() + timeout_s
     missing = [address for index, address in enumerate(addresses) if index != mine]
-    with listener, _sigterm_raises(f"stopped by SIGTERM while waiting for {', '.join(missing)}"):
+    stopped = (
+        f"while waiting for {', '.join(missing)}; nothing was trained or written: start every worker of "
+        "TF_CONFIG with the same command"
+    )
+    with listener, _sigterm_raises(stopped):
         while missing:
             missing = [address for address in missing if not _answers(address)]
             if missing and time.monotonic() > deadline:

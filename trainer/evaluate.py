@@ -315,10 +315,33 @@ def evaluate_rotation_codes(
     )
 
 
+def check_output(output: str) -> None:
+    """Refuse (EvaluationError, one line) an --output that `open_output` would refuse, creating nothing:
+    called before the evaluation, so that a refused or failed run leaves no directory behind (the
+    directory is made only when the results are written)."""
+    if os.path.isdir(output):
+        open_output(output).close()  # it exists: open_output creates nothing in it
+        return
+    if os.path.lexists(output):
+        raise EvaluationError(f"{output} is not a directory: choose another --output")
+    parent = os.path.dirname(os.path.abspath(output))
+    while not os.path.lexists(parent):
+        parent = os.path.dirname(parent)
+    if not os.path.isdir(parent):
+        raise EvaluationError(
+            f"--output {output} lies below {parent}, which is not a directory: choose another"
+        )
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise EvaluationError(
+            f"cannot create --output {output} in {parent} (permission denied): choose another"
+        )
+
+
 def open_output(output: str):
     """--output as a tools.safe_output.OutputTree, or EvaluationError (one line): a directory
     rotnet-evaluate created or that holds its ledger; none of its three names a user's file, a file
-    changed since, a symlink or a directory. Called before the evaluation, and again to write."""
+    changed since, a symlink or a directory. Creates the directory: called to write the results
+    (`check_output` checks the same before the evaluation, creating nothing)."""
     from tools.safe_output import OutputRefusedError, OutputTree
 
     try:

@@ -17,6 +17,7 @@ import os
 
 import click
 
+from pipeline import interrupts
 from schemas import ManifestError, angles, paths
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
 from trainer.evaluate import evaluate as _evaluate
@@ -68,7 +69,11 @@ def _evaluate_with_progress(model, records, split, tta, batch_size, max_records,
         )  # fmt: skip
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="nothing was written (the outputs are written at the end); rerun the same command",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.option(
     "--model",
     required=True,
@@ -150,11 +155,11 @@ def main(
     from trainer.quiet import import_tensorflow
 
     import_tensorflow(verbose)
-    from trainer.evaluate import EvaluationError, evaluate_rotation_codes, open_output, write_outputs
+    from trainer.evaluate import EvaluationError, check_output, evaluate_rotation_codes, write_outputs
 
     output = output or default_output(model, split, int(tta))
-    try:  # refused before the evaluation, not after it
-        open_output(output).close()
+    try:  # refused before the evaluation, not after it; nothing is created until the results are written
+        check_output(output)
     except EvaluationError as error:
         raise click.ClickException(str(error)) from None
 

@@ -46,6 +46,7 @@ import click
 import numpy as np
 from tqdm import tqdm
 
+from pipeline import interrupts
 from trainer import runtimes
 from trainer.heads import circular_difference_degrees
 
@@ -390,7 +391,12 @@ class UnavailableExit(click.ClickException):
     exit_code = 2
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"]})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="nothing was written at --output (the model is written once it passed parity); rerun "
+    "the same command",
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
 @click.argument("run", metavar="RUN_DIR", type=click.Path(exists=True, file_okay=False))
 @click.option(
     "--format",
@@ -507,8 +513,12 @@ def _export(
 
     try:
         reference = Predictor.load(saved_model)
-    except (OSError, ValueError) as error:
-        raise ExportError(f"cannot load the SavedModel {saved_model}: {error}") from None
+    except Exception as error:  # TensorFlow's loader raises IndexError, OpErrors, ... for damaged files
+        reason = (str(error).strip().splitlines() or [type(error).__name__])[0][:200]
+        raise ExportError(
+            f"cannot load the SavedModel {saved_model} ({type(error).__name__}: {reason}): it is damaged "
+            "(e.g. a truncated variables file); export a run whose rotnet-train finished, or retrain it"
+        ) from None
     config = reference.config
     records = records or config.get("records")
     if not records:

@@ -511,8 +511,7 @@ class BackupOnSignal(keras.callbacks.Callback):
         if self.signalled.is_set():
             self.backup.save_now()  # the callback's own save; fit's on_train_end would delete it
             raise TrainingInterruptedError(
-                f"interrupted by SIGTERM; backup written to {self.backup.backup_dir}: "
-                "rerun the same command to resume"
+                f"backup written to {self.backup.backup_dir}; rerun the same command to resume"
             )
 
 
@@ -763,7 +762,6 @@ class _Callbacks:
         self.on_signal = BackupOnSignal(backup)
         self.non_finite = StopOnNonFiniteLoss()
         self.all = [
-            backup,
             keras.callbacks.ModelCheckpoint(
                 self.model_path,
                 monitor=monitor,
@@ -795,6 +793,11 @@ class _Callbacks:
             config.tensorboard
         ):  # tf.summary needs the tensorboard package, which TensorFlow does not pull in
             echo("no TensorBoard logs: the tensorboard package is not installed (pip install tensorboard)")
+        # The backup last: an epoch is backed up only once its history row, its best model and the
+        # learning-rate change are written, so a run killed in between (a lost peer, SIGKILL) redoes the
+        # epoch and logs it again instead of resuming after it without its row (_prepare_resume keeps
+        # the rows of the epochs before the backup's).
+        self.all.append(backup)
 
 
 def _train(model, strategy, config, head, datasets, callbacks, shards, initial_epoch: int) -> None:

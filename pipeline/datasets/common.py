@@ -53,6 +53,9 @@ class SourcePlan:
     source: beam.PTransform  # PBegin -> {"images": SourceImage, ERRORS: error lines}
     expected_images: dict[str, float]  # per output split, in manifest order: shard counts, progress bar
     notes: list[str] = field(default_factory=list)  # what was found, printed before the run
+    # The source applies --duplicate-ids suffix itself, on names before any bytes are read
+    # (image_ids.UniqueIdsFromNames), or its ids cannot collide: CheckIds groups no image bytes.
+    renames_duplicate_ids: bool = False
 
     @property
     def splits(self) -> list[str]:
@@ -234,6 +237,31 @@ _NOT_UTF8 = (
 )
 
 
+@dataclass(frozen=True)
+class RenamedFile:
+    """A file to read under the id --duplicate-ids suffix gave it (image_ids.UniqueIdsFromNames)."""
+
+    file: Any  # a DirectoryEntry or a fileio.ReadableFile
+    image_id: str
+
+
+def _file_names(element: Any, base: str) -> tuple[str, str, str | None]:
+    """(path, path below `base`, problem) of a local DirectoryEntry or a remote fileio.ReadableFile."""
+    if isinstance(element, DirectoryEntry):
+        return element.path, element.relative, element.problem
+    return element.metadata.path, relative_id(element.metadata.path, base.rstrip("/")), None
+
+
+def file_name(element: Any, base: str, identify: Identify) -> tuple[str | None, str, Any]:
+    """(image id or None, source, element): a file's names for image_ids.UniqueIdsFromNames, the id
+    and source `_ReadFileFn` gives it (None: skipped, not an image)."""
+    path, relative, problem = _file_names(element, base)
+    if inputs.is_skipped_link(problem):
+        return None, relative, element
+    image_id = relative if problem else identify(path, relative)[0]
+    return (None if image_id is None else inputs.printable_name(image_id)), relative, element
+
+
 class _ReadFileFn(CountingDoFn):
     """A local DirectoryEntry or a remote fileio.ReadableFile -> SourceImage with the file's bytes, or
     one errors-file line; `identify` names it (or skips it, counted)."""
@@ -245,16 +273,11 @@ class _ReadFileFn(CountingDoFn):
         self.base = base.rstrip("/")
         self.identify = identify
 
-    def process(self, element: DirectoryEntry | fileio.ReadableFile) -> Iterator[Any]:
+    def process(self, element: DirectoryEntry | fileio.ReadableFile | RenamedFile) -> Iterator[Any]:
         config = self.config
-        if isinstance(element, DirectoryEntry):
-            path, relative, problem = element.path, element.relative, element.problem
-        else:
-            path, relative, problem = (
-                element.metadata.path,
-                relative_id(element.metadata.path, self.base),
-                None,
-            )
+        renamed = element.image_id if isinstance(element, RenamedFile) else None
+        element = element.file if isinstance(element, RenamedFile) else element
+        path, relative, problem = _file_names(element, self.base)
         if inputs.is_skipped_link(problem):  # read under its first path, or a link leaving the input
             self.counters.add(**{progress.FILES_SKIPPED: 1})
             return
@@ -266,7 +289,8 @@ class _ReadFileFn(CountingDoFn):
         reason = problem or (None if inputs.is_utf8_name(image_id) else _NOT_UTF8)
         image_id = inputs.printable_name(image_id)
         if config.subset_fraction < 1.0 and not in_subset(image_id, config.subset_fraction):
-            return
+            return  # by the id the file has, as zip members are chosen (before --duplicate-ids suffix)
+        image_id = renamed or image_id
         split = train_split(image_id, config)
         self.counters.add(**{progress.IMAGES_READ: 1})
         stage = "read"
@@ -317,14 +341,29 @@ class ReadFiles(beam.PTransform):
         self.identify = identify
 
     def expand(self, pbegin: beam.pvalue.PBegin):
-        if self.files.pattern is None:
-            listed = pbegin | "ListFiles" >> beam.Create(list(self.files.entries))
-        else:
+        listed = self.list_files(pbegin)
+        if self.config.duplicate_ids == "suffix":  # on names, before any bytes are read
+            from pipeline.image_ids import UniqueIdsFromNames
+
             listed = (
-                pbegin
-                | "MatchFiles" >> fileio.MatchFiles(self.files.pattern)
-                | "ReadMatches" >> fileio.ReadMatches(skip_directories=True)
+                listed
+                | "FileNames" >> beam.Map(file_name, self.files.base, self.identify)
+                | "UniqueIds" >> UniqueIdsFromNames(lambda file, image_id: RenamedFile(file, image_id))
             )
+        return self.read_files(listed)
+
+    def list_files(self, pbegin: beam.pvalue.PBegin) -> beam.PCollection:
+        """The files to read: local DirectoryEntry elements, or remote fileio.ReadableFile (no bytes yet)."""
+        if self.files.pattern is None:
+            return pbegin | "ListFiles" >> beam.Create(list(self.files.entries))
+        return (
+            pbegin
+            | "MatchFiles" >> fileio.MatchFiles(self.files.pattern)
+            | "ReadMatches" >> fileio.ReadMatches(skip_directories=True)
+        )
+
+    def read_files(self, listed: beam.PCollection) -> dict[str, beam.PCollection]:
+        """Files (list_files, maybe RenamedFile) -> {"images": SourceImage, ERRORS: error lines}."""
         read = (
             listed
             | "SpreadFiles" >> beam.Reshuffle()

@@ -83,7 +83,8 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     ]
     notes += [f"{files.base}/{entry.relative}: {entry.problem}" for entry in problems]
     source = ReadFiles(config, files, identify_file, progress_dir)
-    return SourcePlan(source, train_and_validation(config, len(images) * config.subset_fraction), notes)
+    expected = train_and_validation(config, len(images) * config.subset_fraction)
+    return SourcePlan(source, expected, notes, renames_duplicate_ids=True)  # ReadFiles renames on names
 
 
 def source_images(

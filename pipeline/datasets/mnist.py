@@ -80,6 +80,7 @@ MNIST_MIRRORS: tuple[str, ...] = (
 )
 
 IMAGE_SIZE = 28
+SOURCE_SIDE = IMAGE_SIZE  # every source digit's side: --image-size is capped at MAX_UPSCALE times it
 NUM_CLASSES = 10
 
 # A checksums file is a few hundred bytes; anything far larger is not one.
@@ -375,7 +376,9 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
         expected.update(train_and_validation(config, sizes["train"] * config.subset_fraction))
     if "test" in sizes:
         expected["test"] = sizes["test"] * config.subset_fraction
-    return SourcePlan(ReadMnist(config, offline, progress_dir), expected, notes)
+    # Ids are indices within their split's file (test counted apart): they cannot collide, so
+    # --duplicate-ids suffix has nothing to rename and groups no pixels.
+    return SourcePlan(ReadMnist(config, offline, progress_dir), expected, notes, renames_duplicate_ids=True)
 
 
 class _LoadMnistSplitFn(CountingDoFn):

@@ -248,10 +248,31 @@ def iter_zip_members(
 ) -> list[tuple[str, str, int]]:
     """(member name, image id, view) of the kept side views of one zip part, from its central
     directory alone (no member is read); the other members are tallied in `counts`."""
+    return [member[:3] for member in _listed_members(path_or_fileobj, counts)]
+
+
+def _listed_members(
+    path_or_fileobj: str | os.PathLike | IO[bytes], counts: MemberCounts | None = None
+) -> list[tuple[str, str, int, int, int]]:
+    """(member name, image id, view, position in the central directory, occurrence) of the kept side
+    views: a zip may hold several members of one name (occurrence 1, 2, ...), each its own image, read
+    by its position (zipfile's getinfo(name) gives the last of them only)."""
     counts = MemberCounts() if counts is None else counts
+    seen: dict[str, int] = {}
     with contextlib.ExitStack() as stack:
         archive = _open_archive(stack, path_or_fileobj)
-        return [(info.filename, image_id, view) for info, image_id, view in _kept_members(archive, counts)]
+        positions = {id(info): index for index, info in enumerate(archive.infolist())}
+        listed = []
+        for info, image_id, view in _kept_members(archive, counts):
+            seen[info.filename] = seen.get(info.filename, 0) + 1
+            listed.append((info.filename, image_id, view, positions[id(info)], seen[info.filename]))
+        return listed
+
+
+def member_source(part_name: str, member: str, occurrence: int = 1) -> str:
+    """Where a zip member came from, as records and messages name it: "part1.zip:x/a_1.jpg", and
+    "part1.zip:x/a_1.jpg#2" for the second member of that name in the part."""
+    return f"{part_name}:{member}" + (f"#{occurrence}" if occurrence > 1 else "")
 
 
 def iter_zip_images(
@@ -353,7 +374,8 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
             f"{config.download_dir} (from {', '.join(mirrors)})"
         )
         source = ReadStreetView(config, parts, progress_dir=progress_dir)
-        return SourcePlan(source, train_and_validation(config, KEPT_IMAGES * config.subset_fraction), notes)
+        expected = train_and_validation(config, KEPT_IMAGES * config.subset_fraction)
+        return SourcePlan(source, expected, notes, renames_duplicate_ids=True)
     directory = config.setting("street_view_dir").rstrip("/")
     if not paths.is_remote(directory) and not os.path.isdir(directory):
         raise JobError(f"--street-view-dir {directory} is not a directory")
@@ -392,7 +414,8 @@ def plan(config: PipelineConfig, progress_dir: str | None) -> SourcePlan:
     source = ReadStreetView(
         config, [(os.path.basename(path), path) for path in zips], files if loose else None, progress_dir
     )
-    return SourcePlan(source, train_and_validation(config, kept * config.subset_fraction), notes)
+    expected = train_and_validation(config, kept * config.subset_fraction)
+    return SourcePlan(source, expected, notes, renames_duplicate_ids=True)
 
 
 def _kept_views(names: Sequence[str]) -> int:
@@ -428,10 +451,10 @@ def _part_path(config: PipelineConfig, part_name: str, path: str | None) -> str:
 
 
 class _ListZipPartFn(CountingDoFn):
-    """(part name, local or gs:// path or None) -> (part name, path, member name, image id) per kept
-    view (None = download the part here). Only names cross the shuffle that follows: each member's
-    bytes are read after it (_ReadZipMemberFn), one member at a time per worker, so the memory a
-    part takes does not grow with its number of members."""
+    """(part name, local or gs:// path or None) -> (part name, path, member name, image id, position,
+    source) per kept view (None = download the part here). Only names cross the shuffle that follows:
+    each member's bytes are read after it (_ReadZipMemberFn), one member at a time per worker, so the
+    memory a part takes does not grow with its number of members."""
 
     def process(self, element: tuple[str, str | None]) -> Iterator[Any]:
         part_name, given = element
@@ -439,11 +462,12 @@ class _ListZipPartFn(CountingDoFn):
         path = _part_path(config, part_name, given)
         counts = MemberCounts()
         read = 0
-        for member, image_id, _view in iter_zip_members(path, counts):
+        for member, image_id, _view, position, occurrence in _listed_members(path, counts):
             if config.subset_fraction < 1.0 and not in_subset(image_id, config.subset_fraction):
                 continue
             read += 1
-            yield part_name, given if given is not None else path, member, image_id
+            source = member_source(part_name, member, occurrence)
+            yield part_name, given if given is not None else path, member, image_id, position, source
         self.counters.add(
             **{
                 progress.IMAGES_READ: read,
@@ -456,8 +480,10 @@ class _ListZipPartFn(CountingDoFn):
 
 
 class _ReadZipMemberFn(CountingDoFn):
-    """(part name, path, member name, image id) -> SourceImage, or one errors-file line (bad CRC, bad
-    compressed data, over MAX_MEMBER_BYTES). The last part opened stays open for the next member."""
+    """(part name, path, member name, image id[, position, source]) -> SourceImage, or one errors-file
+    line (bad CRC, bad compressed data, over MAX_MEMBER_BYTES). The member is the one at `position` in
+    the central directory (a part may hold several of one name), else the one of that name. The last
+    part opened stays open for the next member."""
 
     def setup(self) -> None:
         super().setup()
@@ -480,13 +506,19 @@ class _ReadZipMemberFn(CountingDoFn):
             self._open[1].close()
             self._open = None
 
-    def process(self, element: tuple[str, str, str, str]) -> Iterator[Any]:
-        part_name, path, member, image_id = element
+    def process(self, element: tuple) -> Iterator[Any]:
+        part_name, path, member, image_id = element[:4]
+        position, source = (*element[4:], None, None)[:2]
         split = train_split(image_id, self.config)
         try:
             archive = self._archive(part_name, path)
-            data = _read_member(archive, archive.getinfo(member), image_id)
-        except (CorruptMemberError, ValueError, KeyError) as error:
+            info = archive.getinfo(member) if position is None else archive.infolist()[position]
+            if info.filename != member:
+                raise ValueError(
+                    f"the part changed since it was listed (member {position} is {info.filename!r})"
+                )
+            data = _read_member(archive, info, image_id)
+        except (CorruptMemberError, ValueError, KeyError, IndexError) as error:
             reason = (
                 str(error) if isinstance(error, CorruptMemberError) else f"zip member {member!r}: {error}"
             )
@@ -495,7 +527,8 @@ class _ReadZipMemberFn(CountingDoFn):
             )
             self.counters.add(**{progress.IMAGE_ERRORS: 1})
             return
-        yield SourceImage("street_view", split, image_id, encoded=data, source=f"{part_name}:{member}")
+        source = source or member_source(part_name, member)
+        yield SourceImage("street_view", split, image_id, encoded=data, source=source)
 
     def finish_bundle(self) -> None:
         self._close()
@@ -527,12 +560,23 @@ class ReadStreetView(beam.PTransform):
 
     def expand(self, pbegin: beam.pvalue.PBegin):
         images, errors = [], []
+        members = loose = None
         if self.parts:
-            from_zips = (
+            members = (
                 pbegin
                 | "ListParts" >> beam.Create(self.parts)
                 | "OnePartPerWorker" >> beam.Reshuffle()
                 | "ListMembers" >> beam.ParDo(_ListZipPartFn(self.config, self.progress_dir))
+            )
+        reader = None
+        if self.loose_files is not None:
+            reader = ReadFiles(self.config, self.loose_files, identify_loose_file, self.progress_dir)
+            loose = reader.list_files(pbegin)
+        if self.config.duplicate_ids == "suffix":
+            members, loose = _unique_ids_from_names(members, loose, self.loose_files, pbegin.pipeline)
+        if members is not None:
+            from_zips = (
+                members
                 | "SpreadMembers" >> beam.Reshuffle()  # names only: the bytes are read after it
                 | "ReadMembers"
                 >> beam.ParDo(_ReadZipMemberFn(self.config, self.progress_dir)).with_outputs(
@@ -541,16 +585,62 @@ class ReadStreetView(beam.PTransform):
             )
             images.append(from_zips.images)
             errors.append(from_zips[ERRORS])
-        if self.loose_files is not None:
-            loose = pbegin | "ReadLooseFiles" >> ReadFiles(
-                self.config, self.loose_files, identify_loose_file, self.progress_dir
-            )
-            images.append(loose["images"])
-            errors.append(loose[ERRORS])
+        if loose is not None and reader is not None:
+            from_files = loose | "ReadLooseFiles" >> _ReadListedFiles(reader)
+            images.append(from_files["images"])
+            errors.append(from_files[ERRORS])
         return {
             "images": images | "FlattenImages" >> beam.Flatten(pipeline=pbegin.pipeline),
             ERRORS: errors | "FlattenErrors" >> beam.Flatten(pipeline=pbegin.pipeline),
         }
+
+
+class _ReadListedFiles(beam.PTransform):
+    """Listed loose files (maybe renamed) -> {"images", ERRORS}: `reader`'s read step."""
+
+    def __init__(self, reader: ReadFiles) -> None:
+        super().__init__()
+        self.reader = reader
+
+    def expand(self, listed: beam.PCollection):
+        return self.reader.read_files(listed)
+
+
+def _unique_ids_from_names(members, loose, loose_files: FileSource | None, pipeline):
+    """--duplicate-ids suffix across zip members and loose files, on their names (ids, sources and
+    where to read them; never the images' bytes): (members, loose files) with shared ids suffixed."""
+    from pipeline.datasets.common import RenamedFile, file_name
+    from pipeline.image_ids import UniqueIdsFromNames
+
+    names = []
+    if members is not None:
+        names.append(
+            members | "MemberNames" >> beam.Map(lambda member: (member[3], member[5], ("zip", member)))
+        )
+    if loose is not None and loose_files is not None:
+        names.append(
+            loose
+            | "FileNames" >> beam.Map(file_name, loose_files.base, identify_loose_file)
+            | "TagFiles" >> beam.MapTuple(lambda image_id, source, file: (image_id, source, ("file", file)))
+        )
+
+    def rebuild(payload: tuple[str, Any], image_id: str) -> tuple[str, Any]:
+        kind, item = payload
+        return (
+            (kind, (*item[:3], image_id, *item[4:])) if kind == "zip" else (kind, RenamedFile(item, image_id))
+        )
+
+    renamed = (
+        names
+        | "AllNames" >> beam.Flatten(pipeline=pipeline)
+        | "UniqueIds" >> UniqueIdsFromNames(rebuild)
+        | "ByKind" >> beam.Partition(lambda payload, _: 0 if payload[0] == "zip" else 1, 2)
+    )
+    unwrap = lambda payload: payload[1]  # noqa: E731
+    return (
+        (renamed[0] | "RenamedMembers" >> beam.Map(unwrap)) if members is not None else None,
+        (renamed[1] | "RenamedFiles" >> beam.Map(unwrap)) if loose is not None else None,
+    )
 
 
 def source_images(
