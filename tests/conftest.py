@@ -115,3 +115,25 @@ def beam_worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with BeamWorkerPool(env, tmp_path_factory.mktemp("worker-pool") / "pool.log") as pool:
         yield pool
+
+
+# --- A tiny trained model, once per test session (per xdist worker) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"records": ..., "run": ...}: synthetic 28 px records at 0/90/180/270 degrees and a MNIST CNN
+    trained on them for two steps by rotnet-train (seconds; what it predicts is not the point, that the
+    real model, its files and the tools around it work together is). Used by the API and serve tests."""
+    from click.testing import CliRunner
+
+    from tests.factories import write_records_dir
+    from trainer.cli import main as train_main
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    write_records_dir(root / "records", images_per_split={"train": 6, "validation": 2})
+    arguments = ["--records", str(root / "records"), "--output", str(root / "run"), "--epochs", "1"]
+    arguments += ["--steps-per-epoch", "2", "--batch-size", "8", "--no-tensorboard"]
+    result = CliRunner().invoke(train_main, arguments, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return {"records": root / "records", "run": root / "run"}
