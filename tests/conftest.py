@@ -137,3 +137,24 @@ def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     result = CliRunner().invoke(train_main, arguments, catch_exceptions=False)
     assert result.exit_code == 0, result.output
     return {"records": root / "records", "run": root / "run"}
+
+
+# Screenshots and other files a test keeps for people to look at (build/ is git-ignored).
+TEST_ARTIFACTS = Path(os.environ.get("ROTNET_TEST_ARTIFACTS", REPO_ROOT / "build" / "test-artifacts"))
+
+# rotnet-serve's bounds in the tests: small, so hostile uploads cost little.
+SERVE_MAX_UPLOAD_BYTES = 2_000_000
+SERVE_MAX_PIXELS = 4_000_000
+
+
+@pytest.fixture(scope="session")
+def rotnet_serve(tiny_model: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """`rotnet-serve` on the tiny model (--quarter-turns) on 127.0.0.1:<free port>, once per session
+    (per xdist worker), stopped by PID at the end."""
+    from tests.servers import RotnetServe
+
+    log = tmp_path_factory.mktemp("rotnet-serve") / "serve.log"
+    options = ["--quarter-turns", "--max-upload-bytes", str(SERVE_MAX_UPLOAD_BYTES)]
+    options += ["--max-pixels", str(SERVE_MAX_PIXELS), "--request-timeout-s", "60"]
+    with RotnetServe(tiny_model["run"], log, *options) as server:
+        yield server
