@@ -236,3 +236,54 @@ def test_evaluate_quarter_turns_on_a_trained_model(tiny_model: dict[str, Path], 
         evaluate_main, [*arguments, "--output", str(tmp_path / "e2"), "--quarter-turns", "--angles", "45"]
     )
     assert result.exit_code != 0
+
+
+# --- Issue 33's acceptance check: a JPEG turned by 90 degrees comes back as exactly np.rot90 ------------
+
+
+def _turned_jpeg(path: Path) -> np.ndarray:
+    """Write a photo turned 90 degrees counter-clockwise (48x64 px: whole MCUs) to `path`."""
+    from tests.test_lossless import smooth_photo
+
+    upright = smooth_photo(48, 64, seed=3)
+    buffer = io.BytesIO()
+    Image.fromarray(np.ascontiguousarray(np.rot90(upright, 1))).save(buffer, format="JPEG", quality=92)
+    path.write_bytes(buffer.getvalue())
+    return upright
+
+
+def test_acceptance_lossless_transpose_gives_exactly_rot90(tmp_path: Path, monkeypatch) -> None:
+    from tests.test_lossless import symmetric_decode
+
+    require_program("jpegtran", "libjpeg-turbo-progs")
+    (tmp_path / "in").mkdir()
+    _turned_jpeg(tmp_path / "in" / "turned.jpg")
+    out = tmp_path / "out"
+    result = run_correct(
+        tmp_path, monkeypatch, QuarterPredictor(1, 0.9), str(tmp_path / "in"), "-o", str(out),
+        "--quarter-turns", "--lossless", "transpose",
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert rows_of(out)["turned.jpg"]["action"] == "lossless: jpegtran -perfect"
+    source = symmetric_decode((tmp_path / "in" / "turned.jpg").read_bytes())
+    np.testing.assert_array_equal(symmetric_decode((out / "turned.jpg").read_bytes()), np.rot90(source, -1))
+
+
+@pytest.mark.slow
+def test_real_model_turns_by_its_predicted_quarter_turn_losslessly(tiny_model, tmp_path: Path) -> None:
+    from tests.test_lossless import symmetric_decode
+
+    require_program("jpegtran", "libjpeg-turbo-progs")
+    (tmp_path / "in").mkdir()
+    _turned_jpeg(tmp_path / "in" / "turned.jpg")
+    out = tmp_path / "out"
+    arguments = [str(tiny_model["run"]), str(tmp_path / "in"), "-o", str(out), "--no-progress"]
+    result = CliRunner().invoke(correct.main, [*arguments, "--quarter-turns", "--lossless", "transpose"])
+    assert result.exit_code == 0, result.output
+    row = rows_of(out)["turned.jpg"]
+    turn = row["quarter_turn"]
+    assert turn in (0, 1, 2, 3) and row["angle_degrees"] == 90 * turn and 0.25 <= row["confidence"] <= 1
+    source = symmetric_decode((tmp_path / "in" / "turned.jpg").read_bytes())
+    np.testing.assert_array_equal(
+        symmetric_decode((out / "turned.jpg").read_bytes()), np.rot90(source, -turn)
+    )
