@@ -41,6 +41,24 @@ def machine_summary() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB RAM, Python {platform.python_version()}"
 
 
+def load_verdict(load_start: float, load_end: float) -> str:
+    """One plain sentence on whether a timing table can be trusted at this machine load (1-min averages)."""
+    cores = os.cpu_count() or 1
+    worst = max(load_start, load_end)
+    if worst <= 0.75 * cores:
+        return f"The machine was close to idle (load <= {0.75 * cores:g} on {cores} cores): the figures can be trusted."
+    if worst <= cores:
+        return (
+            f"The machine was partly busy (load up to {worst:.1f} on {cores} cores): absolute figures may be "
+            "somewhat low; the ratios measured side by side are the figures to trust."
+        )
+    return (
+        f"NOT an idle machine: the load reached {worst:.1f} on {cores} cores (other engineers' jobs), so the "
+        "absolute figures are not trustworthy (too low, ranges wide); only ratios measured side by side in "
+        "the same windows mean something. Rerun on an idle machine for the record."
+    )
+
+
 def best_of(repeats: int, function: Callable[[], object]) -> float:
     """The fastest of `repeats` wall-clock timings of `function()` in seconds (least disturbed run)."""
     timings = []

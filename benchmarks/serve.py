@@ -33,6 +33,8 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks.common import load_verdict
+
 MODELS = (("mnist-cnn-bn", 28, 1), ("mobilenet-v3-small", 224, 3))
 CLIENTS = (1, 16)
 START_TIMEOUT_S = 180.0
@@ -206,7 +208,7 @@ def render(
     lines = [
         f"Load average (1 min) on the {cores} cores: {load[0]:.1f} at the start, {load[1]:.1f} at the end "
         f'(`uptime`: "{uptime[0]}" / "{uptime[1]}"; other developers\' jobs share the machine, and the '
-        "clients run on the same cores as the server).",
+        "clients run on the same cores as the server). " + load_verdict(*load),
         "",
         f"Requests/s: median of {windows} windows of {seconds:g} s per setting (range in brackets), the "
         "batching and no-batching servers taking turns window by window; latency percentiles over every "
