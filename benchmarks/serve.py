@@ -207,8 +207,8 @@ def render(
     cores = os.cpu_count() or 1
     lines = [
         f"Load average (1 min) on the {cores} cores: {load[0]:.1f} at the start, {load[1]:.1f} at the end "
-        f'(`uptime`: "{uptime[0]}" / "{uptime[1]}"; other developers\' jobs share the machine, and the '
-        "clients run on the same cores as the server). " + load_verdict(*load),
+        f'(`uptime`: "{uptime[0]}" / "{uptime[1]}"; the start is other developers\' jobs, the end also '
+        "this benchmark's own servers and clients, which share the cores by design). " + load_verdict(*load),
         "",
         f"Requests/s: median of {windows} windows of {seconds:g} s per setting (range in brackets), the "
         "batching and no-batching servers taking turns window by window; latency percentiles over every "
