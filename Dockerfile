@@ -16,6 +16,11 @@
 #   docker push "REGION-docker.pkg.dev/PROJECT/rotnet/worker:$VERSION"
 #   rotnet-pipeline ... --runner DataflowRunner --sdk_container_image "REGION-docker.pkg.dev/PROJECT/rotnet/worker:$VERSION"
 #
+# HTTP service (rotnet-serve: the API, and the page at /): build the `serve` target and mount a trained
+# model; publish the port on the host's loopback only (the service has no authentication):
+#   docker build --target serve -t rotnet-serve .
+#   docker run --rm -p 127.0.0.1:8080:8080 -v "$PWD/data/runs/photos:/models/model:ro" rotnet-serve --quarter-turns
+#
 # The build context is only what .dockerignore leaves (no .venv, data/, caches or .git).
 # (the Beam version in the image must equal the launcher's: both come from constraints.txt).
 
@@ -33,18 +38,28 @@ WORKDIR /opt/rotnet
 # Same recipe and pins as `make` (scripts/install.sh + constraints.txt); only the extras differ
 # (no test tools in the image).
 COPY setup.cfg pyproject.toml constraints.txt README.md ./
-COPY scripts/install.sh scripts/install.sh
+COPY scripts/install.sh scripts/install-system.sh scripts/
 COPY schemas/ schemas/
 COPY pipeline/ pipeline/
 COPY trainer/ trainer/
 COPY tools/ tools/
 COPY benchmarks/ benchmarks/
-RUN EXTRAS=pipeline,trainer,gcp,export PIP="python -m pip" sh scripts/install.sh \
+COPY rotnet/ rotnet/
+# Debian's jpegtran (rotnet-correct --lossless transpose) through the same script as .ci/run.
+RUN EXTRAS=pipeline,trainer,gcp,export,serve PIP="python -m pip" sh scripts/install.sh \
+    && sh scripts/install-system.sh && rm -rf /var/lib/apt/lists/* \
     && useradd --create-home --uid 10001 rotnet \
     && mkdir /data && chown rotnet /data
 USER 10001
 WORKDIR /data
 CMD ["rotnet-pipeline", "--help"]
+
+FROM runtime AS serve
+# rotnet-serve binds 127.0.0.1 by default; inside the container it listens on all of the container's
+# interfaces so that `docker run -p 127.0.0.1:8080:8080` reaches it. MODEL: mount it at /models/model.
+EXPOSE 8080
+ENTRYPOINT ["rotnet-serve", "/models/model", "--host", "0.0.0.0", "--port", "8080"]
+CMD []
 
 FROM runtime AS dataflow
 # COPY writes as root whatever USER says; the worker keeps running as the unprivileged user.

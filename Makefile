@@ -3,11 +3,11 @@ PYTHON ?= $(shell command -v python3.11 || command -v python3)
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
-# Extras for the local environment; the Dockerfile runs the same script with pipeline,trainer,gcp,export.
-EXTRAS ?= pipeline,trainer,gcp,export,test
+# Extras for the local environment; the Dockerfile runs the same script with pipeline,trainer,gcp,export,serve.
+EXTRAS ?= pipeline,trainer,gcp,export,serve,test
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install test lint format demo bench clean
+.PHONY: install install-system test lint format demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install.sh
 	@test -n "$(PYTHON)" || { echo "error: no python3.11/python3 on PATH; install Python 3.11" >&2; exit 2; }
@@ -16,6 +16,10 @@ $(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install.sh
 	@touch $@
 
 install: $(STAMP)
+
+# Debian packages (jpegtran; chromium + chromium-driver for the browser test): .ci/run runs this.
+install-system:
+	sh scripts/install-system.sh test
 
 lint: $(STAMP)
 	$(BIN)/ruff check .

@@ -32,6 +32,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "benchmarks.inference",
         "Inference: SavedModel vs rotnet-export's LiteRT (float, int8) and ONNX, images/s and size on disk",
     ),
+    "serve": (
+        "benchmarks.serve",
+        "rotnet-serve: requests/s and p50/p99 latency at 1 and 16 clients, dynamic batching on and off",
+    ),
     "gpu_training": ("benchmarks.gpu_training", "ResNet50 mixed-precision training throughput on a GPU"),
 }
 

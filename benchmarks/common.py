@@ -41,6 +41,28 @@ def machine_summary() -> str:
     return f"{os.cpu_count()} cores ({cpu}), {memory_gib:.0f} GiB RAM, Python {platform.python_version()}"
 
 
+def load_verdict(load_start: float, load_end: float) -> str:
+    """One plain sentence on whether a timing table can be trusted at the machine's load (1-min averages).
+
+    `load_start` is taken before the benchmark starts its own work; `load_end` includes the benchmark's
+    own processes, which keep up to every core busy by design, so the others' share at the end is
+    estimated as load_end - cores."""
+    cores = os.cpu_count() or 1
+    others = max(load_start, load_end - cores)
+    if others <= 0.5 * cores:
+        return f"Other users' load was about {others:.1f} on {cores} cores (close to idle): the figures can be trusted."
+    if others <= cores:
+        return (
+            f"Other users' load was up to about {others:.1f} on {cores} cores: absolute figures may be somewhat "
+            "low; the ratios measured side by side are the figures to trust."
+        )
+    return (
+        f"NOT an idle machine: other users' load reached about {others:.1f} on {cores} cores, so the absolute "
+        "figures are not trustworthy (too low, ranges wide); only ratios measured side by side in the same "
+        "windows mean something. Rerun on an idle machine for the record."
+    )
+
+
 def best_of(repeats: int, function: Callable[[], object]) -> float:
     """The fastest of `repeats` wall-clock timings of `function()` in seconds (least disturbed run)."""
     timings = []

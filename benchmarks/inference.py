@@ -195,12 +195,14 @@ def _cell(rates: list[float]) -> str:
 
 
 def render(made: dict, results: dict[int, dict], windows: int, seconds: float, load: tuple) -> str:
+    from benchmarks.common import load_verdict
+
     cores = os.cpu_count() or 1
     thread_settings = sorted(results)
     lines = [
         f"Load average (1 min) on the {cores} cores: {load[0]:.1f} at the start, {load[1]:.1f} at the end "
-        "(other developers' jobs; a load above the core count slows every figure, and two threads can "
-        "then be slower than one).",
+        "(the start is other developers' jobs, the end also this benchmark's own worker; a load above the "
+        "core count slows every figure, and two threads can then be slower than one). " + load_verdict(*load),
         "",
         f"Images/s: median of {windows} (28 px) or {min(windows, LARGE_IMAGE_WINDOWS)} (224 px) side-by-side "
         f"windows of >= {seconds:g} s and at least one call (range in brackets); "

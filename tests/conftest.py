@@ -115,3 +115,46 @@ def beam_worker_pool(tmp_path_factory: pytest.TempPathFactory) -> Iterator:
     env["PYTHONPATH"] = os.pathsep.join([str(REPO_ROOT), env.get("PYTHONPATH", "")]).rstrip(os.pathsep)
     with BeamWorkerPool(env, tmp_path_factory.mktemp("worker-pool") / "pool.log") as pool:
         yield pool
+
+
+# --- A tiny trained model, once per test session (per xdist worker) -----------------------------------
+
+
+@pytest.fixture(scope="session")
+def tiny_model(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
+    """{"records": ..., "run": ...}: synthetic 28 px records at 0/90/180/270 degrees and a MNIST CNN
+    trained on them for two steps by rotnet-train (seconds; what it predicts is not the point, that the
+    real model, its files and the tools around it work together is). Used by the API and serve tests."""
+    from click.testing import CliRunner
+
+    from tests.factories import write_records_dir
+    from trainer.cli import main as train_main
+
+    root = tmp_path_factory.mktemp("tiny-model")
+    write_records_dir(root / "records", images_per_split={"train": 6, "validation": 2})
+    arguments = ["--records", str(root / "records"), "--output", str(root / "run"), "--epochs", "1"]
+    arguments += ["--steps-per-epoch", "2", "--batch-size", "8", "--no-tensorboard"]
+    result = CliRunner().invoke(train_main, arguments, catch_exceptions=False)
+    assert result.exit_code == 0, result.output
+    return {"records": root / "records", "run": root / "run"}
+
+
+# Screenshots and other files a test keeps for people to look at (build/ is git-ignored).
+TEST_ARTIFACTS = Path(os.environ.get("ROTNET_TEST_ARTIFACTS", REPO_ROOT / "build" / "test-artifacts"))
+
+# rotnet-serve's bounds in the tests: small, so hostile uploads cost little.
+SERVE_MAX_UPLOAD_BYTES = 2_000_000
+SERVE_MAX_PIXELS = 4_000_000
+
+
+@pytest.fixture(scope="session")
+def rotnet_serve(tiny_model: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator:
+    """`rotnet-serve` on the tiny model (--quarter-turns) on 127.0.0.1:<free port>, once per session
+    (per xdist worker), stopped by PID at the end."""
+    from tests.servers import RotnetServe
+
+    log = tmp_path_factory.mktemp("rotnet-serve") / "serve.log"
+    options = ["--quarter-turns", "--max-upload-bytes", str(SERVE_MAX_UPLOAD_BYTES)]
+    options += ["--max-pixels", str(SERVE_MAX_PIXELS), "--request-timeout-s", "60"]
+    with RotnetServe(tiny_model["run"], log, *options) as server:
+        yield server

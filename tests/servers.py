@@ -373,3 +373,47 @@ class BeamWorkerPool:
             except subprocess.TimeoutExpired:
                 os.killpg(self._process.pid, 9)
                 self._process.wait(timeout=10)
+
+
+class RotnetServe:
+    """`rotnet-serve MODEL` in a subprocess on 127.0.0.1:<free port>, stopped (by PID) on exit.
+
+    Ready when GET /healthz answers (the model is loaded and warmed up by then); `url` is its base.
+    """
+
+    def __init__(self, model: Path | str, log: Path, *options: str) -> None:
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self._command = [sys.executable, "-m", "tools.serve", str(model), "--port", str(self.port), *options]
+        self._log = log
+        self._process: subprocess.Popen | None = None
+
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
+    def __enter__(self) -> RotnetServe:
+        with open(self._log, "wb") as output:
+            self._process = subprocess.Popen(self._command, stdout=output, stderr=subprocess.STDOUT)
+        try:
+            _wait_for_port(self.port, self._process, "rotnet-serve", self._log)
+            deadline = time.monotonic() + START_TIMEOUT_S
+            while time.monotonic() < deadline:
+                try:
+                    with urllib.request.urlopen(self.url + "/healthz", timeout=5) as response:
+                        if response.status == 200:
+                            return self
+                except (urllib.error.URLError, OSError):
+                    time.sleep(0.2)
+            raise RuntimeError(f"rotnet-serve did not answer /healthz within {START_TIMEOUT_S} s")
+        except BaseException:
+            _stop(self._process)
+            raise
+
+    def __exit__(self, *exc: object) -> None:
+        if self._process is not None:
+            _stop(self._process)
+
+    def log_text(self) -> str:
+        return self._log.read_text(errors="replace")

@@ -18,9 +18,24 @@ angle (clockwise) at full resolution:
 
 Outputs keep their file format (JPEG q95, PNG, ...) and their path below the input directory.
 `OUT/predictions.csv` and `OUT/predictions.json` list every input with the predicted angle and
-confidence, or the reason it was skipped: an unreadable file is reported, never fatal. A file of
-several frames (an animated GIF, a multi-page TIFF) is predicted and corrected from its first frame
-and written as a still image: its report line says so in `note`, and the summary line counts them.
+confidence, what was done (`action`), or the reason it was skipped: an unreadable file is reported,
+never fatal. A file of several frames (an animated GIF, a multi-page TIFF) is predicted and corrected
+from its first frame and written as a still image: its report line says so in `note`, and the summary
+line counts them.
+
+Photo libraries, where only quarter turns occur (a phone held sideways):
+
+* `--quarter-turns` snaps to 0/90/180/270: the +-45 degree sector of the 360-way output with the most
+  probability mass wins, and that mass is the confidence (trainer.heads.decode_quarter_turns). Without
+  it the confidence is the mass within a few degrees of the predicted angle (+-5 for classification
+  models; trainer.heads.Head.confidence_window_degrees).
+* `--lossless exif` writes only the EXIF Orientation tag (composed with the tag the photo had); the
+  compressed image data stays byte for byte. `--lossless transpose` turns JPEG data in the DCT domain
+  with jpegtran (`--partial-mcu` says what happens when the size is not a whole number of MCUs).
+  PNG and the other formats get their pixels transposed exactly. An upright photo is copied unchanged.
+  tools/lossless.py has the details.
+* `--min-confidence P`: an image whose confidence is below P is copied to OUT unchanged (byte for byte,
+  so OUT is still the whole library) and its `action` says why; with --dry-run it is only listed.
 
 The inputs are never touched (`tools.safe_output`, `pipeline.inputs`):
 
@@ -57,6 +72,7 @@ from tqdm import tqdm
 from pipeline import codec, geometry, interrupts
 from pipeline import inputs as input_files
 from pipeline.codec import IMAGE_EXTENSIONS, BadImageError, decode_source_image
+from tools import lossless
 from tools.safe_output import OutputRefusedError, OutputTree
 from trainer.evaluate import EvaluationError
 from trainer.evaluate import load_predictor as load_checked_predictor
@@ -77,8 +93,44 @@ class Outcome:
     output: str = ""
     angle_degrees: int | None = None
     confidence: float | None = None
+    quarter_turn: int | None = None  # --quarter-turns: 0..3 (angle_degrees is 90 times it)
+    action: str = ""  # what was written: rotated and re-encoded, lossless how, or left as it was and why
     error: str = ""
     note: str = ""  # what the output does not keep (the frames after the first of an animated GIF)
+
+
+class Decision(NamedTuple):
+    """What to do with one image: undo `angle_degrees` (counter-clockwise, as seen), unless `keep` says
+    why it is left as it was. `quarter_turn` is set in --quarter-turns mode."""
+
+    angle_degrees: int
+    confidence: float
+    quarter_turn: int | None
+    keep: str | None
+
+    @property
+    def needs_rotation(self) -> bool:
+        return self.keep is None and self.angle_degrees % 360 != 0
+
+
+@dataclass(frozen=True)
+class Options:
+    """How rotnet-correct (and rotnet.Model.correct, rotnet-serve) turns the images it is given."""
+
+    crop: bool = False
+    keep_size: bool = False
+    quarter_turns: bool = False
+    lossless: str | None = None  # None, or one of tools.lossless.LOSSLESS_MODES (needs quarter_turns)
+    partial_mcu: str = "exif"  # tools.lossless.PARTIAL_MCU_CHOICES
+    min_confidence: float = 0.0
+
+    def problem(self) -> str | None:
+        """Why these options do not go together (one line), or None."""
+        if self.lossless and not self.quarter_turns:
+            return "--lossless turns by quarter turns only: add --quarter-turns"
+        if self.lossless and (self.crop or self.keep_size):
+            return "--lossless keeps every pixel: it cannot be combined with --crop or --keep-size"
+        return None
 
 
 # --- Pure core --------------------------------------------------------------------------------
@@ -223,6 +275,40 @@ def encoded_output(image: np.ndarray, suffix: str) -> bytes:
     return buffer.getvalue()
 
 
+def decisions(prediction, options: Options) -> list[Decision]:
+    """One Decision per row of a trainer.predict.Prediction: the free angle and its confidence, or the
+    quarter turn and its sector's mass; `keep` says why an image below --min-confidence is left alone."""
+    rows = []
+    for index in range(len(prediction.angles_degrees)):
+        if options.quarter_turns:
+            turn = int(prediction.quarter_turns[index])
+            angle, confidence = 90 * turn, float(prediction.quarter_confidence[index])
+        else:
+            turn, angle = None, int(prediction.angles_degrees[index])
+            confidence = float(prediction.confidence[index])
+        keep = None
+        if confidence < options.min_confidence:
+            keep = f"confidence {confidence:.4f} below --min-confidence {options.min_confidence:g}"
+        rows.append(Decision(angle, confidence, turn, keep))
+    return rows
+
+
+def output_file(
+    data: bytes, image: np.ndarray, suffix: str, decision: Decision, options: Options
+) -> tuple[bytes, str]:
+    """(file bytes, action): the input file `data` (decoded: `image`, EXIF applied) corrected as
+    `options` and `decision` say. Raises lossless.LosslessError for a file that cannot be turned so."""
+    if decision.keep:
+        return data, f"left as it was: {decision.keep}"
+    if options.lossless:
+        turned = lossless.turn_file(
+            data, suffix, decision.quarter_turn, options.lossless, options.partial_mcu
+        )
+        return turned.data, turned.action
+    rotated = corrected(image, decision.angle_degrees, options.crop, options.keep_size)
+    return encoded_output(rotated, suffix), f"rotated {decision.angle_degrees} degrees clockwise, re-encoded"
+
+
 def _batches(items: Sequence, size: int) -> Iterator[Sequence]:
     for start in range(0, len(items), size):
         yield items[start : start + size]
@@ -290,6 +376,37 @@ def load_predictor(model: str):
     show_default=True,
     help="Images whose header claims more pixels are reported before they are decoded.",
 )
+@click.option(
+    "--quarter-turns",
+    is_flag=True,
+    help="Snap to 0/90/180/270 degrees (photo libraries): the +-45 degree sector with the most probability "
+    "wins, and its mass is the confidence.",
+)
+@click.option(
+    "--lossless",
+    "lossless_mode",
+    type=click.Choice(lossless.LOSSLESS_MODES),
+    default=None,
+    help="With --quarter-turns: 'exif' writes only the EXIF Orientation tag of a JPEG (its image data stays "
+    "byte for byte); 'transpose' turns JPEG data losslessly with jpegtran. Other formats: pixels "
+    "transposed exactly. Default: rotate and re-encode.",
+)
+@click.option(
+    "--partial-mcu",
+    type=click.Choice(lossless.PARTIAL_MCU_CHOICES),
+    default="exif",
+    show_default=True,
+    help="--lossless transpose on a JPEG whose size is not a whole number of MCUs (8 or 16 px) on an edge "
+    "that would move: write the EXIF tag instead (nothing lost), 'trim' that edge (jpegtran -trim, up "
+    "to 15 px), or 'reencode' (JPEG q95). The report says which happened.",
+)
+@click.option(
+    "--min-confidence",
+    type=click.FloatRange(0.0, 1.0),
+    default=0.0,
+    show_default=True,
+    help="Images whose confidence is below this are copied to OUTPUT unchanged and the report says why.",
+)
 @click.option("--dry-run", is_flag=True, help="Only predict and write the report; write no images.")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 def main(
@@ -302,6 +419,10 @@ def main(
     batch_size: int,
     max_file_bytes: int,
     max_pixels: int,
+    quarter_turns: bool,
+    lossless_mode: str | None,
+    partial_mcu: str,
+    min_confidence: float,
     dry_run: bool,
     no_progress: bool,
 ) -> None:
@@ -310,6 +431,9 @@ def main(
     the images upright to OUTPUT."""
     if not os.path.exists(model):
         raise click.BadParameter(f"{model} does not exist", param_hint="MODEL")
+    options = Options(crop, keep_size, quarter_turns, lossless_mode, partial_mcu, min_confidence)
+    if options.problem():
+        raise click.UsageError(options.problem())
     files = collect_inputs(inputs)
     overlap = output_overlap(inputs, files, output)
     if overlap:
@@ -329,7 +453,7 @@ def main(
     outcomes = [Outcome(path=input_files.printable_name(str(item.file))) for item in files]
     csv_path = output / f"{REPORT_NAME}.csv"
     try:
-        _correct_all(files, outcomes, predictor, tree, crop, keep_size, int(tta), batch_size, dry_run,
+        _correct_all(files, outcomes, predictor, tree, options, int(tta), batch_size, dry_run,
                      max_file_bytes, max_pixels, no_progress)  # fmt: skip
     except KeyboardInterrupt as error:  # Ctrl-C or SIGTERM: the report was written all the same
         done = sum(outcome.angle_degrees is not None and not outcome.error for outcome in outcomes)
@@ -341,14 +465,16 @@ def main(
     failed = [outcome for outcome in outcomes if outcome.error]
     for outcome in failed:
         click.echo(f"skipped  {outcome.path}: {outcome.error}", err=True)
-    done = len(outcomes) - len(failed)
+    kept = sum(outcome.action.startswith("left as it was") for outcome in outcomes if not outcome.error)
+    done = len(outcomes) - len(failed) - kept
     verb = "predicted" if dry_run else "corrected"
+    kept_text = f", {kept} left as they were (below --min-confidence)" if kept else ""
     frames = sum(1 for outcome in outcomes if outcome.note and not outcome.error)
     first_only = f"{frames} of them with several frames, only the first {verb} (see note); " if frames else ""
     click.echo(
-        f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped; {first_only}report: {csv_path}"
+        f"{verb} {done} of {len(outcomes)} images, {len(failed)} skipped{kept_text}; {first_only}report: {csv_path}"
     )
-    if outcomes and not done:
+    if outcomes and not done + kept:
         raise SystemExit(1)
 
 
@@ -357,8 +483,7 @@ def _correct_all(
     outcomes: list[Outcome],
     predictor,
     tree: OutputTree,
-    crop: bool,
-    keep_size: bool,
+    options: Options,
     tta: int,
     batch_size: int,
     dry_run: bool,
@@ -371,9 +496,7 @@ def _correct_all(
         try:
             with tqdm(total=len(files), unit="img", disable=no_progress, desc="correct") as bar:
                 for batch in _batches(list(zip(files, outcomes, strict=True)), batch_size):
-                    _correct_batch(
-                        batch, predictor, tree, crop, keep_size, tta, dry_run, max_file_bytes, max_pixels
-                    )
+                    _correct_batch(batch, predictor, tree, options, tta, dry_run, max_file_bytes, max_pixels)
                     if not dry_run:
                         tree.save_ledger()  # a killed run still proves which outputs are its own
                     bar.update(len(batch))
@@ -394,8 +517,7 @@ def _correct_batch(
     batch: Sequence[tuple[InputFile, Outcome]],
     predictor,
     tree: OutputTree,
-    crop: bool,
-    keep_size: bool,
+    options: Options,
     tta: int,
     dry_run: bool,
     max_file_bytes: int,
@@ -417,26 +539,27 @@ def _correct_batch(
         except Exception as error:  # an undiagnosed decoder failure is this image's error
             outcome.error = f"cannot decode ({type(error).__name__}: {error})"
             continue
-        loaded.append((item, outcome, image))
+        loaded.append((item, outcome, image, data))
     if not loaded:
         return
     try:
-        prepared = [predictor.prepare(image) for _, _, image in loaded]
+        prepared = [predictor.prepare(image) for _, _, image, _ in loaded]
         prediction = predictor.predict(prepared, batch_size=len(prepared), tta=tta)
     except Exception as error:
-        for _, outcome, _ in loaded:
+        for _, outcome, _, _ in loaded:
             outcome.error = f"prediction failed for this batch ({type(error).__name__}: {error})"
         return
-    for index, (item, outcome, image) in enumerate(loaded):
-        outcome.angle_degrees = int(prediction.angles_degrees[index])
-        outcome.confidence = round(float(prediction.confidence[index]), 4)
+    for (item, outcome, image, data), decision in zip(loaded, decisions(prediction, options), strict=True):
+        outcome.angle_degrees, outcome.quarter_turn = decision.angle_degrees, decision.quarter_turn
+        outcome.confidence = round(decision.confidence, 4)
         if dry_run:
+            outcome.action = f"left as it was: {decision.keep}" if decision.keep else ""
             continue
         try:
-            data = encoded_output(
-                corrected(image, outcome.angle_degrees, crop, keep_size), item.relative.suffix
-            )
-            outcome.output = input_files.printable_name(str(tree.write(item.relative.as_posix(), data)))
+            written, outcome.action = output_file(data, image, item.relative.suffix, decision, options)
+            outcome.output = input_files.printable_name(str(tree.write(item.relative.as_posix(), written)))
+        except lossless.LosslessError as error:
+            outcome.error = f"not written: {error}"
         except OutputRefusedError as error:
             outcome.error = f"not written: {error}"
         except Exception as error:  # one image's failure to encode is its own line, not the run's end

@@ -7,6 +7,12 @@ degrees, the share of records within 2/5/10 degrees, the error per true angle, a
 flips - predictions about upside down (error >= 170 degrees), the heavy tail the literature reports
 (for MNIST also per digit: 6 and 9 are each other's flips). Writes evaluation.json, a per-angle plot
 and an error histogram to --output. The summary statistics are pure NumPy (`summarize`).
+
+`quarter_turns=True` (rotnet-evaluate --quarter-turns) scores what rotnet-correct --quarter-turns does:
+only the records at 0/90/180/270 degrees, each snapped to the quarter turn whose +-45 degree sector holds
+the most probability; reported are the accuracy of the snapped turn, the 4x4 confusion of the turns,
+and at a few --min-confidence thresholds the share of records kept and their accuracy
+(`summarize_quarter_turns`).
 """
 
 from __future__ import annotations
@@ -25,6 +31,8 @@ from trainer.heads import circular_difference_degrees
 WITHIN_DEGREES = (2, 5, 10)
 # An error this large is the model reading the image (about) upside down.
 FLIP_ERROR_DEGREES = 170.0
+# --quarter-turns: the --min-confidence thresholds the report shows coverage and accuracy for.
+CONFIDENCE_THRESHOLDS = (0.5, 0.7, 0.9, 0.99)
 RESULT_FILE = "evaluation.json"
 PER_ANGLE_PLOT = "per_angle_error.png"
 HISTOGRAM_PLOT = "error_histogram.png"
@@ -47,6 +55,8 @@ class Evaluation:
     flips_by_label: dict[str, dict[str, float]] = field(default_factory=dict)  # MNIST digit -> share, n
     # --rotation-codes: trainer.robustness.RobustnessReport.to_dict() (rows per code and tta), or empty
     rotation_codes: dict[str, Any] = field(default_factory=dict)
+    # --quarter-turns: summarize_quarter_turns (accuracy, 4x4 confusion, coverage by confidence), or empty
+    quarter_turns: dict[str, Any] = field(default_factory=dict)
 
     def table(self) -> str:
         """A small plain-text table for the terminal."""
@@ -66,9 +76,63 @@ class Evaluation:
                     ", ".join(f"{label}: {item['flip_share']:.1%}" for label, item in worst),
                 )
             )
+        quarter = self.quarter_turns
+        if quarter:
+            rows.append(("quarter-turn accuracy", f"{quarter['accuracy']:.2%} of {quarter['num_records']:,}"))
+            rows += [
+                (
+                    f"  confidence >= {item['min_confidence']:g}",
+                    f"{item['kept_share']:.1%} kept, "
+                    + (f"{item['accuracy']:.2%} right" if item["accuracy"] is not None else "none"),
+                )
+                for item in quarter["by_confidence"]
+            ]
         width = max(len(name) for name, _ in rows)
         title = f"{self.model} on {self.records} [{self.split}], tta {self.tta}"
-        return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])
+        lines = [title, *(f"  {name:<{width}}  {value}" for name, value in rows)]
+        if quarter:
+            lines.append("  quarter turns, true (rows) x predicted (columns), records:")
+            lines.append("          " + "".join(f"{angle:>9}" for angle in quarter["turn_degrees"]))
+            lines += [
+                f"    {angle:>4}  " + "".join(f"{count:>9,}" for count in row)
+                for angle, row in zip(quarter["turn_degrees"], quarter["confusion"], strict=True)
+            ]
+        return "\n".join(lines)
+
+
+def summarize_quarter_turns(
+    true_angles: np.ndarray, predicted_turns: np.ndarray, confidence: np.ndarray
+) -> dict[str, Any]:
+    """Accuracy of snapped quarter turns (records at multiples of 90 degrees), the 4x4 confusion
+    (rows: true turn, columns: predicted) and, per CONFIDENCE_THRESHOLDS, the share of records at or
+    above the threshold and their accuracy (None when no record is)."""
+    true_angles = np.asarray(true_angles)
+    if np.any(true_angles % 90):
+        raise ValueError("quarter turns are scored on records at 0/90/180/270 degrees only")
+    true_turns = (true_angles // 90).astype(np.int64) % 4
+    predicted_turns = np.asarray(predicted_turns, np.int64)
+    confidence = np.asarray(confidence, np.float64)
+    right = true_turns == predicted_turns
+    confusion = np.zeros((4, 4), np.int64)
+    np.add.at(confusion, (true_turns, predicted_turns), 1)
+    by_confidence = []
+    for threshold in CONFIDENCE_THRESHOLDS:
+        kept = confidence >= threshold
+        by_confidence.append(
+            {
+                "min_confidence": threshold,
+                "kept_share": float(kept.mean()) if kept.size else 0.0,
+                "accuracy": float(right[kept].mean()) if kept.any() else None,
+            }
+        )
+    return {
+        "num_records": int(true_turns.size),
+        "accuracy": float(right.mean()) if right.size else 0.0,
+        "turn_degrees": [0, 90, 180, 270],
+        "confusion": confusion.tolist(),
+        "mean_confidence": float(confidence.mean()) if confidence.size else 0.0,
+        "by_confidence": by_confidence,
+    }
 
 
 def summarize(
@@ -165,11 +229,13 @@ def evaluate(
     progress: Callable[[int], None] | None = None,
     on_total: Callable[[int], None] | None = None,
     angles: Sequence[int] | None = None,
+    quarter_turns: bool = False,
 ) -> tuple[Evaluation, np.ndarray]:
     """Predict every record of `split` whose angle the model knows (and is in `angles`, degrees, when
     given); returns the Evaluation and the absolute errors in record order. `max_records` stops after
     that many (in shard order); `on_total` hears the number of records to expect, `progress` each
-    batch's count."""
+    batch's count. `quarter_turns` scores only the records at multiples of 90 degrees and adds the
+    snapped turns' accuracy and confusion (Evaluation.quarter_turns)."""
     import schemas
 
     info = schemas.load_manifest(records)
@@ -177,10 +243,21 @@ def evaluate(
         raise EvaluationError(f"split {split!r} is not in {records}; it has {', '.join(sorted(info.splits))}")
     predictor, config = _predictor_for_records(model, records, info, split)
     wanted = _wanted_angles(config.bin_angles, info.angles_degrees, angles)
+    if quarter_turns:
+        if angles is not None and any(angle % 90 for angle in angles):
+            raise EvaluationError(
+                "--quarter-turns scores records at 0/90/180/270 degrees: give --angles among them"
+            )
+        wanted[np.arange(len(wanted)) % 90 != 0] = False
+        if not wanted.any():
+            raise EvaluationError(
+                f"--quarter-turns scores records at 0/90/180/270 degrees, and {records} with this model has "
+                "none; rerun the pipeline with those angles (--angles 0,90,180,270)"
+            )
     total = info.splits[split].num_images * int(wanted.sum())
     if on_total:
         on_total(total if max_records is None else min(total, max_records))
-    true_angles, predicted, labels = _predict_split(
+    true_angles, predicted, labels, turns, turn_confidence = _predict_split(
         predictor, config, info.shard_paths(records, split), wanted, batch_size, tta, max_records, progress
     )
     if not len(true_angles):
@@ -188,6 +265,8 @@ def evaluate(
     result = summarize(
         true_angles, predicted, labels, model=str(model), records=str(records), split=split, tta=tta
     )
+    if quarter_turns:
+        result.quarter_turns = summarize_quarter_turns(true_angles, turns, turn_confidence)
     return result, circular_difference_degrees(true_angles, predicted)
 
 
@@ -234,8 +313,8 @@ def _wanted_angles(bin_angles: Sequence[int], record_angles: Sequence[int], angl
 
 
 def _predict_split(predictor, config, paths, wanted, batch_size, tta, max_records, progress):
-    """(true angles, predicted angles, labels) of the records of `paths` whose angle is `wanted`, in
-    shard order, at most `max_records`; `progress` hears each batch's count."""
+    """(true angles, predicted angles, labels, quarter turns, their confidence) of the records of `paths`
+    whose angle is `wanted`, in shard order, at most `max_records`; `progress` hears each batch's count."""
     import tensorflow as tf
 
     from trainer import data
@@ -245,6 +324,7 @@ def _predict_split(predictor, config, paths, wanted, batch_size, tta, max_record
         [np.zeros(0, np.int64)],
         [np.zeros(0, np.int32)],
     )
+    turn_parts, turn_confidence_parts = [np.zeros(0, np.int64)], [np.zeros(0, np.float32)]
     seen = 0
     try:
         for images, true, labels in data.evaluation_dataset(paths, config, batch_size):
@@ -256,14 +336,18 @@ def _predict_split(predictor, config, paths, wanted, batch_size, tta, max_record
             if not len(true):
                 continue
             true_parts.append(true)
-            predicted_parts.append(predictor.predict(images, batch_size=batch_size, tta=tta).angles_degrees)
+            prediction = predictor.predict(images, batch_size=batch_size, tta=tta)
+            predicted_parts.append(prediction.angles_degrees)
+            turn_parts.append(prediction.quarter_turns)
+            turn_confidence_parts.append(prediction.quarter_confidence)
             label_parts.append(labels)
             seen += len(true)
             if progress:
                 progress(len(true))
     except tf.errors.DataLossError as error:
         raise EvaluationError(data.damaged_record_message(paths, error, "re-run the pipeline")) from None
-    return tuple(np.concatenate(parts) for parts in (true_parts, predicted_parts, label_parts))
+    parts = (true_parts, predicted_parts, label_parts, turn_parts, turn_confidence_parts)
+    return tuple(np.concatenate(part) for part in parts)
 
 
 def evaluate_rotation_codes(

@@ -7,7 +7,10 @@ Expected result: a table (mean / median / p95 error, share within 2, 5, 10 degre
 on stdout, and evaluation.json, per_angle_error.png and error_histogram.png in --output (default:
 <model dir>/evaluation-<split>[-tta4]). With --rotation-codes, also one row per rotation code (mean,
 median, p95, within 2/5/10 degrees; tta 1 and the --tta asked) on the split's original images and the
-worst/best ratio of the means, stored under "rotation_codes" in evaluation.json.
+worst/best ratio of the means, stored under "rotation_codes" in evaluation.json. With --quarter-turns,
+only the records at 0/90/180/270 degrees are scored, and the table adds the accuracy of the snapped
+quarter turn (what rotnet-correct --quarter-turns does), its share kept and accuracy at a few
+--min-confidence thresholds, and the 4x4 confusion of the turns (evaluation.json: "quarter_turns").
 """
 
 from __future__ import annotations
@@ -51,7 +54,7 @@ def _rotation_codes(option: str | None) -> list[str]:
     return codes
 
 
-def _evaluate_with_progress(model, records, split, tta, batch_size, max_records, angles):
+def _evaluate_with_progress(model, records, split, tta, batch_size, max_records, angles, quarter_turns=False):
     """trainer.evaluate.evaluate with a progress bar that learns its total once the records are known."""
     from tqdm import tqdm
 
@@ -65,7 +68,7 @@ def _evaluate_with_progress(model, records, split, tta, batch_size, max_records,
 
         return evaluate(
             model, records, split, tta, batch_size, max_records,
-            progress=bar.update, on_total=set_total, angles=angles,
+            progress=bar.update, on_total=set_total, angles=angles, quarter_turns=quarter_turns,
         )  # fmt: skip
 
 
@@ -93,7 +96,8 @@ def _evaluate_with_progress(model, records, split, tta, batch_size, max_records,
     "--output",
     type=click.Path(file_okay=False),
     default=None,
-    help="Directory for evaluation.json and the PNGs. Default: <model dir>/evaluation-<split>[-tta<N>].",
+    help="Directory for evaluation.json and the PNGs. Default: "
+    "<model dir>/evaluation-<split>[-tta<N>][-quarter-turns].",
 )
 @batch_size_option(DEFAULT["batch_size"])
 @click.option(
@@ -108,6 +112,13 @@ def _evaluate_with_progress(model, records, split, tta, batch_size, max_records,
     type=click.IntRange(min=1),
     default=None,
     help="Score only the first N records in shard order (a quick look; default: every record).",
+)
+@click.option(
+    "--quarter-turns",
+    is_flag=True,
+    help="Score what rotnet-correct --quarter-turns does: records at 0/90/180/270 degrees only, each "
+    "snapped to the quarter turn with the most probability; adds its accuracy, its accuracy and share kept "
+    "at a few confidence thresholds, and the 4x4 confusion of the turns.",
 )
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own start-up and log messages.")
 @click.option(
@@ -143,6 +154,7 @@ def main(
     batch_size: int,
     angles: list[int] | None,
     max_records: int | None,
+    quarter_turns: bool,
     verbose: bool,
     rotation_codes: str | None,
     codes_angles_per_image: int,
@@ -157,7 +169,7 @@ def main(
     import_tensorflow(verbose)
     from trainer.evaluate import EvaluationError, check_output, evaluate_rotation_codes, write_outputs
 
-    output = output or default_output(model, split, int(tta))
+    output = output or default_output(model, split, int(tta)) + ("-quarter-turns" if quarter_turns else "")
     try:  # refused before the evaluation, not after it; nothing is created until the results are written
         check_output(output)
     except EvaluationError as error:
@@ -166,7 +178,7 @@ def main(
     codes = _rotation_codes(rotation_codes)
     try:
         result, errors = _evaluate_with_progress(
-            model, records, split, int(tta), batch_size, max_records, angles
+            model, records, split, int(tta), batch_size, max_records, angles, quarter_turns
         )
         report = None
         if codes:

@@ -26,8 +26,13 @@ import numpy as np
 # Regression: the output vector is shrunk by ambiguity; turn its length into a von Mises concentration
 # with Banerjee et al.'s (2005) approximation of the inverse of I1(k)/I0(k), capped to stay finite.
 MAX_RESULTANT_LENGTH = 0.999
-# Regression's confidence is the probability within this many degrees of the predicted angle.
+# The confidence of a free-angle prediction is the probability mass within a window around the
+# predicted angle (Head.confidence_window_degrees): +-5 degrees for classification (one 360-way bin is
+# too narrow: a sure model spreads over its neighbours), +-2 sigma for circular-gaussian, +-10 for
+# regression. A quarter turn's confidence is the mass of its +-45 degree sector (decode_quarter_turns).
+CLASSIFICATION_CONFIDENCE_WINDOW_DEGREES = 5.0
 REGRESSION_CONFIDENCE_WINDOW_DEGREES = 10.0
+QUARTER_TURNS = (0, 90, 180, 270)
 
 
 # --- Pure NumPy -----------------------------------------------------------------------------------
@@ -114,6 +119,29 @@ def decode_probabilities(
     return angles, confidence.astype(np.float32)
 
 
+def quarter_turn_masses(probabilities: np.ndarray, bin_angles: Sequence[int]) -> np.ndarray:
+    """(N, 4): the probability mass of the +-45 degree sector around 0, 90, 180 and 270 degrees.
+
+    A bin strictly inside a sector counts for it; a bin exactly on a border (45, 135, ...) counts half
+    for each neighbour, so the four masses of a row sum to the row's total (1 for probabilities).
+    """
+    bins = np.asarray(bin_angles, np.float64)
+    distances = circular_difference_degrees(bins[:, np.newaxis], np.asarray(QUARTER_TURNS)[np.newaxis, :])
+    weights = np.where(np.isclose(distances, 45.0), 0.5, (distances < 45.0).astype(np.float64))
+    return np.asarray(probabilities, np.float64) @ weights
+
+
+def decode_quarter_turns(
+    probabilities: np.ndarray, bin_angles: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
+    """(turns (N,) int 0..3, confidence (N,) in 0..1): the sector with the most mass (turn k: the image
+    shows a counter-clockwise rotation of 90k degrees) and that mass. Ties go to the lower turn."""
+    masses = quarter_turn_masses(probabilities, bin_angles)
+    turns = np.argmax(masses, axis=1).astype(np.int64)
+    confidence = np.clip(masses[np.arange(len(turns)), turns], 0.0, 1.0)
+    return turns, confidence.astype(np.float32)
+
+
 def rotate_images_90(images: np.ndarray, rotation_degrees: int) -> np.ndarray:
     """Turn a batch (N, H, W, C) counter-clockwise by a multiple of 90 degrees, exactly."""
     if rotation_degrees % 90:
@@ -153,11 +181,12 @@ class Head:
 
     @property
     def confidence_window_degrees(self) -> float:
+        """The free-angle confidence is the probability mass within this many degrees of the prediction."""
         if self.name == "circular-gaussian":
             return 2.0 * self.sigma_degrees
         if self.name == "regression":
             return REGRESSION_CONFIDENCE_WINDOW_DEGREES
-        return 0.0
+        return CLASSIFICATION_CONFIDENCE_WINDOW_DEGREES
 
     # --- NumPy ---
 

@@ -7,6 +7,11 @@
     prediction = predictor.predict(images, tta=4)
     prediction.angles_degrees  # (N,) ints 0..359: the counter-clockwise rotation each image shows;
                                # rotate it clockwise by that much (geometry.undo_rotation) to correct it
+    prediction.quarter_turns   # (N,) ints 0..3: the nearest quarter turn (its +-45 degree sector's mass
+                               # is prediction.quarter_confidence)
+
+The higher-level API (`import rotnet`; rotnet/api.py) takes paths, arrays or PIL images and does the
+preparing and batching itself.
 
 Preprocessing (binarize / scale / caffe) is the models' first layer, exactly as in training, so callers
 pass plain uint8 pixels. A model.keras file needs the run's train_config.json beside it (for the head
@@ -27,7 +32,7 @@ import numpy as np
 from pipeline import geometry
 from trainer import runtimes
 from trainer.config import CONFIG_FILE, MODEL_FILE, SAVED_MODEL_DIR
-from trainer.heads import Head, combine_rotations, rotate_images_90, tta_rotations
+from trainer.heads import Head, combine_rotations, decode_quarter_turns, rotate_images_90, tta_rotations
 
 SAVED_MODEL_CONFIG = os.path.join("assets.extra", CONFIG_FILE)
 SERVING_ENDPOINT = "serve"
@@ -36,8 +41,10 @@ SERVING_ENDPOINT = "serve"
 @dataclass(frozen=True)
 class Prediction:
     angles_degrees: np.ndarray  # (N,) int in 0..359: the counter-clockwise rotation the model sees
-    confidence: np.ndarray  # (N,) float in 0..1
+    confidence: np.ndarray  # (N,) float in 0..1: mass within Head.confidence_window_degrees of the angle
     probabilities: np.ndarray  # (N, num_bins) float32 (num_bins 360, or len(angles) for subsets)
+    quarter_turns: np.ndarray | None = None  # (N,) int 0..3: the +-45 degree sector with the most mass
+    quarter_confidence: np.ndarray | None = None  # (N,) float in 0..1: that sector's mass
 
 
 class Predictor:
@@ -159,7 +166,8 @@ class Predictor:
             self.head.bin_angles,
         )
         angles, confidence = self.head.decode(probabilities)
-        return Prediction(angles_degrees=angles, confidence=confidence, probabilities=probabilities)
+        turns, turn_confidence = decode_quarter_turns(probabilities, self.head.bin_angles)
+        return Prediction(angles, confidence, probabilities, turns, turn_confidence)
 
     def _probabilities(self, batch: np.ndarray, batch_size: int) -> np.ndarray:
         if len(batch) == 0:
