@@ -415,5 +415,10 @@ class RotnetServe:
         if self._process is not None:
             _stop(self._process)
 
+    def wait(self, timeout: float) -> int:
+        """The exit status once the service has ended by itself (after a signal the test sent)."""
+        assert self._process is not None
+        return self._process.wait(timeout=timeout)
+
     def log_text(self) -> str:
         return self._log.read_text(errors="replace")

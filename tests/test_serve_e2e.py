@@ -8,6 +8,8 @@ from __future__ import annotations
 import http.client
 import io
 import json
+import os
+import signal
 import struct
 import threading
 import time
@@ -20,6 +22,7 @@ from PIL import Image
 
 from tests.conftest import SERVE_MAX_PIXELS, SERVE_MAX_UPLOAD_BYTES
 from tests.factories import synthetic_image
+from tests.servers import RotnetServe
 from tools import lossless
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(300)]
@@ -206,3 +209,24 @@ def test_load_run_2000_requests_16_at_a_time_without_an_error(rotnet_serve) -> N
     assert predictions == total and batches < total, "16 clients at once should share model calls"
     print(f"load run: {total} requests, {clients} clients, {elapsed:.1f} s, {total / elapsed:.0f} req/s, "
           f"{predictions / batches:.1f} images per model call")  # fmt: skip
+
+
+@pytest.mark.parametrize(
+    ("sent", "code", "cause"), [(signal.SIGINT, 130, "Ctrl-C"), (signal.SIGTERM, 143, "SIGTERM")]
+)
+def test_an_interrupted_service_ends_in_one_line_and_130_or_143(
+    tiny_model: dict[str, Path], tmp_path: Path, sent: int, code: int, cause: str
+) -> None:
+    """rotnet-serve follows every command's convention (pipeline/interrupts.py): uvicorn shuts down
+    gracefully, then the signal it captured ends the command in one line, exit 130 / 143."""
+    log = tmp_path / "serve.log"
+    with RotnetServe(tiny_model["run"], log) as server:
+        status, _, _ = request(server, "GET", "/healthz")
+        assert status == 200
+        os.kill(server.pid, sent)
+        returncode = server.wait(timeout=60)
+    text = log.read_text(errors="replace")
+    assert returncode == code, text
+    assert "Traceback" not in text and "Aborted!" not in text, text
+    [line] = [line for line in text.splitlines() if line.startswith("interrupted")]
+    assert line.startswith(f"interrupted ({cause}): the service stopped"), line

@@ -47,7 +47,7 @@ from typing import Any
 import click
 import numpy as np
 
-from pipeline import codec
+from pipeline import codec, interrupts
 from tools import correct as correct_tool
 from tools import lossless
 
@@ -456,7 +456,12 @@ def warm_up(predictor: Any, settings: Settings) -> None:
 # --- Command ------------------------------------------------------------------------------------------
 
 
-@click.command(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110})
+@click.command(
+    cls=interrupts.Command,
+    interrupted="the service stopped once the requests in flight were answered; it wrote nothing; "
+    "start it again with the same command",
+    context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 110},
+)
 @click.argument("model", metavar="MODEL")
 @click.option("--host", default=Settings.host, show_default=True, help="Address to listen on (0.0.0.0: all).")
 @click.option(
