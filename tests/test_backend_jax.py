@@ -181,14 +181,20 @@ def test_an_interrupted_jax_run_resumes_from_its_backup(records: Path, tmp_path:
     assert not (output / "backup").exists() and (output / "model.keras").exists()
 
 
+@pytest.mark.parametrize("backend", ["jax", "tensorflow"])
 @pytest.mark.parametrize("precision", ["mixed_float16", "mixed_bfloat16"])
-def test_mixed_precision_trains_with_a_finite_loss_under_jax(
-    records: Path, tmp_path: Path, precision: str
+def test_mixed_precision_trains_with_a_finite_loss(
+    records: Path, tmp_path: Path, precision: str, backend: str
 ) -> None:
     output = tmp_path / "run"
     arguments = ["--records", str(records), "--output", str(output), "--model", "mnist-cnn-bn", *SHORT]
-    finished = _rotnet_train("--backend", "jax", *arguments, "--precision", precision)
-    assert finished.returncode == 0, finished.stderr[-3000:]
+    arguments += ["--precision", precision]
+    if backend == "jax":
+        finished = _rotnet_train("--backend", "jax", *arguments)
+        assert finished.returncode == 0, finished.stderr[-3000:]
+    else:  # in this process: Keras runs on TensorFlow here
+        result = CliRunner().invoke(train_main, arguments)
+        assert result.exit_code == 0, result.output
     metrics = json.loads((output / "metrics.json").read_text())
     assert np.isfinite(metrics["final"]["loss"]) and np.isfinite(metrics["final"]["val_loss"])
     assert json.loads((output / "train_config.json").read_text())["resolved_precision"] == precision
@@ -260,3 +266,42 @@ def test_unknown_backends_and_multi_worker_off_tensorflow_are_usage_errors(tmp_p
         errors = _error_lines(result.stderr)
         assert len(errors) == 1 and message in errors[0], result.stderr
     assert not (tmp_path / "run").exists()  # refused before anything was written
+
+
+def test_the_model_heads_and_metrics_run_on_jax_with_tensorflow_blocked(tmp_path: Path) -> None:
+    """No tf.* inside the Keras layers and metrics: with TensorFlow unimportable (as on the GPU machine),
+    models with every preprocessing and every head build, train a step with the head's loss and metrics,
+    and save. (The keras.applications backbones are Keras's own: ResNet50 trains under JAX in
+    tests/test_gpu_check.py; XLA compiling both backbones on 2 cores would take minutes here.)"""
+    script = (
+        "import sys\n"
+        "class NoTensorFlow:  # any import of tensorflow now raises ImportError, as where it is missing\n"
+        "    def find_spec(self, name, path=None, target=None):\n"
+        "        if name.split('.')[0] == 'tensorflow':\n"
+        "            raise ImportError('tensorflow is blocked in this test')\n"
+        "sys.meta_path.insert(0, NoTensorFlow())\n"
+        "import keras, numpy as np\n"
+        "from trainer import backends, numpy_data, record_stream, train\n"
+        "from trainer.config import TrainConfig\n"
+        "from trainer.heads import Head\n"
+        "for model, head, channels, preprocessing in [('mnist-cnn', 'classification', 1, 'binarize'),\n"
+        "        ('mnist-cnn-bn', 'circular-gaussian', 1, 'scale'), ('mnist-cnn', 'regression', 3, 'caffe'),\n"
+        "        ('mnist-cnn-bn', 'classification', 3, 'raw')]:\n"
+        "    config = TrainConfig(model=model, head=head, weights='none', image_size=[32, 32], channels=channels,\n"
+        "        preprocessing=preprocessing, bin_angles=[0, 90, 180, 270], resolved_precision='float32',\n"
+        "        steps_per_epoch=1)\n"
+        "    heads = Head(head, (0, 90, 180, 270))\n"
+        "    built = train._compiled_model(config, heads, backends.OneDevice())\n"
+        "    images = np.random.default_rng(0).integers(0, 256, (4, 32, 32, channels), dtype=np.uint8)\n"
+        "    logs = built.train_on_batch(images, heads.targets(np.array([0, 1, 2, 3])), return_dict=True)\n"
+        "    assert np.isfinite(logs['loss']) and 0 <= logs['angle_error'] <= 180, logs\n"
+        f"    built.save({str(tmp_path)!r} + f'/{{model}}.keras')\n"
+        "assert 'tensorflow' not in sys.modules and keras.backend.backend() == 'jax'\n"
+        "print('ok')\n"
+    )
+    finished = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, timeout=600,
+        env=_environment(KERAS_BACKEND="jax"), cwd=REPO_ROOT,
+    )  # fmt: skip
+    assert finished.returncode == 0, finished.stderr[-3000:]
+    assert finished.stdout.strip().endswith("ok")

@@ -22,14 +22,15 @@ The training chain, top to bottom (`training_dataset`):
                                            stateless random from (seed, batch index), not the angle
     .prefetch(AUTOTUNE)
 
-Preprocessing (binarize / scale / caffe, `preprocess_images`) is the model's first layer
+Preprocessing (binarize / scale / caffe, trainer.preprocessing, keras.ops) is the model's first layer
 (trainer.models.Preprocess), not a step here: batches travel as uint8, a quarter of the bytes of
 float32 (converting 224 px batches to float32 on the CPU cut the 2-core input rate from ~2,000 to
 ~1,300 images/s; the flip to BGR alone to ~800), the accelerator does the arithmetic, and every saved
 model carries its own preprocessing, so training, Predictor and the SavedModel cannot disagree.
 
 Validation (`validation_dataset`) reads the shards in order, without shuffling, and takes the same
-hash-sampled records (spread over every image) every epoch. `evaluation_dataset` yields uint8 images, true angles and labels for
+records every epoch, sampled by a hash of each record's key (schemas.splits.in_validation_sample, spread
+over every image): the records the TF-free loader (trainer.record_stream, for JAX and torch) picks too. `evaluation_dataset` yields uint8 images, true angles and labels for
 rotnet-evaluate.
 """
 
