@@ -228,7 +228,8 @@ def weights_file_problem(path: str) -> str | None:
     is_flag=True,
     default=DEFAULT["deterministic"],
     help="Make the input stream reproducible: the same --seed and records give the same batches in the "
-    "same order (slower: the interleave and the parallel maps keep their order).",
+    "same order (slower: the interleave and the parallel maps keep their order). The jax/torch loader "
+    "is always reproducible.",
 )
 @click.option(
     "--stream-sweeps",

@@ -250,8 +250,10 @@ def validation_records(paths: Sequence[str], config: TrainConfig, steps: int) ->
     fraction = config.validation_fraction
     keep = record_filter(config, 1.0)
     sample = validation_sample_function(fraction)
-    picked = []
+    picked: list[bytes] = []
     for record in records_in_order(paths, config):
+        if len(picked) == steps * config.global_batch_size:
+            break  # enough: tf.data's take(steps) stops reading there too
         if fraction < 1.0:
             values = _fields(record, ("image_id", "angle_degrees"))
             if not sample([values["image_id"].encode("utf-8")], [values["angle_degrees"]])[0]:
@@ -347,12 +349,19 @@ PARENT_CHECK_SECONDS = 0.5
 def _start_worker(spec: BatchSpec, parent: int | None = None) -> None:
     global _WORKER_SPEC
     _WORKER_SPEC = spec
-    with contextlib.suppress(Exception):
-        import cv2
+    if parent is None:
+        return  # decoding threads of the training process itself
+    import signal
 
-        cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads would oversubscribe
-    if parent is not None:  # a worker process: end with the trainer, even one killed with SIGKILL
-        threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
+    import cv2
+
+    cv2.setNumThreads(1)  # one process per core already: OpenCV's own threads would oversubscribe
+    # Ctrl-C reaches the whole foreground process group: it is the trainer's to handle (one line, the
+    # backup kept); a worker dying of it would break the pool and print a traceback first. (SIGTERM
+    # keeps its default: the pool terminates workers with it.) Workers end with the pool, or with the
+    # trainer, even one killed with SIGKILL.
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    threading.Thread(target=_exit_with_parent, args=(parent,), daemon=True).start()
 
 
 def _exit_with_parent(parent: int) -> None:
