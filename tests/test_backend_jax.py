@@ -1,4 +1,4 @@
-"""rotnet-train --backend jax on tiny MNIST-like records (each JAX run in a process of its own: Keras
+"""rotnet-train --backend jax on tiny MNIST records (each JAX run in a process of its own: Keras
 reads its backend once per process): it learns as TensorFlow does on the same records, its model.keras
 loads under TensorFlow (Predictor, the exported SavedModel) and predicts the same, an interrupted run
 resumes from its backup, mixed precision trains with a finite loss, and bad input ends in one line."""
@@ -31,15 +31,16 @@ pytestmark = [
 ]
 
 ANGLES = tuple(range(0, 360, 30))  # 12 bins
+# One epoch of the MNIST CNN: 60 steps of 32 (two thirds of the 2,880 training records).
 TRAINING = [
     "--epochs",
     "1",
     "--steps-per-epoch",
-    "40",
+    "60",
     "--batch-size",
-    "16",
+    "32",
     "--lr",
-    "0.003",
+    "0.002",
     "--no-tensorboard",
 ]
 SHORT = ["--epochs", "1", "--steps-per-epoch", "2", "--batch-size", "8", "--no-tensorboard"]
@@ -95,10 +96,38 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="module")
-def jax_run(records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+def mnist_records(tmp_path_factory: pytest.TempPathFactory, shared_data: Path) -> Path:
+    """Real MNIST digits (../shared/data/mnist-5k), 240 for training and 32 for validation, every 30
+    degrees: small enough for seconds of training, hard enough that one epoch leaves an error to compare."""
+    from pipeline import local_writer
+    from pipeline.datasets import mnist
+
+    directory = tmp_path_factory.mktemp("mnist")
+    images, labels = mnist.load_split(
+        (shared_data / "mnist-5k" / "train-images-idx3-ubyte.gz").read_bytes(),
+        (shared_data / "mnist-5k" / "train-labels-idx1-ubyte.gz").read_bytes(),
+    )
+    digits = [(f"{index:05d}", images[index][:, :, np.newaxis], int(labels[index])) for index in range(272)]
+    local_writer.write_rotations(
+        directory, {"train": digits[:240], "validation": digits[240:]}, dataset="mnist", angles=ANGLES,
+        image_size=28, image_format="png", crop_largest_rect=False, num_shards=2,
+    )  # fmt: skip
+    return directory
+
+
+@pytest.fixture(scope="module")
+def jax_run(mnist_records: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
     output = tmp_path_factory.mktemp("runs") / "jax"
     finished = _rotnet_train(
-        "--backend", "jax", "--records", str(records), "--output", str(output), *TRAINING, "--workers", "2"
+        "--backend",
+        "jax",
+        "--records",
+        str(mnist_records),
+        "--output",
+        str(output),
+        *TRAINING,
+        "--workers",
+        "2",
     )
     assert finished.returncode == 0, finished.stderr[-3000:]
     return output
@@ -109,7 +138,7 @@ def _best_error(run: Path) -> float:
 
 
 def test_a_jax_epoch_learns_as_tensorflow_does_on_the_same_records(
-    jax_run: Path, records: Path, tmp_path: Path
+    jax_run: Path, mnist_records: Path, tmp_path: Path
 ) -> None:
     config = json.loads((jax_run / "train_config.json").read_text())
     assert config["backend"] == "jax" and config["strategy"] == "default"
@@ -117,15 +146,16 @@ def test_a_jax_epoch_learns_as_tensorflow_does_on_the_same_records(
     for seed in ("0", "1"):
         result = CliRunner().invoke(
             train_main,
-            ["--records", str(records), "--output", str(tmp_path / seed), *TRAINING, "--seed", seed],
+            ["--records", str(mnist_records), "--output", str(tmp_path / seed), *TRAINING, "--seed", seed],
         )
         assert result.exit_code == 0, result.output
         assert json.loads((tmp_path / seed / "train_config.json").read_text())["backend"] == "tensorflow"
         tensorflow_errors.append(_best_error(tmp_path / seed))
     print(f"validation angle error: jax {_best_error(jax_run):.1f}, tensorflow seeds 0/1 {tensorflow_errors}")
-    # Chance is 90 degrees on 12 bins 30 degrees apart; the band: TensorFlow's two seeds, +-15 degrees.
-    assert max(tensorflow_errors) < 60, tensorflow_errors
-    assert min(tensorflow_errors) - 15 <= _best_error(jax_run) <= max(tensorflow_errors) + 15, (
+    # Chance is 90 degrees on 12 bins 30 degrees apart; measured: jax 20.4, tensorflow 22.0 / 22.4. The
+    # band: TensorFlow's two seeds, widened by 10 degrees each way (the streams draw differently).
+    assert max(tensorflow_errors) < 45, tensorflow_errors
+    assert min(tensorflow_errors) - 10 <= _best_error(jax_run) <= max(tensorflow_errors) + 10, (
         _best_error(jax_run),
         tensorflow_errors,
     )
@@ -143,7 +173,7 @@ def test_the_jax_model_loads_under_tensorflow_and_predicts_the_same(jax_run: Pat
     )  # fmt: skip
     assert finished.returncode == 0, finished.stderr[-3000:]
     jax = np.load(predictions)
-    assert len(jax["images"]) == 16 * len(ANGLES)
+    assert len(jax["images"]) == 32 * len(ANGLES)  # every validation record
     for source in (jax_run, jax_run / "saved_model"):
         probabilities = Predictor.load(str(source)).predict(jax["images"], batch_size=64).probabilities
         agreement = np.mean(probabilities.argmax(axis=1) == jax["probabilities"].argmax(axis=1))
