@@ -16,8 +16,9 @@ Two cases, each measured side by side in one run on this machine's cores:
   angle (PNG), batch 128, uint8 (binarizing is the model's first layer); RotNet's generator rotates
   the in-memory 28 px digits (no crop, as RotNet's MNIST run) and binarizes.
 
-Rows beside them: the shards read in order with no interleave or shuffle (the floor of any chain on
-these records), rotnet 0.1's strided stream (its shards were not fully mixed), decoding alone on
+Rows beside them: the TF-free loader that feeds JAX and torch (trainer.numpy_data: the same stream
+read on one thread, PNG/JPEG decoded by one process per core, batches pickled back), the shards read
+in order with no interleave or shuffle (the floor of any chain on these records), rotnet 0.1's strided stream (its shards were not fully mixed), decoding alone on
 records held in memory (the most the chain could deliver), and the two libjpeg IDCTs.
 
 Targets: at 224 px on 2 cores, the training stream >= 90% of decoding alone, >= 3,500 images/s and
@@ -27,6 +28,8 @@ several windows taken in turn, with their spread.
 
 from __future__ import annotations
 
+import contextlib
+import itertools
 import os
 import statistics
 import tempfile
@@ -177,6 +180,19 @@ def tf_data_iterator(
     return iter(dataset)
 
 
+def numpy_loader_iterator(records: Path, model: str, batch_size: int, workers: int, stack) -> Iterator:
+    """The TF-free loader's training batches (trainer.numpy_data: the JAX/torch path): the records read
+    in stream order on one thread, decoded by `workers` processes; `stack` (contextlib.ExitStack) stops
+    them when the benchmark ends."""
+    from trainer.numpy_data import NumpyInput
+
+    config, info, head = _resolved(records, model, batch_size)
+    counts = [shard.num_records for shard in info.splits["train"].shards]
+    shards = {"train": info.shard_paths(str(records), "train")}
+    loader = stack.enter_context(NumpyInput(config, head, shards, counts, workers))
+    return (loader.training[index] for index in itertools.count())
+
+
 def in_order_iterator(records: Path, model: str, batch_size: int) -> Iterator:
     """The floor of any chain on these records: the shards read one after another, in order (no
     interleave, random start or shuffle), batched, parsed and decoded with the training chain's own
@@ -308,7 +324,10 @@ def run(quick: bool = False) -> str:
     trainer_idct = data.JPEG_DCT_METHOD  # libjpeg's IDCT the trainer decodes with; the other beside it
     other_idct = "INTEGER_ACCURATE" if trainer_idct == "INTEGER_FAST" else "INTEGER_FAST"
     cores = os.cpu_count() or 1
-    with tempfile.TemporaryDirectory(prefix="rotnet-input-bench-") as scratch:
+    with (
+        tempfile.TemporaryDirectory(prefix="rotnet-input-bench-") as scratch,
+        contextlib.ExitStack() as stack,
+    ):
         # 224 px JPEG, Street View: the stream, rotnet 0.1's strided stream and decoding alone, in turn
         paths = street_view_samples()
         photos = [(path.stem, _read_rgb(path), -1) for path in paths]
@@ -322,6 +341,7 @@ def run(quick: bool = False) -> str:
                 "parallel": tf_data_iterator(street, "resnet50", STREET_VIEW_BATCH, parallel_reads=True),
                 "in_order": in_order_iterator(street, "resnet50", STREET_VIEW_BATCH),
                 "old": tf_data_iterator(street, "resnet50", STREET_VIEW_BATCH, old_stride=OLD_STREAM_STRIDE),
+                "numpy": numpy_loader_iterator(street, "resnet50", STREET_VIEW_BATCH, cores, stack),
                 "decode": decode_only_iterator(street, STREET_VIEW_BATCH),  # the trainer's IDCT
                 "other_idct": decode_only_iterator(street, STREET_VIEW_BATCH, dct_method=other_idct),
             },
@@ -375,6 +395,7 @@ def run(quick: bool = False) -> str:
                 "old": tf_data_iterator(
                     mnist_records, "mnist-cnn", MNIST_BATCH, old_stride=OLD_STREAM_STRIDE
                 ),
+                "numpy": numpy_loader_iterator(mnist_records, "mnist-cnn", MNIST_BATCH, cores, stack),
                 "decode": decode_only_iterator(mnist_records, MNIST_BATCH),
             },
             MNIST_BATCH,
@@ -417,7 +438,8 @@ def run(quick: bool = False) -> str:
         f"rotnet 0.1's stream: the same chain with each shard pass kept one record in {OLD_STREAM_STRIDE} "
         "(`skip(offset).shard(8, 0)`, what a default 50-epoch run on a full-size dataset used). Decode "
         "alone: `trainer.data.decode_images` on the same records held in memory, in parallel batches: the "
-        "most the chain could deliver. RotNet: its Python generator rotating the source images on the fly "
+        "most the chain could deliver. TF-free loader: trainer.numpy_data's training batches (the JAX and "
+        f"torch input): the same stream semantics, records read on one thread, decoded by {cores} processes. RotNet: its Python generator rotating the source images on the fly "
         f"(geometry.reference_chain), 1 and {cores} worker threads.",
         "",
         f"| 224 px JPEG q95, batch {STREET_VIEW_BATCH} (ResNet50 input) | images/s | share of decode alone |",
@@ -429,6 +451,7 @@ def run(quick: bool = False) -> str:
         ("training stream, shards read on parallel threads (as for gs:// shards)", "parallel"),
         ("shards read in order, parsed, decoded (no interleave or shuffle: the floor)", "in_order"),
         (f"rotnet 0.1's strided stream (1 in {OLD_STREAM_STRIDE})", "old"),
+        (f"TF-free loader (trainer.numpy_data, JAX/torch), {cores} decoding processes", "numpy"),
         (f"decode alone, {trainer_idct} IDCT (the trainer's)", "decode"),
         (f"decode alone, {other_idct} IDCT", "other_idct"),
     ):
@@ -454,6 +477,8 @@ def run(quick: bool = False) -> str:
         f"{'met' if stream >= 3500 else 'not met'}) and >= 20x RotNet's generator "
         f"({stream / best_generator:.0f}x: {'met' if stream >= 20 * best_generator else 'not met'}). "
         f"rotnet 0.1's strided stream did {median(street_rates['old']) / stream:.0%} of the new one's rate here. "
+        f"The TF-free loader (the JAX and torch input) did {median(street_rates['numpy']) / stream:.0%} of the "
+        "tf.data stream's rate. "
         f"IDCT: INTEGER_FAST decodes {idct_speedup:.2f}x as fast as INTEGER_ACCURATE, its pixels at most "
         f"{worst_difference} levels from it ({idct_psnr:.1f} dB PSNR over 200 records): the trainer "
         f"decodes with {trainer_idct}, and {idct_verdict}.",
@@ -467,6 +492,7 @@ def run(quick: bool = False) -> str:
         ("training stream, shards read on parallel threads (as for gs:// shards)", "parallel"),
         ("shards read in order, parsed, decoded (no interleave or shuffle: the floor)", "in_order"),
         (f"rotnet 0.1's strided stream (1 in {OLD_STREAM_STRIDE})", "old"),
+        (f"TF-free loader (trainer.numpy_data, JAX/torch), {cores} decoding processes", "numpy"),
         ("decode alone", "decode"),
     ):
         lines.append(
@@ -482,7 +508,8 @@ def run(quick: bool = False) -> str:
         f"{median(mnist_rates['parallel']) / decode:.0%}; reading the shards in order with no "
         f"interleave or shuffle at all did {floor / decode:.0%} (what reading and parsing the records, "
         f"TFRecord frames and tf.train.Example, leave of decoding's rate), and the stream runs at "
-        f"{stream / floor:.0%} of that floor.",
+        f"{stream / floor:.0%} of that floor. The TF-free loader did {median(mnist_rates['numpy']) / stream:.0%} "
+        "of the tf.data stream's rate.",
         "",
         "At 28 px RotNet's rotation is cheap (a 28x28 warp): the comparison shows what streaming stored "
         "rotations costs or saves when rotating is not the bottleneck.",

@@ -16,6 +16,7 @@ from __future__ import annotations
 import functools
 import gzip
 import hashlib
+import io
 import os
 import stat
 import struct
@@ -222,25 +223,52 @@ class _HashingReader:
         self.close()
 
 
-def iter_records(path: str, verify: bool = True, digest: Any = None) -> Iterator[bytes]:
+def iter_records(path: str, verify: bool = True, digest: Any = None, skip: int = 0) -> Iterator[bytes]:
     """Yield the serialized records of one shard (gzip when the name ends in .gz).
 
     With `verify`, both CRCs of every record are checked; any damage raises CorruptShardError naming
     the shard and offset. Without it, a truncated tail still raises, but flipped bits go unnoticed.
     A `digest` (hashlib object) is fed the file's bytes as stored, all of them once the shard is read.
+    `skip` records are stepped over first (their length CRC checked, their data not: a local
+    uncompressed shard seeks over them instead of reading them).
     """
     if digest is None:
         with _open(path, "rb") as handle:
-            yield from _records(path, handle, verify)
+            yield from _records(path, handle, verify, skip)
         return
     with _HashingReader(open_shard(path), digest) as raw:
         stream = gzip.GzipFile(fileobj=raw, mode="rb") if path.endswith(".gz") else raw
-        yield from _records(path, stream, verify)
+        yield from _records(path, stream, verify, skip)
         raw.drain()
 
 
-def _records(path: str, handle: Any, verify: bool) -> Iterator[bytes]:
+def _step_over(path: str, handle: Any, verify: bool, count: int) -> int:
+    """Step over `count` records from the start of `handle`; returns the byte offset reached. A local
+    file seeks over the data (its size bounds every jump); other streams read it."""
+    seekable = isinstance(handle, io.BufferedReader) and not is_remote(path)  # a local shard, not gzip
+    file_size = os.fstat(handle.fileno()).st_size if seekable else None
     offset = 0
+    for _ in range(count):
+        header = handle.read(_HEADER.size)
+        if len(header) < _HEADER.size:
+            reason = "truncated record header" if header else "fewer records than skipped"
+            raise CorruptShardError(path, offset, reason)
+        length, length_crc = _HEADER.unpack(header)
+        if verify and masked_crc32c(header[:8]) != length_crc:
+            raise CorruptShardError(path, offset, "length CRC mismatch")
+        following = offset + _HEADER.size + length + _FOOTER.size
+        if file_size is not None:
+            if following > file_size:
+                raise CorruptShardError(path, offset, "truncated record")
+            handle.seek(following)
+        elif len(handle.read(length + _FOOTER.size)) < length + _FOOTER.size:
+            raise CorruptShardError(path, offset, "truncated record")
+        offset = following
+    return offset
+
+
+def _records(path: str, handle: Any, verify: bool, skip: int = 0) -> Iterator[bytes]:
+    offset = _step_over(path, handle, verify, skip) if skip else 0
     while True:
         try:
             header = handle.read(_HEADER.size)

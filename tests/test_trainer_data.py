@@ -101,16 +101,29 @@ def test_max_images_keeps_the_stable_hash_subset(records: Path) -> None:
     assert seen == kept_ids
 
 
-def test_validation_hash_sample_is_the_same_whatever_the_order() -> None:
+def _keyed_records(count: int) -> list[bytes]:
+    """`count` tiny serialized records of 50 images x 360 angles (only their keys matter here)."""
+    return [
+        schemas.encode_example(
+            schemas.Record(b"x", "raw", 1, 1, 1, index % 360, "mnist", "validation", f"{index // 360:05d}")
+        )
+        for index in range(count)
+    ]
+
+
+def test_validation_sample_is_the_same_whatever_the_order() -> None:
     import tensorflow as tf
 
-    strings = tf.data.Dataset.from_tensor_slices([f"record-{index}".encode() for index in range(20_000)])
-    hashed = [list(data._hash_sample(strings, 0.1).as_numpy_iterator()) for _ in range(2)]
-    assert hashed[0] == hashed[1] and 1_700 < len(hashed[0]) < 2_300  # the same records every time
-    reordered = strings.skip(10_000).concatenate(strings.take(10_000))
-    same = sorted(data._hash_sample(reordered, 0.1).as_numpy_iterator())
-    assert sorted(hashed[0]) == same  # whatever the read order
-    assert data._hash_sample(strings, 1.0) is strings
+    records = tf.data.Dataset.from_tensor_slices(_keyed_records(18_000))
+    sampled = [list(data._validation_sample(records, 0.1).as_numpy_iterator()) for _ in range(2)]
+    assert sampled[0] == sampled[1] and 1_500 < len(sampled[0]) < 2_100  # the same records every time
+    reordered = records.skip(9_000).concatenate(records.take(9_000))
+    same = sorted(data._validation_sample(reordered, 0.1).as_numpy_iterator())
+    assert sorted(sampled[0]) == same  # whatever the read order
+    assert data._validation_sample(records, 1.0) is records
+    # The hash of schemas.splits, on each record's key: what the TF-free loader computes too.
+    keys = [schemas.record.decode_fields(raw, ("image_id", "angle_degrees")) for raw in sampled[0]]
+    assert all(splits.in_validation_sample(key["image_id"], key["angle_degrees"], 0.1) for key in keys)
 
 
 def test_each_shard_pass_reads_every_record_once_in_order_from_a_new_start(tmp_path: Path) -> None:

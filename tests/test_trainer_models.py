@@ -116,7 +116,7 @@ def test_rotate_images_90_and_tta_rotations() -> None:
         heads.tta_rotations(3)
 
 
-# --- The TensorFlow side agrees with NumPy ------------------------------------------------------
+# --- The TensorFlow and keras.ops sides agree with NumPy ------------------------------------------
 
 
 @pytest.mark.parametrize("name", ["classification", "circular-gaussian", "regression"])
@@ -129,13 +129,15 @@ def test_head_targets_and_metrics_tf_match_numpy(name: str, bins: tuple[int, ...
     true_bins = rng.integers(0, len(bins), 16)
     targets_tf = head.targets_tf(tf.constant(true_bins)).numpy()
     np.testing.assert_allclose(targets_tf, head.targets(true_bins), atol=1e-5)
-    np.testing.assert_array_equal(head.true_bins_tf(tf.constant(targets_tf)).numpy(), true_bins)
+    np.testing.assert_array_equal(np.asarray(head.true_bins(tf.constant(targets_tf))), true_bins)
 
     outputs = rng.normal(size=(16, head.num_outputs)).astype(np.float32)
     if name != "regression":
         outputs = np.exp(outputs) / np.exp(outputs).sum(axis=1, keepdims=True)
     probabilities_tf = head.probabilities_tf(tf.constant(outputs)).numpy()
     np.testing.assert_allclose(probabilities_tf, head.probabilities(outputs), atol=1e-5)
+    probabilities_ops = np.asarray(head.probabilities_ops(tf.constant(outputs)))  # keras.ops, as the metrics
+    np.testing.assert_allclose(probabilities_ops, head.probabilities(outputs), atol=1e-5)
     predicted, _ = head.decode(head.probabilities(outputs))
 
     angle_error, accuracy = head.metrics()

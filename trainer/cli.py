@@ -19,6 +19,8 @@ import click
 from pipeline import interrupts
 from schemas import ManifestError, angles, gcs, paths
 from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
+from trainer import backends
+from trainer.backends import BACKENDS
 from trainer.config import (
     HEADS,
     LR_SCHEDULES,
@@ -234,7 +236,8 @@ def weights_file_problem(path: str) -> str | None:
     is_flag=True,
     default=DEFAULT["deterministic"],
     help="Make the input stream reproducible: the same --seed and records give the same batches in the "
-    "same order (slower: the interleave and the parallel maps keep their order).",
+    "same order (slower: the interleave and the parallel maps keep their order). The jax/torch loader "
+    "is always reproducible.",
 )
 @click.option(
     "--stream-sweeps",
@@ -276,13 +279,34 @@ def weights_file_problem(path: str) -> str | None:
     help="Train a new run into an --output that holds a finished run; its model.keras is replaced only "
     "once the new best model exists. Without it a finished run is refused.",
 )
+@click.option(
+    "--backend",
+    type=click.Choice(BACKENDS),
+    default=None,
+    help="Keras backend: tensorflow (tf.data input, several GPUs, multi-worker), jax or torch (the "
+    "TF-free loader, one device). Default: $KERAS_BACKEND, else tensorflow. Multi-worker training "
+    "(TF_CONFIG) runs on TensorFlow only.",
+)
+@click.option(
+    "--workers",
+    type=int,
+    default=None,
+    help="jax/torch: processes decoding the records (the TF-free loader). Default: every core.",
+)
 @click.option("-v", "--verbose", is_flag=True, help="Show TensorFlow's own start-up and log messages.")
-def main(verbose: bool, overwrite: bool, **options: object) -> None:
+def main(verbose: bool, overwrite: bool, backend: str | None, **options: object) -> None:
     """Train a model to predict the rotation (0-359 degrees) of the images in --records.
 
-    Streams the shards with tf.data (shuffled, interleaved, all rotations), keeps the model with the
-    best validation angle error, and exports model.keras and a SavedModel to --output.
+    Streams the shards (shuffled, interleaved, all rotations: tf.data on TensorFlow, the TF-free loader
+    on JAX and torch), keeps the model with the best validation angle error, and exports model.keras
+    and a SavedModel to --output.
     """
+    try:
+        backend = backends.requested(backend)
+    except backends.BackendError as error:
+        raise click.UsageError(str(error)) from None
+    if problem := backends.multi_worker_problem(backend, os.environ.get("TF_CONFIG")):
+        raise click.UsageError(problem)
     if options["angles"] is not None:
         options["angles"] = list(options["angles"])  # type: ignore[call-overload]
     config = TrainConfig(**options)  # type: ignore[arg-type]
@@ -302,7 +326,12 @@ def main(verbose: bool, overwrite: bool, **options: object) -> None:
     with gcs.failures_in_one_line([config.records], click.ClickException):  # seconds, not minutes
         if os.environ.get("TF_CONFIG") and not verbose:  # a lost peer: our one line, not TF's ERROR lines
             os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "3")
-        import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
+        try:
+            backends.select(backend)  # before Keras is imported: it reads KERAS_BACKEND once
+        except backends.BackendError as error:
+            raise click.UsageError(str(error)) from None
+        if backend == backends.TENSORFLOW:
+            import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
         from trainer import distributed, train
         from trainer.distributed import PeerWaitInterruptedError
 

@@ -88,6 +88,8 @@ class TrainConfig:
     # records give the same batches, in the same order (for debugging and reproducible ablations).
     deterministic: bool = False
     skip_corrupt_shards: bool = False  # check every shard's CRCs first and leave out damaged ones
+    # JAX and torch (the TF-free loader, trainer.numpy_data): processes decoding records; None = every core
+    workers: int | None = None
 
     # --- fault tolerance and logs ---
     backup_every_steps: int | None = None  # None = back up at each epoch end; N = every N steps too
@@ -104,6 +106,7 @@ class TrainConfig:
     bin_angles: list[int] = field(default_factory=list)  # the angle of each output bin, ascending
     preprocessing: str = ""  # one of PREPROCESSINGS
     resolved_precision: str = ""
+    backend: str = ""  # the Keras backend that trained: tensorflow | jax | torch (trainer.backends)
     strategy: str = ""  # default | mirrored | multi_worker
     num_replicas: int = 1
     train_fraction: float = 1.0  # --max-images as the fraction of image ids kept (schemas.splits.in_subset)
@@ -167,7 +170,7 @@ def check(config: TrainConfig) -> list[str]:
     for name in ("epochs", "batch_size", "shuffle_buffer", "cycle_length"):
         if getattr(config, name) < 1:
             problems.append(f"{name.replace('_', '-')} must be at least 1")
-    for name in ("steps_per_epoch", "validation_steps", "backup_every_steps"):
+    for name in ("steps_per_epoch", "validation_steps", "backup_every_steps", "workers"):
         value = getattr(config, name)
         if value is not None and value < 1:
             problems.append(f"{name.replace('_', '-')} must be at least 1")

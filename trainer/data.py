@@ -22,14 +22,15 @@ The training chain, top to bottom (`training_dataset`):
                                            stateless random from (seed, batch index), not the angle
     .prefetch(AUTOTUNE)
 
-Preprocessing (binarize / scale / caffe, `preprocess_images`) is the model's first layer
+Preprocessing (binarize / scale / caffe, trainer.preprocessing, keras.ops) is the model's first layer
 (trainer.models.Preprocess), not a step here: batches travel as uint8, a quarter of the bytes of
 float32 (converting 224 px batches to float32 on the CPU cut the 2-core input rate from ~2,000 to
 ~1,300 images/s; the flip to BGR alone to ~800), the accelerator does the arithmetic, and every saved
 model carries its own preprocessing, so training, Predictor and the SavedModel cannot disagree.
 
 Validation (`validation_dataset`) reads the shards in order, without shuffling, and takes the same
-hash-sampled records (spread over every image) every epoch. `evaluation_dataset` yields uint8 images, true angles and labels for
+records every epoch, sampled by a hash of each record's key (schemas.splits.in_validation_sample, spread
+over every image): the records the TF-free loader (trainer.record_stream, for JAX and torch) picks too. `evaluation_dataset` yields uint8 images, true angles and labels for
 rotnet-evaluate.
 """
 
@@ -41,21 +42,27 @@ import numpy as np
 import tensorflow as tf
 
 import schemas
-from pipeline.geometry import BINARIZE_THRESHOLD
 from schemas import paths as schemas_paths
-from schemas import splits, verify
+from schemas import verify
+from trainer.augment import (
+    AUGMENT_BLUR_RANGE,
+    AUGMENT_BLUR_SIGMA_PX,
+    AUGMENT_JPEG_QUALITY,
+    AUGMENT_NOISE_MAX,
+    AUGMENT_PROBABILITY,
+    blur_radius,
+)
 from trainer.config import TrainConfig
 from trainer.heads import Head
+from trainer.preprocessing import IMAGENET_MEANS_BGR, preprocess_images  # noqa: F401  (the model's layer)
+from trainer.record_stream import label_table, subset_mask_function, validation_sample_function
 
 AUTOTUNE = tf.data.AUTOTUNE
-# keras.applications.resnet50.preprocess_input ("caffe"): BGR order minus these channel means.
-IMAGENET_MEANS_BGR = (103.939, 116.779, 123.68)
 # libjpeg's default IDCT, as PIL and OpenCV decode at serving. INTEGER_FAST is not worth its picture
 # difference: 0.93-1.03x as fast on 224 px q95 records, pixels up to 19 levels apart (docs/benchmarks.md,
 # input_pipeline; an earlier ~10% came from a benchmark that timed work buffered in others' windows).
 JPEG_DCT_METHOD = "INTEGER_ACCURATE"
-SAMPLE_BLOCK = 1024  # records per block when hash-sampling validation records (see _hash_sample)
-HASH_BUCKETS = 1 << 24
+SAMPLE_BLOCK = 1024  # records per block when sampling validation records (see _validation_sample)
 
 
 # --- Damage found while reading ---------------------------------------------------------------
@@ -68,35 +75,6 @@ def damaged_record_message(shard_paths: Sequence[str], error: Exception, fix: st
     if found is None:
         return f"damaged record ({str(error).splitlines()[0]}); {fix}"
     return verify.damaged_shard_message([found], fix)
-
-
-# --- Labels and filters ---------------------------------------------------------------------------
-
-
-def label_table(bin_angles: Sequence[int]) -> np.ndarray:
-    """(360,) int32: the bin index of each angle, -1 for angles outside the bins."""
-    table = np.full(schemas.NUM_ANGLES, -1, np.int32)
-    table[np.asarray(bin_angles, np.int64)] = np.arange(len(bin_angles), dtype=np.int32)
-    return table
-
-
-def subset_mask_function(fraction: float) -> Callable[[np.ndarray], np.ndarray]:
-    """NumPy function for tf.numpy_function: which image ids are in the stable --max-images subset.
-
-    schemas.splits.in_subset hashes with SHA-256, which TensorFlow has no op for; each image id is
-    hashed once and remembered (an image has up to 360 records).
-    """
-    cache: dict[bytes, bool] = {}
-
-    def mask(image_ids: np.ndarray) -> np.ndarray:
-        keep = np.empty(len(image_ids), bool)
-        for index, image_id in enumerate(image_ids):
-            if image_id not in cache:
-                cache[image_id] = splits.in_subset(image_id.decode("utf-8"), fraction)
-            keep[index] = cache[image_id]
-        return keep
-
-    return mask
 
 
 # --- Decoding and preprocessing --------------------------------------------------------------------
@@ -121,43 +99,15 @@ def decode_images(encoded, image_format: str, height: int, width: int, channels:
     )
 
 
-def preprocess_images(images, preprocessing: str):
-    """uint8 pixels (B, H, W, C) -> float32, as named in trainer.config.PREPROCESSINGS (the computation
-    of the models' Preprocess layer)."""
-    if preprocessing == "caffe" and images.shape[-1] == 3:
-        images = tf.reverse(images, axis=[-1])  # RGB -> BGR on bytes: cheaper than on floats
-    pixels = tf.cast(images, tf.float32)
-    if preprocessing == "binarize":
-        # The same float32 arithmetic as pipeline.geometry.binarize (value / 255 >= threshold).
-        return tf.cast(pixels / 255.0 >= BINARIZE_THRESHOLD, tf.float32)
-    if preprocessing == "scale":
-        return pixels / 255.0
-    if preprocessing == "caffe":
-        if pixels.shape[-1] == 3:
-            return pixels - tf.constant(IMAGENET_MEANS_BGR, tf.float32)
-        return pixels - float(np.mean(IMAGENET_MEANS_BGR))  # grey: the mean of the channel means
-    if preprocessing == "raw":
-        return pixels
-    raise ValueError(f"unknown preprocessing {preprocessing!r}")
-
-
 # --- Augmentation ---------------------------------------------------------------------------------
 
-# --augment, per image: with probability 1/2 a blur or sharpening (the image moved towards, or away
-# from, a Gaussian blur of AUGMENT_BLUR_SIGMA_PX by a factor in AUGMENT_BLUR_RANGE: negative sharpens,
-# covering rotation code sharper than the records' low-pass as well as blurrier); with probability 1/2
-# Gaussian noise of a standard deviation up to AUGMENT_NOISE_MAX levels; RGB images with probability 1/2
-# re-encoded as JPEG at a quality in AUGMENT_JPEG_QUALITY. None of it depends on the angle.
-AUGMENT_BLUR_SIGMA_PX = 1.0
-AUGMENT_BLUR_RANGE = (-0.6, 1.0)
-AUGMENT_NOISE_MAX = 6.0
-AUGMENT_JPEG_QUALITY = (50, 95)
-AUGMENT_PROBABILITY = 0.5
 
-
+# --augment, per image (trainer/augment.py describes it and holds the numbers; its NumPy/OpenCV twin
+# serves the TF-free loader): a blur or sharpening, Gaussian noise, (RGB) a JPEG re-encoding, each
+# with probability 1/2, none of it depending on the angle.
 def _gaussian_kernel(sigma: float, channels: int) -> tuple[tf.Tensor, int]:
     """A depthwise 2-D Gaussian (isotropic: the same at every orientation) and its radius."""
-    radius = max(1, int(np.ceil(3 * sigma)))
+    radius = blur_radius(sigma)
     taps = np.exp(-0.5 * (np.arange(-radius, radius + 1) / sigma) ** 2)
     taps /= taps.sum()
     kernel = np.outer(taps, taps).astype(np.float32)[:, :, np.newaxis, np.newaxis]
@@ -220,17 +170,22 @@ def augment_images(images, seed):
 # --- The datasets ---------------------------------------------------------------------------------
 
 
-def _hash_sample(records: tf.data.Dataset, fraction: float) -> tf.data.Dataset:
-    """Keep about `fraction` of the records, chosen by a hash of each record's bytes: the same records
-    whatever the read order (validation)."""
+def _validation_sample(records: tf.data.Dataset, fraction: float) -> tf.data.Dataset:
+    """Keep about `fraction` of the records, chosen by a hash of each record's key (image id, angle:
+    schemas.splits.in_validation_sample): the same records whatever the read order, and the same as
+    the TF-free loader picks (trainer.record_stream.validation_records)."""
     if fraction >= 1.0:
         return records
+    in_sample = validation_sample_function(fraction)
 
     def keep(serialized):
-        buckets = tf.strings.to_hash_bucket_fast(serialized, HASH_BUCKETS)
-        return tf.boolean_mask(serialized, tf.cast(buckets, tf.float32) / HASH_BUCKETS < fraction)
+        keys = schemas.parse_batch(serialized, ("image_id", "angle_degrees"))
+        mask = tf.numpy_function(
+            in_sample, [keys["image_id"], keys["angle_degrees"]], tf.bool, stateful=False
+        )
+        return tf.boolean_mask(serialized, tf.ensure_shape(mask, [None]))
 
-    # A filter per record costs ~20 us; a mask over a block of records ~1 us per record.
+    # Blocks of records: one parse and one Python call per block rather than per record.
     return records.batch(SAMPLE_BLOCK).map(keep, num_parallel_calls=AUTOTUNE).unbatch()
 
 
@@ -386,19 +341,30 @@ def training_dataset(
     )
 
 
-def validation_dataset(paths: Sequence[str], config: TrainConfig, head: Head, steps: int) -> tf.data.Dataset:
-    """The same `steps` batches every epoch: a hash sample spread over the whole split (shards in order,
-    no shuffling; wrapping around if it falls short), kept in memory after the first epoch, with a known
-    length so Keras restarts it at each validation."""
+def validation_batches(
+    paths: Sequence[str], config: TrainConfig, steps: int, fields: tuple[str, ...] = FIELDS
+) -> tf.data.Dataset:
+    """The `steps` validation batches, parsed to `fields` (which include angle_degrees): a hash sample
+    spread over the whole split (shards in order, no shuffling; wrapping round if it falls short), the
+    records trainer.record_stream.validation_records picks too."""
     table = tf.constant(label_table(config.bin_angles))
     batch_size = config.global_batch_size
     return (
-        _hash_sample(records_in_order(paths, config), config.validation_fraction)
+        _validation_sample(records_in_order(paths, config), config.validation_fraction)
         .batch(batch_size)
-        .map(_parse(FIELDS), num_parallel_calls=AUTOTUNE)
-        .apply(keep_records(table, config, 1.0, FIELDS, batch_size, False))
+        .map(_parse(fields), num_parallel_calls=AUTOTUNE)
+        .apply(keep_records(table, config, 1.0, fields, batch_size, False))
         .repeat()
         .take(steps)
+    )
+
+
+def validation_dataset(paths: Sequence[str], config: TrainConfig, head: Head, steps: int) -> tf.data.Dataset:
+    """The same `steps` batches every epoch (`validation_batches`), kept in memory after the first
+    epoch, with a known length so Keras restarts it at each validation."""
+    table = tf.constant(label_table(config.bin_angles))
+    return (
+        validation_batches(paths, config, steps)
         .cache()
         .apply(tf.data.experimental.assert_cardinality(steps))
         .map(_to_model_inputs(config, head, table), num_parallel_calls=AUTOTUNE)

@@ -12,8 +12,10 @@ Every head turns its outputs into a probability vector over the bins (regression
 density around the predicted direction whose concentration follows the vector's length), so
 prediction, test-time augmentation and evaluation are the same for all heads.
 
-The NumPy functions here are the reference; the TensorFlow functions below them do the same on tensors
-inside the model, the tf.data chain and the exported SavedModel.
+The NumPy functions here are the reference. The keras.ops methods (`*_ops`, `predicted_bins`,
+`true_bins`, the metrics) do the same on tensors of any Keras backend (TensorFlow, JAX, torch) inside
+the model's metrics; the `*_tf` functions are for TensorFlow-only code: the tf.data chain's targets and
+the exported SavedModel's endpoint.
 """
 
 from __future__ import annotations
@@ -156,7 +158,7 @@ def tta_rotations(tta: int) -> list[int]:
     return list(range(0, 360, 360 // tta))
 
 
-# --- The head object: targets, losses, metrics (TensorFlow side) ---------------------------------
+# --- The head object: targets, losses, metrics -----------------------------------------------------
 
 
 @dataclass(frozen=True)
@@ -239,21 +241,36 @@ class Head:
         bins = tf.constant(np.radians(self.bin_angles), tf.float32)
         return tf.nn.softmax(kappa[:, tf.newaxis] * tf.cos(bins[tf.newaxis, :] - direction[:, tf.newaxis]))
 
-    def predicted_bins_tf(self, outputs):
-        """Index of the predicted bin for each row of model outputs."""
-        import tensorflow as tf
+    # --- keras.ops: the model's metrics, on every Keras backend ---
 
-        return tf.argmax(self.probabilities_tf(outputs), axis=1, output_type=tf.int32)
+    def probabilities_ops(self, outputs):
+        """Model outputs -> probabilities over the bins, in keras.ops (`probabilities`' arithmetic)."""
+        from keras import ops
 
-    def true_bins_tf(self, targets):
-        """Index of the true bin from the targets `targets_tf` made (exact for every head)."""
-        import tensorflow as tf
+        outputs = ops.cast(outputs, "float32")
+        if self.name != "regression":
+            return outputs
+        direction = ops.arctan2(outputs[:, 1], outputs[:, 0])
+        length = ops.clip(ops.sqrt(ops.sum(ops.square(outputs), axis=1)), 0.0, MAX_RESULTANT_LENGTH)
+        kappa = length * (2.0 - length * length) / (1.0 - length * length)
+        bins = ops.convert_to_tensor(np.radians(self.bin_angles).astype(np.float32))
+        return ops.softmax(kappa[:, None] * ops.cos(bins[None, :] - direction[:, None]), axis=-1)
+
+    def predicted_bins(self, outputs):
+        """Index of the predicted bin for each row of model outputs (int32 tensor, keras.ops)."""
+        from keras import ops
+
+        return ops.cast(ops.argmax(self.probabilities_ops(outputs), axis=1), "int32")
+
+    def true_bins(self, targets):
+        """Index of the true bin from the targets `targets` made (exact for every head; keras.ops)."""
+        from keras import ops
 
         if self.name == "classification":
-            return tf.reshape(tf.cast(targets, tf.int32), [-1])
+            return ops.reshape(ops.cast(targets, "int32"), (-1,))
         if self.name == "circular-gaussian":
-            return tf.argmax(targets, axis=1, output_type=tf.int32)
-        return self.predicted_bins_tf(targets)  # the unit vector of the true angle points at its bin
+            return ops.cast(ops.argmax(targets, axis=1), "int32")
+        return self.predicted_bins(targets)  # the unit vector of the true angle points at its bin
 
     def loss(self):
         import keras
@@ -265,19 +282,21 @@ class Head:
         return keras.losses.MeanSquaredError()
 
     def metric_functions(self) -> dict:
-        """Per-example metrics of (targets, outputs) tensors: angle_error (absolute circular difference
-        between the true and the predicted bin's angle, degrees) and accuracy (1.0 for the right bin)."""
-        import tensorflow as tf
+        """Per-example metrics of (targets, outputs) tensors, in keras.ops (every backend): angle_error
+        (absolute circular difference between the true and the predicted bin's angle, degrees) and
+        accuracy (1.0 for the right bin)."""
+        from keras import ops
 
-        bins = tf.constant(self.bin_angles, tf.float32)
+        bins = np.asarray(self.bin_angles, np.float32)
 
         def angle_error(y_true, y_pred):
-            true_angles = tf.gather(bins, self.true_bins_tf(y_true))
-            predicted_angles = tf.gather(bins, self.predicted_bins_tf(y_pred))
-            return circular_difference_tf(true_angles, predicted_angles)
+            table = ops.convert_to_tensor(bins)
+            true_angles = ops.take(table, self.true_bins(y_true))
+            predicted_angles = ops.take(table, self.predicted_bins(y_pred))
+            return circular_difference_ops(true_angles, predicted_angles)
 
         def accuracy(y_true, y_pred):
-            return tf.cast(tf.equal(self.true_bins_tf(y_true), self.predicted_bins_tf(y_pred)), tf.float32)
+            return ops.cast(ops.equal(self.true_bins(y_true), self.predicted_bins(y_pred)), "float32")
 
         return {"angle_error": angle_error, "accuracy": accuracy}
 
@@ -288,6 +307,14 @@ class Head:
         return [
             keras.metrics.MeanMetricWrapper(fn, name=name) for name, fn in self.metric_functions().items()
         ]
+
+
+def circular_difference_ops(a, b):
+    """|a - b| on the circle in [0, 180] degrees, for float tensors of any Keras backend."""
+    from keras import ops
+
+    difference = ops.mod(ops.abs(a - b), 360.0)
+    return ops.minimum(difference, 360.0 - difference)
 
 
 def circular_difference_tf(a, b):

@@ -1,7 +1,7 @@
 """The models: RotNet's MNIST CNN, an improved variant, ResNet50 and MobileNetV3-Small backbones.
 
 Every model takes uint8 images (B, H, W, C) as they come out of the records, starts with a
-`Preprocess` layer (binarize / scale / caffe, trainer.data.preprocess_images, computed in float32) and
+`Preprocess` layer (binarize / scale / caffe, trainer.preprocessing, keras.ops in float32) and
 ends in the head's output layer, also computed in float32 under mixed precision (a float16 softmax
 loses the small probabilities the loss needs). A model.keras file therefore holds its preprocessing;
 `import trainer.models` registers the Preprocess layer before `keras.saving.load_model`.
@@ -24,6 +24,7 @@ import keras
 
 from trainer.config import TrainConfig
 from trainer.heads import Head
+from trainer.preprocessing import preprocess_images
 
 # keras.applications backbones refuse inputs smaller than this.
 MIN_BACKBONE_SIZE = 32
@@ -39,8 +40,6 @@ class Preprocess(keras.layers.Layer):
         self.mode = mode
 
     def call(self, images):
-        from trainer.data import preprocess_images
-
         return preprocess_images(images, self.mode)
 
     def compute_output_shape(self, input_shape):

@@ -539,7 +539,11 @@ def _make_strategy(kind: str, cluster_timeout: float = 300.0):
 def _resolve_for_machine(config: TrainConfig, info: schemas.DatasetInfo) -> Any:
     """Check that TensorFlow can read gs:// records, choose the strategy (before other TensorFlow work:
     multi-worker needs that) and precision, resolve the config from the manifest, and move a
-    non-chief worker's output beside --output; returns the strategy."""
+    non-chief worker's output beside --output; returns the strategy. JAX and torch: trainer.backends."""
+    from trainer import backends
+
+    if not backends.is_tensorflow():
+        return backends.resolve_for_machine(config, info)
     import tensorflow as tf
 
     if "://" in config.records:  # TensorFlow's own GCS client reads the shards: fail now if it cannot
@@ -551,7 +555,7 @@ def _resolve_for_machine(config: TrainConfig, info: schemas.DatasetInfo) -> Any:
         tf.io.gfile.stat(info.shard_paths(config.records, first_split)[0])
     tf_config = os.environ.get("TF_CONFIG")
     num_gpus = len(tf.config.list_physical_devices("GPU"))
-    config.strategy = choose_strategy_kind(num_gpus, tf_config)
+    config.backend, config.strategy = "tensorflow", choose_strategy_kind(num_gpus, tf_config)
     strategy = _make_strategy(config.strategy, config.cluster_timeout)
     config.resolved_precision = resolve_precision(config.precision, num_gpus)
     resolve(config, info, strategy.num_replicas_in_sync)
@@ -723,8 +727,9 @@ def _compiled_model(config: TrainConfig, head: Any, strategy: Any) -> keras.Mode
 
 def _datasets(config: TrainConfig, info: schemas.DatasetInfo, strategy: Any, head: Any, shards: dict):
     """(training batches, validation batches or None): trainer.data's chains over the usable shards;
-    with several workers one input pipeline per worker (trainer/distributed.py)."""
-    from trainer import data
+    with several workers one input pipeline per worker (trainer/distributed.py); on JAX and torch the
+    TF-free loader's PyDatasets (trainer.numpy_data)."""
+    from trainer import backends
 
     num_records = {
         path: shard.num_records
@@ -733,6 +738,10 @@ def _datasets(config: TrainConfig, info: schemas.DatasetInfo, strategy: Any, hea
             info.splits[split].shards, info.shard_paths(config.records, split), strict=True
         )
     }
+    if not backends.is_tensorflow():
+        return backends.numpy_input(config, head, shards, num_records)
+    from trainer import data
+
     train_counts = [num_records[path] for path in shards["train"]]
     if config.strategy == "multi_worker":
         from trainer import distributed
@@ -787,7 +796,11 @@ class _Callbacks:
                     min_lr=config.min_learning_rate,
                 )
             )
-        if config.tensorboard and importlib.util.find_spec("tensorboard") is not None:
+        if config.tensorboard and keras.backend.backend() != "tensorflow":  # trainer.backends says why
+            echo(
+                f"no TensorBoard logs: rotnet-train writes them on TensorFlow only, not {keras.backend.backend()}"
+            )
+        elif config.tensorboard and importlib.util.find_spec("tensorboard") is not None:
             self.all.append(keras.callbacks.TensorBoard(os.path.join(config.output, "tensorboard")))
         elif (
             config.tensorboard
@@ -803,9 +816,7 @@ class _Callbacks:
 def _train(model, strategy, config, head, datasets, callbacks, shards, initial_epoch: int) -> None:
     """model.fit (the distributed loop with several workers: model.fit fails there, keras-team/keras
     #20585), SIGTERM turned into a backup and a stop; a damaged record is one TrainingError."""
-    import tensorflow as tf
-
-    from trainer import data
+    from trainer import backends
 
     train_data, validation_data = datasets
     on_signal = next(callback for callback in callbacks if isinstance(callback, BackupOnSignal))
@@ -829,10 +840,11 @@ def _train(model, strategy, config, head, datasets, callbacks, shards, initial_e
                 callbacks=callbacks,
                 verbose=1 if os.isatty(1) else 2,
             )
-    except tf.errors.DataLossError as error:
+    except backends.damaged_input_errors() as error:
         paths = [path for split_paths in shards.values() for path in split_paths]
-        raise TrainingError(data.damaged_record_message(paths, error, DAMAGED_SHARD_FIX)) from None
+        raise TrainingError(backends.damaged_input_message(error, paths, DAMAGED_SHARD_FIX)) from None
     finally:
+        backends.close_inputs(datasets)
         if previous_handler is not None:
             signal.signal(signal.SIGTERM, previous_handler)
 
@@ -840,13 +852,14 @@ def _train(model, strategy, config, head, datasets, callbacks, shards, initial_e
 def _publish_best(model, config, monitor, initial_epoch, watch: _Callbacks, skipped, echo) -> TrainResult:
     """The best epoch's model (ModelCheckpoint's, aside) exported as a SavedModel, with the run's metrics
     and training curves; model.keras itself is renamed into place by the caller once all is written."""
-    from trainer.predict import export_saved_model
+    from trainer import backends
 
     if os.path.exists(watch.model_path):
         model = keras.saving.load_model(watch.model_path, compile=False)
     else:
         model.save(watch.model_path)
-    export_saved_model(model, json.loads(config.to_json()), os.path.join(config.output, SAVED_MODEL_DIR))
+    saved_model = os.path.join(config.output, SAVED_MODEL_DIR)
+    backends.export_saved_model(model, watch.model_path, json.loads(config.to_json()), saved_model, echo)
     history = _read_history(watch.history_path)
     metrics = _summarize(history, monitor, initial_epoch, watch.throughput.images_per_second(), skipped)
     _plot_curves(
