@@ -38,8 +38,7 @@ def _echo(line: str) -> None:
 def runner_options(engine: str, session: cluster.SessionCluster) -> str:
     if engine == "flink":
         return f"--runner FlinkRunner --flink_master {session.master}"
-    ui = getattr(session, "rest_url", "")
-    return f"--runner SparkRunner --spark_master_url {session.master}  (web UI {ui}; ROTNET_SPARK_UI_URL={ui})"
+    return f"--runner SparkRunner --spark_master_url {session.master}"
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})

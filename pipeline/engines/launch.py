@@ -195,18 +195,12 @@ def _check_spark(arguments: list[str], notes: list[str]) -> list[str]:
     master = master_of("spark", arguments)
     if not master.startswith("spark://"):
         return arguments  # local[N]: the job server runs Spark itself
-    rest = arg_value(arguments, "spark_rest_url")
-    ui = f"http://{_host(master)}:8080" if not rest else rest.replace(":6066", ":8080")
-    ui = os.environ.get("ROTNET_SPARK_UI_URL", ui)  # rotnet-cluster prints it for its own cluster
-    with contextlib.suppress(urllib.error.URLError, OSError, ValueError):
-        cluster.get_json(f"{ui}/json/")
-        return arguments
     import socket
 
-    host, port = _host(master), int(master.rsplit(":", 1)[1])
+    host, port = _host(master), master.rsplit(":", 1)[1]
     try:
-        socket.create_connection((host, port), timeout=5).close()
-    except OSError as error:
+        socket.create_connection((host, int(port)), timeout=cluster.REST_TIMEOUT_S).close()
+    except (OSError, ValueError) as error:
         raise JobError(
             f"no Spark master answers at --spark_master_url {master} ({error}): start one "
             "(`rotnet-cluster start spark` prints the address) or fix the URL"
@@ -267,12 +261,34 @@ class Session:
 
 
 def _spark_classpath(jar: str) -> list[str]:
-    """The Spark job server runs with Spark's own jars (Beam's runner declares Spark as provided)."""
+    """The Spark job server runs with Spark's own jars (Beam's runner declares Spark as provided) and
+    Beam's; where both hold an artifact (20 of them: jackson, guava, gson, ...) the newer version
+    wins, except logging: Spark's slf4j 2 with its log4j binding (Beam's java.util.logging binding
+    and Spark's JUL-to-slf4j bridge would call each other until the stack overflows)."""
     home = dist.engine_home(dist.SPARK)
     if home is None:
         raise JobError("the Spark job server needs Spark's jars: run `rotnet-cluster fetch spark`")
-    lib = Path(jar).parent / "lib"
-    return ["-cp", f"{lib}/*:{home}/jars/*", dist.SPARK.main_class]
+    beam = {_artifact(path.name): path for path in (Path(jar).parent / "lib").glob("*.jar")}
+    spark = {_artifact(path.name): path for path in (home / "jars").glob("*.jar")}
+    for name in ("slf4j-api", "slf4j-jdk14"):
+        beam.pop(name, None)
+    chosen = dict(spark)
+    for name, path in beam.items():
+        if name not in spark or _jar_version(path.name) > _jar_version(spark[name].name):
+            chosen[name] = path
+    # Spark's jars first: Beam's own jars name their dependencies in their manifests' Class-Path
+    # (slf4j-api 1.7, ...), which Java searches right after the jar naming them.
+    ordered = sorted(chosen.values(), key=lambda path: (path.parent != home / "jars", path.name))
+    return ["-cp", os.pathsep.join(map(str, ordered)), dist.SPARK.main_class]
+
+
+def _artifact(jar_name: str) -> str:
+    return re.sub(r"[-_]\d[\w.\-]*\.jar$", "", jar_name)
+
+
+def _jar_version(jar_name: str) -> tuple[int, ...]:
+    version = jar_name[len(_artifact(jar_name)) + 1 : -len(".jar")]
+    return tuple(int(part) for part in re.findall(r"\d+", version)[:4])
 
 
 def _job_server_command(plan: Plan, artifacts: Path) -> list[str]:
@@ -284,8 +300,22 @@ def _job_server_command(plan: Plan, artifacts: Path) -> list[str]:
         return [java, JOB_SERVER_HEAP, "-jar", plan.jar, *master_args, "--artifacts-dir", str(artifacts), *ports]
     launch = ["-jar", plan.jar] if not (Path(plan.jar).parent / "lib").is_dir() else _spark_classpath(plan.jar)
     master_args = ["--spark-master-url", master_of("spark", plan.arguments)]
-    opens = cluster.JAVA_OPENS.split()
-    return [java, JOB_SERVER_HEAP, *opens, *launch, *master_args, "--artifacts-dir", str(artifacts), *ports]
+    # Spark logs through log4j 2, whose default shows errors only: the job server's INFO lines (the
+    # port it listens on) need a configuration.
+    logging_config = artifacts.parent / "log4j2.properties"
+    logging_config.write_text(_LOG4J2_PROPERTIES)
+    options = [JOB_SERVER_HEAP, *cluster.JAVA_OPENS.split(), f"-Dlog4j2.configurationFile={logging_config}"]
+    return [java, *options, *launch, *master_args, "--artifacts-dir", str(artifacts), *ports]
+
+
+_LOG4J2_PROPERTIES = """rootLogger.level = info
+rootLogger.appenderRef.stderr.ref = console
+appender.console.type = Console
+appender.console.name = console
+appender.console.target = SYSTEM_ERR
+appender.console.layout.type = PatternLayout
+appender.console.layout.pattern = %d{HH:mm:ss} %p %c{1}: %m%n
+"""
 
 
 def _start_job_server(plan: Plan, work_dir: Path, kill_on_parent_exit: bool) -> tuple[cluster.Started, str]:
