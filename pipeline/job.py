@@ -126,7 +126,8 @@ def _run_job(
                     if engine
                     else runner.kept_worker_log(progress_dir)
                 )
-                raise JobError(f"the Beam job failed: {runner.failure_message(error)}{after}") from error
+                note = engine.failure_note() if engine else ""
+                raise JobError(f"the Beam job failed: {runner.failure_message(error)}{note}{after}") from error
         wall_seconds = time.perf_counter() - started
 
         counters = runner.metric_counters(result)

@@ -298,7 +298,18 @@ class SessionCluster:
         deadline = time.monotonic() + STOP_TIMEOUT_S
         while worker.alive() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if not worker.alive():
+            self.processes.remove(worker)  # gone: nothing left to stop or to wait for
+            self._save()
         return worker
+
+    def wait_for_workers(self, timeout_s: float = START_TIMEOUT_S) -> None:
+        """Return once the master lists all workers again (after `start_worker`)."""
+        self._wait(
+            lambda: self.workers_registered() >= self.workers,
+            time.monotonic() + timeout_s,
+            f"{self.workers} {self.worker_role}s to register",
+        )
 
     def alive(self) -> list[Started]:
         return [p for p in (self.processes or self._load()) if p.alive()]

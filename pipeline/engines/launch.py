@@ -119,6 +119,7 @@ class Plan:
     rest_url: str | None  # Flink's REST API, to cancel the job
     job_name: str
     notes: list[str] = field(default_factory=list)
+    taskmanagers: list[str] = field(default_factory=list)  # Flink: the TaskManagers at submission
 
 
 def flink_rest_url(master: str) -> str:
@@ -146,7 +147,8 @@ def check(runner_name: str, beam_args: Sequence[str], log: Callable[[str], None]
     if not job_name:
         job_name = f"rotnet-{uuid.uuid4().hex[:12]}"
         arguments += ["--job_name", job_name]
-    return Plan(engine, jar, arguments, rest_url, job_name, notes)
+    taskmanagers = taskmanager_ids(rest_url) if rest_url else []
+    return Plan(engine, jar, arguments, rest_url, job_name, notes, taskmanagers)
 
 
 def _check_flink(arguments: list[str], notes: list[str]) -> tuple[str | None, list[str]]:
@@ -244,6 +246,13 @@ class Session:
     work_dir: Path
     job_server: cluster.Started | None = None
     pool: cluster.Started | None = None
+
+    def failure_note(self) -> str:
+        """What the cluster says about a failed job: a TaskManager that is gone, by name."""
+        if self.plan.rest_url is None:
+            return ""
+        lost = lost_taskmanagers(self.plan.rest_url, self.plan.taskmanagers)
+        return f" (the cluster lost TaskManager {', '.join(lost)} during the job)" if lost else ""
 
     def job_server_problem(self) -> str | None:
         """A one-line cause when the job server is gone (a job failure then has this cause)."""
@@ -458,6 +467,33 @@ def _quiet_stream_errors(previous: Callable) -> Callable:
         previous(arguments)
 
     return hook
+
+
+def taskmanager_ids(rest_url: str) -> list[str]:
+    with contextlib.suppress(urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        return sorted(tm["id"] for tm in cluster.get_json(f"{rest_url}/taskmanagers")["taskmanagers"])
+    return []
+
+
+def lost_taskmanagers(rest_url: str, before: Sequence[str]) -> list[str]:
+    """TaskManagers of `before` the JobManager no longer lists, or still lists though their data port
+    refuses connections (killed: the JobManager may notice only after its heartbeat timeout, 50 s by
+    default). A TaskManager that does not answer within 2 s (another network) is not called lost."""
+    import socket
+
+    lost = []
+    with contextlib.suppress(urllib.error.URLError, OSError, ValueError, KeyError, TypeError):
+        listed = cluster.get_json(f"{rest_url}/taskmanagers")["taskmanagers"]
+        lost += sorted(set(before) - {taskmanager["id"] for taskmanager in listed})
+        for taskmanager in listed:
+            host = re.search(r"@([^:/]+):\d+", taskmanager["path"]).group(1)
+            try:
+                socket.create_connection((host, int(taskmanager["dataPort"])), timeout=2).close()
+            except ConnectionRefusedError:
+                lost.append(taskmanager["id"])
+            except OSError:
+                pass
+    return lost
 
 
 def flink_jobs(rest_url: str, name: str) -> list[dict]:
