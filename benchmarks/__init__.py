@@ -33,6 +33,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "Inference: SavedModel vs rotnet-export's LiteRT (float, int8) and ONNX, images/s and size on disk",
     ),
     "gpu_training": ("benchmarks.gpu_training", "ResNet50 mixed-precision training throughput on a GPU"),
+    "runners": (
+        "benchmarks.runners",
+        "DirectRunner (1, 2 workers) vs a Flink cluster (parallelism 1, 2): records/s and start-up cost",
+    ),
 }
 
 

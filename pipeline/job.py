@@ -127,18 +127,25 @@ def _run_job(
                     else runner.kept_worker_log(progress_dir)
                 )
                 note = engine.failure_note() if engine else ""
-                raise JobError(f"the Beam job failed: {runner.failure_message(error)}{note}{after}") from error
+                raise JobError(
+                    f"the Beam job failed: {runner.failure_message(error)}{note}{after}"
+                ) from error
         wall_seconds = time.perf_counter() - started
 
         counters = runner.metric_counters(result)
         if local and not counters:
             counters = dict(progress.read_progress(progress_dir))
+        unreliable = runner.UNRELIABLE_METRICS.get(choice.name)
+        if unreliable:
+            counters = {}
         stats = read_stats(claimed.stats_path)
         info = describe_outputs(config, plan, num_shards, stats, counters, options)
         if engine:
             info.config["job_server"] = engine.plan.jar
         if progress.IMAGES_READ not in counters:  # e.g. a runner without metrics: no count is invented
-            info.config["nothing_lost"] = f"not verified: {choice.name} reported no metrics"
+            info.config["nothing_lost"] = (
+                f"not verified: {unreliable or f'{choice.name} reported no metrics'}"
+            )
         image_ids.check_unique(claimed.duplicates_path)
         claimed.check_free(info)
         try:

@@ -47,6 +47,12 @@ REFUSED_RUNNERS = {
     "images, splits and errors would be mixed up); use DirectRunner locally, or Flink/Spark/Dataflow"
 }
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1", "[::1]")
+# Runners whose Beam metrics cannot be trusted for the nothing-lost balance: the manifest then says
+# "not verified" with this reason, as for a runner without metrics, and no count is taken from them.
+UNRELIABLE_METRICS = {
+    "SparkRunner": "Beam 2.62's Spark job server counts a stage again when Spark recomputes it "
+    "(tests/test_spark_cluster.py: 5 images read reported for 3 photos)"
+}
 
 
 @dataclass(frozen=True)

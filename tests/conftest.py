@@ -132,7 +132,9 @@ def _require_java() -> None:
         pytest.fail(f"CI is set but the cluster tests cannot run: {problem}")
 
 
-def _session_cluster(kind: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator:
+def _session_cluster(
+    kind: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator:
     """Fetch (once, into the user cache) and start a cluster of `kind` for the whole test session;
     stopped by PID at the end, also after a failure or Ctrl-C (the context manager), and with
     PR_SET_PDEATHSIG even if pytest itself is killed. Its logs stay in pytest's tmp folder, whose path

@@ -43,7 +43,15 @@ STOPPED_CLUSTER_TIMEOUT_S = 30  # a stopped cluster: the REST check has a 5 s ti
 
 def flink(cluster: engine_cluster.FlinkCluster, job_name: str) -> list[str]:
     """What a user types for their cluster, plus a job name the test can find in Flink's REST API."""
-    return ["--runner", "FlinkRunner", "--flink_master", cluster.master, "--job_name", job_name, "--no-progress"]
+    return [
+        "--runner",
+        "FlinkRunner",
+        "--flink_master",
+        cluster.master,
+        "--job_name",
+        job_name,
+        "--no-progress",
+    ]
 
 
 def new_job_name() -> str:
@@ -133,7 +141,9 @@ def children(pid: int) -> list[tuple[int, str]]:
         try:
             parent = int((entry / "stat").read_text().rsplit(")", 1)[1].split()[1])
             if parent == pid:
-                found.append((int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode()))
+                found.append(
+                    (int(entry.name), (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode())
+                )
         except (OSError, ValueError, IndexError):
             continue
     return found
@@ -277,7 +287,9 @@ def test_the_job_server_killed_mid_job_is_one_line_and_the_flink_job_is_cancelle
         assert engine_cluster.process_start_time(pid) is None, command
 
 
-def test_a_cluster_stopped_before_submission_is_one_line_in_seconds(tmp_path: Path, shared_data: Path) -> None:
+def test_a_cluster_stopped_before_submission_is_one_line_in_seconds(
+    tmp_path: Path, shared_data: Path
+) -> None:
     """Also `rotnet-cluster start|stop`: stop ends exactly the processes start recorded."""
     directory = tmp_path / "cluster"
     cli = [sys.executable, "-m", "pipeline.engines.cli"]

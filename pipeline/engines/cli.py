@@ -68,9 +68,15 @@ def fetch(engine: str, verify: bool) -> None:
 @main.command()
 @ENGINE_ARGUMENT
 @DIR_OPTION
-@click.option("--workers", default=2, show_default=True, type=click.IntRange(1, 8), help="TaskManagers / Spark workers.")
 @click.option(
-    "--timeout", default=cluster.START_TIMEOUT_S, show_default=True, type=float, help="Seconds to wait for the workers."
+    "--workers", default=2, show_default=True, type=click.IntRange(1, 8), help="TaskManagers / Spark workers."
+)
+@click.option(
+    "--timeout",
+    default=cluster.START_TIMEOUT_S,
+    show_default=True,
+    type=float,
+    help="Seconds to wait for the workers.",
 )
 def start(engine: str, directory: Path | None, workers: int, timeout: float) -> None:
     """Start a master and WORKERS workers (separate JVMs, free ports); print the runner options."""
@@ -94,7 +100,9 @@ def stop(engine: str, directory: Path | None) -> None:
     session = cluster.CLUSTERS[engine].attach(_directory(engine, directory))
     alive = session.alive()
     session.stop()
-    click.echo(f"stopped {len(alive)} process(es): {', '.join(f'{p.role} {p.pid}' for p in alive) or 'none running'}")
+    click.echo(
+        f"stopped {len(alive)} process(es): {', '.join(f'{p.role} {p.pid}' for p in alive) or 'none running'}"
+    )
 
 
 @main.command()
@@ -105,10 +113,14 @@ def status(engine: str, directory: Path | None) -> None:
     the cluster is not running."""
     spec = dist.engine(engine)
     server = dist.job_server(spec)
-    click.echo(f"cache: {dist.engine_home(spec) or 'not fetched'}; job server: {server.describe() if server else 'not fetched'}")
+    click.echo(
+        f"cache: {dist.engine_home(spec) or 'not fetched'}; job server: {server.describe() if server else 'not fetched'}"
+    )
     session = cluster.CLUSTERS[engine].attach(_directory(engine, directory))
     for process in session.processes:
-        click.echo(f"{process.role:<14} PID {process.pid:<8} {'running' if process.alive() else 'gone'}  log {process.log}")
+        click.echo(
+            f"{process.role:<14} PID {process.pid:<8} {'running' if process.alive() else 'gone'}  log {process.log}"
+        )
     try:
         if engine == "flink":
             overview = session.rest("/overview")

@@ -142,7 +142,7 @@ def start_process(
             env=env,
             cwd=cwd,
             start_new_session=True,  # Ctrl-C in the terminal goes to the launcher, which stops it
-            preexec_fn=_die_with_parent if kill_on_parent_exit else None,  # noqa: PLW1509
+            preexec_fn=_die_with_parent if kill_on_parent_exit else None,
         )
     started = process_start_time(process.pid) or 0
     return process, Started(role, process.pid, started, str(log), process)
@@ -239,7 +239,9 @@ class SessionCluster:
     def start(self, timeout_s: float = START_TIMEOUT_S) -> None:
         """Start the master, then the workers; return once the master lists every worker."""
         if self.home is None:
-            raise ClusterError(f"{self.engine.name} is not fetched: run `rotnet-cluster fetch {self.engine.name}`")
+            raise ClusterError(
+                f"{self.engine.name} is not fetched: run `rotnet-cluster fetch {self.engine.name}`"
+            )
         problem = java_problem()
         if problem:
             raise ClusterError(problem)
@@ -278,9 +280,7 @@ class SessionCluster:
                 if ready():
                     return
             if time.monotonic() > deadline:
-                raise ClusterError(
-                    f"timed out waiting for {what} ({self.directory / 'log'} has the logs)"
-                )
+                raise ClusterError(f"timed out waiting for {what} ({self.directory / 'log'} has the logs)")
             time.sleep(0.5)
 
     def stop(self) -> None:
@@ -426,7 +426,7 @@ class FlinkCluster(SessionCluster):
 
     def _worker_command(self, index: int) -> tuple[list[str], dict[str, str]]:
         command = ["bash", str(self.home / "bin" / "taskmanager.sh"), "start-foreground"]
-        return command + [f"-Dtaskmanager.resource-id=tm-{index}"], self._env()
+        return [*command, f"-Dtaskmanager.resource-id=tm-{index}"], self._env()
 
     def version(self) -> str:
         return str(self.rest("/config")["flink-version"])
@@ -475,12 +475,28 @@ class SparkCluster(SessionCluster):
 
     def _master_command(self) -> tuple[list[str], dict[str, str]]:
         command = [str(self.home / "bin" / "spark-class"), "org.apache.spark.deploy.master.Master"]
-        command += ["--host", "127.0.0.1", "--port", str(self.ports["master"]), "--webui-port", str(self.ports["ui"])]
+        command += [
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(self.ports["master"]),
+            "--webui-port",
+            str(self.ports["ui"]),
+        ]
         return command, self._env()
 
     def _worker_command(self, index: int) -> tuple[list[str], dict[str, str]]:
         command = [str(self.home / "bin" / "spark-class"), "org.apache.spark.deploy.worker.Worker"]
-        command += ["--host", "127.0.0.1", "--webui-port", "0", "--cores", "1", "--memory", self.WORKER_MEMORY]
+        command += [
+            "--host",
+            "127.0.0.1",
+            "--webui-port",
+            "0",
+            "--cores",
+            "1",
+            "--memory",
+            self.WORKER_MEMORY,
+        ]
         command += ["--work-dir", str(self.directory / "work" / f"worker-{index}"), self.master]
         return command, self._env()
 

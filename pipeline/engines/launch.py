@@ -87,8 +87,10 @@ def master_of(engine: str, beam_args: Sequence[str]) -> str:
 
 
 def on_this_machine(engine: str, beam_args: Sequence[str]) -> bool:
-    master = master_of(engine, beam_args)
-    return master in EMBEDDED_MASTERS or master.startswith("local") or _host(master) in LOOPBACK_HOSTS
+    """A cluster named on this machine (--flink_master 127.0.0.1:PORT, spark://localhost:7077). Without
+    a master, Beam's job server runs the engine embedded and Beam picks LOOPBACK workers itself."""
+    given = arg_value(beam_args, "flink_master" if engine == "flink" else "spark_master_url")
+    return bool(given) and given not in EMBEDDED_MASTERS and _host(given) in LOOPBACK_HOSTS
 
 
 def managed(runner_name: str, beam_args: Sequence[str]) -> str | None:
@@ -103,7 +105,9 @@ def managed(runner_name: str, beam_args: Sequence[str]) -> str | None:
 def fills_environment(runner_name: str, beam_args: Sequence[str]) -> bool:
     """True when rotnet will start a worker pool on this machine and run the job's Python there."""
     engine = managed(runner_name, beam_args)
-    return bool(engine) and not arg_value(beam_args, "environment_type") and on_this_machine(engine, beam_args)
+    return (
+        bool(engine) and not arg_value(beam_args, "environment_type") and on_this_machine(engine, beam_args)
+    )
 
 
 # --- Checks before any work ---------------------------------------------------------------------------
@@ -218,7 +222,9 @@ def _job_server_jar(engine: str, arguments: list[str], log: Callable[[str], None
         if not os.path.isfile(given):
             raise JobError(f"--{option} {given} is not a file: give the job server's jar, or leave it out")
         return os.path.abspath(given)
-    version = arg_value(arguments, "flink_version") if engine == "flink" else arg_value(arguments, "spark_version")
+    version = (
+        arg_value(arguments, "flink_version") if engine == "flink" else arg_value(arguments, "spark_version")
+    )
     if version and version != spec.runner_version:
         raise JobError(
             f"no job server for {engine} {version} in rotnet's cache (it has {engine} {spec.runner_version}'s): "
@@ -306,8 +312,19 @@ def _job_server_command(plan: Plan, artifacts: Path) -> list[str]:
     if plan.engine == "flink":
         master = master_of("flink", plan.arguments)
         master_args = ["--flink-master", master if master in EMBEDDED_MASTERS else flink_rest_url(master)]
-        return [java, JOB_SERVER_HEAP, "-jar", plan.jar, *master_args, "--artifacts-dir", str(artifacts), *ports]
-    launch = ["-jar", plan.jar] if not (Path(plan.jar).parent / "lib").is_dir() else _spark_classpath(plan.jar)
+        return [
+            java,
+            JOB_SERVER_HEAP,
+            "-jar",
+            plan.jar,
+            *master_args,
+            "--artifacts-dir",
+            str(artifacts),
+            *ports,
+        ]
+    launch = (
+        ["-jar", plan.jar] if not (Path(plan.jar).parent / "lib").is_dir() else _spark_classpath(plan.jar)
+    )
     master_args = ["--spark-master-url", master_of("spark", plan.arguments)]
     # Spark logs through log4j 2, whose default shows errors only: the job server's INFO lines (the
     # port it listens on) need a configuration.
@@ -389,17 +406,25 @@ class WorkerPool:
         command = [sys.executable, "-m", "pipeline.engines.worker_pool", "--port", str(self.port)]
         command += ["--log-dir", str(self.log_dir)]
         popen, self.started = cluster.start_process(
-            "worker-pool", command, self.log, env=self.environment(), kill_on_parent_exit=self.kill_on_parent_exit
+            "worker-pool",
+            command,
+            self.log,
+            env=self.environment(),
+            kill_on_parent_exit=self.kill_on_parent_exit,
         )
         deadline = time.monotonic() + POOL_START_TIMEOUT_S
         while time.monotonic() < deadline:
             if popen.poll() is not None:
-                raise JobError(f"the Beam worker pool exited with {popen.returncode}: {_java_cause(self.log)}")
+                raise JobError(
+                    f"the Beam worker pool exited with {popen.returncode}: {_java_cause(self.log)}"
+                )
             with contextlib.suppress(OSError), socket.create_connection(("127.0.0.1", self.port), timeout=1):
                 return self.started
             time.sleep(0.1)
         self.stop()
-        raise JobError(f"the Beam worker pool did not listen within {POOL_START_TIMEOUT_S:g} s (log: {self.log})")
+        raise JobError(
+            f"the Beam worker pool did not listen within {POOL_START_TIMEOUT_S:g} s (log: {self.log})"
+        )
 
     def stop(self) -> None:
         """Stop the pool and the SDK workers it started (its process group)."""
@@ -512,7 +537,9 @@ def cancel_flink_job(rest_url: str, name: str) -> None:
                 return
             for job in going:
                 if job["state"] != "CANCELLING":
-                    request = urllib.request.Request(f"{rest_url}/jobs/{job['jid']}?mode=cancel", method="PATCH")
+                    request = urllib.request.Request(
+                        f"{rest_url}/jobs/{job['jid']}?mode=cancel", method="PATCH"
+                    )
                     with contextlib.suppress(urllib.error.URLError, OSError):
                         urllib.request.urlopen(request, timeout=cluster.REST_TIMEOUT_S).close()
             time.sleep(0.5)

@@ -45,14 +45,22 @@ class SharedWorkerPool(beam_fn_api_pb2_grpc.BeamFnExternalWorkerPoolServicer):
         self._lock = threading.Lock()
 
     def StartWorker(self, request, context):  # noqa: N802 (gRPC's name)
-        command = [sys.executable, "-c", _HARNESS.format(control=request.control_endpoint.url, worker_id=request.worker_id)]
+        command = [
+            sys.executable,
+            "-c",
+            _HARNESS.format(control=request.control_endpoint.url, worker_id=request.worker_id),
+        ]
         with self._lock:
             number = next(self._numbers)
             try:
                 with open(self.log_dir / f"worker-{number}.log", "ab") as log:
-                    log.write(f"worker id {request.worker_id}, control {request.control_endpoint.url}\n".encode())
+                    log.write(
+                        f"worker id {request.worker_id}, control {request.control_endpoint.url}\n".encode()
+                    )
                     log.flush()
-                    self.workers.append(subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, close_fds=True))
+                    self.workers.append(
+                        subprocess.Popen(command, stdout=log, stderr=subprocess.STDOUT, close_fds=True)
+                    )
             except OSError as error:
                 return beam_fn_api_pb2.StartWorkerResponse(error=f"cannot start an SDK worker: {error}")
             self.workers = [worker for worker in self.workers if worker.poll() is None]  # reap the finished
@@ -90,7 +98,9 @@ def main(argv: list[str] | None = None) -> None:
     for signum in (signal.SIGTERM, signal.SIGINT):
         signal.signal(signum, lambda *_: stopped.set())
     print(f"worker pool listening on 127.0.0.1:{arguments.port}", flush=True)
-    stopped.wait()
+    while not stopped.wait(5.0):  # collect finished workers (no zombies while the run lasts)
+        with pool._lock:
+            pool.workers = [worker for worker in pool.workers if worker.poll() is None]
     server.stop(grace=2)
     pool.stop_all()
 
