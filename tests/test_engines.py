@@ -169,6 +169,7 @@ def test_the_flink_configuration_binds_127_0_0_1_on_free_ports_with_one_slot_per
         assert settings[key] == "127.0.0.1"
     assert settings["rest.port"] == flink.ports["rest"] != settings["jobmanager.rpc.port"] > 1024
     assert settings["taskmanager.numberOfTaskSlots"] == 1 and settings["blob.server.port"] == "0"
+    assert settings["taskmanager.memory.managed.fraction"] == 0.1  # heap for a shard's prepared images
     assert (settings["jobmanager.memory.process.size"], settings["taskmanager.memory.process.size"]) == (
         "1024m",
         "1536m",

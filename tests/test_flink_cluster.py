@@ -293,16 +293,19 @@ def test_a_cluster_stopped_before_submission_is_one_line_in_seconds(
     """Also `rotnet-cluster start|stop`: stop ends exactly the processes start recorded."""
     directory = tmp_path / "cluster"
     cli = [sys.executable, "-m", "pipeline.engines.cli"]
-    started = subprocess.run([*cli, "start", "flink", "--dir", str(directory), "--workers", "1"],
-                             capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
-    assert started.returncode == 0, started.stderr
-    master = re.search(r"--flink_master (\S+)", started.stdout).group(1)
-    recorded = [(p.pid, p.start_time) for p in engine_cluster.FlinkCluster.attach(directory).processes]
-    assert len(recorded) == 2 and all(engine_cluster.process_start_time(pid) == t for pid, t in recorded)
-    stopped = subprocess.run([*cli, "stop", "flink", "--dir", str(directory)], capture_output=True, text=True,
-                             timeout=120, check=False)  # fmt: skip
-    assert stopped.returncode == 0 and "stopped 2 process(es)" in stopped.stdout, stopped
-    assert all(engine_cluster.process_start_time(pid) != t for pid, t in recorded)
+    try:
+        started = subprocess.run([*cli, "start", "flink", "--dir", str(directory), "--workers", "1"],
+                                 capture_output=True, text=True, timeout=300, check=False)  # fmt: skip
+        assert started.returncode == 0, started.stderr
+        master = re.search(r"--flink_master (\S+)", started.stdout).group(1)
+        recorded = [(p.pid, p.start_time) for p in engine_cluster.FlinkCluster.attach(directory).processes]
+        assert len(recorded) == 2 and all(engine_cluster.process_start_time(pid) == t for pid, t in recorded)
+        stopped = subprocess.run([*cli, "stop", "flink", "--dir", str(directory)], capture_output=True,
+                                 text=True, timeout=120, check=False)  # fmt: skip
+        assert stopped.returncode == 0 and "stopped 2 process(es)" in stopped.stdout, stopped
+        assert all(engine_cluster.process_start_time(pid) != t for pid, t in recorded)
+    finally:  # a cluster `rotnet-cluster start` started outlives its command: never leave one behind
+        engine_cluster.FlinkCluster.attach(directory).stop()
 
     output = tmp_path / "records"
     began = time.monotonic()

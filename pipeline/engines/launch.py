@@ -546,17 +546,3 @@ def cancel_flink_job(rest_url: str, name: str) -> None:
 
 
 _FLINK_DONE = ("FINISHED", "FAILED", "CANCELED")
-
-
-def watch(state: Session, on_death: Callable[[], None], stop: threading.Event) -> threading.Thread:
-    """A thread that calls `on_death` once if the job server dies before `stop` is set."""
-
-    def loop() -> None:
-        while not stop.wait(1.0):
-            if state.job_server_problem():
-                on_death()
-                return
-
-    thread = threading.Thread(target=loop, name="rotnet-job-server-watch", daemon=True)
-    thread.start()
-    return thread
