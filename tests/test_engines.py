@@ -172,7 +172,7 @@ def test_the_flink_configuration_binds_127_0_0_1_on_free_ports_with_one_slot_per
     assert settings["taskmanager.memory.managed.fraction"] == 0.1  # heap for a shard's prepared images
     assert (settings["jobmanager.memory.process.size"], settings["taskmanager.memory.process.size"]) == (
         "1024m",
-        "1536m",
+        "2048m",
     )
     assert (flink.directory / "conf" / "log4j-console.properties").is_file()
     command, env = flink._worker_command(2)

@@ -11,7 +11,7 @@ java: the PID this module starts is the JVM's, recorded with its start time in `
 cluster's folder, and only a process with that PID *and* that start time is ever signalled (a PID the
 system reused is left alone). Ports are free ports on 127.0.0.1 (0 where the engine picks and reports
 its own). Memory is sized for a 2-core 24 GiB machine shared with other work: JobManager 1 GiB, each
-TaskManager 1.5 GiB with one slot (so that parallelism 2 uses both TaskManagers). Logs stay in
+TaskManager 2 GiB with one slot (so that parallelism 2 uses both TaskManagers). Logs stay in
 `log/` of the folder (a failed test keeps them; the folder is the test's tmp_path). Starting is
 bounded (START_TIMEOUT_S); a start that fails stops what it started.
 
@@ -355,7 +355,8 @@ class FlinkCluster(SessionCluster):
     engine = dist.FLINK
     worker_role = "taskmanager"
     JOBMANAGER_MEMORY = "1024m"
-    TASKMANAGER_MEMORY = "1536m"
+    TASKMANAGER_MEMORY = "2048m"
+    TASK_OFF_HEAP = "384m"
     HEARTBEAT_TIMEOUT_MS = 20_000
 
     @property
@@ -401,8 +402,11 @@ class FlinkCluster(SessionCluster):
             "taskmanager.memory.process.size": self.TASKMANAGER_MEMORY,
             # Beam's Flink batch GroupByKey holds a key's values in the task heap (a shard's prepared
             # images: ~1.6 MB per 224-px photo); Flink's default 40% managed memory left 287 MB of heap,
-            # too little for 80 photos in one shard (OutOfMemoryError). 10% leaves ~610 MB.
+            # too little for 80 photos in one shard (OutOfMemoryError: Java heap space). And Beam's gRPC
+            # data plane to the Python workers buffers those elements in direct memory, which Flink caps
+            # at its off-heap sizes (OutOfMemoryError: Direct buffer memory, after a few such jobs).
             "taskmanager.memory.managed.fraction": 0.1,
+            "taskmanager.memory.task.off-heap.size": self.TASK_OFF_HEAP,
             "parallelism.default": 1,
             "blob.server.port": "0",
             "rest.address": "127.0.0.1",
