@@ -119,15 +119,24 @@ def run(quick: bool = False) -> str:
             jobs = _jobs(quick, street_view)
             seconds: dict[tuple[str, str], list[float]] = {}
             rates: dict[tuple[str, str], list[float]] = {}
-            records: dict[str, int] = {}
-            loads = []
+            records: dict[str, int] = {"MNIST": 0, "Street View": 0}
+            loads: list[float] = []
+            failures: list[str] = []
             for number in range(rounds):
                 for name, configuration in configurations.items():
                     loads.append(os.getloadavg()[0])
-                    startup, _ = _run(jobs["start-up"], configuration, scratch / "out")
+                    try:
+                        startup, _ = _run(jobs["start-up"], configuration, scratch / "out")
+                    except RuntimeError as error:  # a failed run is a finding: recorded, the rest goes on
+                        failures.append(f"{name}, start-up: {error}")
+                        continue
                     seconds.setdefault((name, "start-up"), []).append(startup)
                     for job in ("MNIST", "Street View"):
-                        took, records[job] = _run(jobs[job], configuration, scratch / "out")
+                        try:
+                            took, records[job] = _run(jobs[job], configuration, scratch / "out")
+                        except RuntimeError as error:
+                            failures.append(f"{name}, {job}: {error}")
+                            continue
                         seconds.setdefault((name, job), []).append(took)
                         if took > startup:  # else the start-up's jitter exceeded the work: no rate
                             rates.setdefault((name, job), []).append(records[job] / (took - startup))
@@ -148,15 +157,15 @@ def run(quick: bool = False) -> str:
     ]
     for name in configurations:
         lines.append(
-            f"| {name} | {_cell(seconds[(name, 'start-up')], '', 1)} | {_cell(seconds[(name, 'MNIST')], '', 1)} | "
-            f"{_cell(rates.get((name, 'MNIST'), []), rounds=rounds)} | {_cell(seconds[(name, 'Street View')], '', 1)} | "
+            f"| {name} | {_cell(seconds.get((name, 'start-up'), []), '', 1)} | {_cell(seconds.get((name, 'MNIST'), []), '', 1)} | "
+            f"{_cell(rates.get((name, 'MNIST'), []), rounds=rounds)} | {_cell(seconds.get((name, 'Street View'), []), '', 1)} | "
             f"{_cell(rates.get((name, 'Street View'), []), rounds=rounds)} |"
         )
     base = statistics.median(rates.get(("DirectRunner, 1 worker", "MNIST")) or [float("nan")])
     flink_two = statistics.median(rates.get(("Flink, parallelism 2", "MNIST")) or [float("nan")])
-    extra = statistics.median(seconds[("Flink, parallelism 2", "start-up")]) - statistics.median(
-        seconds[("DirectRunner, 1 worker", "start-up")]
-    )
+    extra = statistics.median(
+        seconds.get(("Flink, parallelism 2", "start-up")) or [float("nan")]
+    ) - statistics.median(seconds.get(("DirectRunner, 1 worker", "start-up")) or [float("nan")])
     lines += [
         "",
         f"Flink (parallelism 2) runs MNIST at {flink_two / base:.2f}x the records/s of the DirectRunner with one "
@@ -164,4 +173,6 @@ def run(quick: bool = False) -> str:
         "submission and scheduling). On 2 cores the two TaskManagers share the cores with the JobManager, the "
         "job server and the Python workers: the figures are the price of the engine, not its scaling.",
     ]
+    if failures:
+        lines += ["", f"Failed runs ({len(failures)}):", *[f"- {failure[:600]}" for failure in failures]]
     return "\n".join(lines)

@@ -826,6 +826,8 @@ class _AngleTable:
             pass
         with self._lock:
             missing = [angle for angle in dict.fromkeys(angles_degrees) if angle not in rows]
+            if not missing:  # another thread added them while this one waited for the lock
+                return np.array([rows[angle] for angle in angles_degrees], np.intp)
             new = [_angle_row(source, angle, out_height, out_width) for angle in missing]
             first = len(self.data)
             self.level = np.concatenate([self.level, [index for index, _ in new]]).astype(np.intp)

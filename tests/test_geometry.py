@@ -560,7 +560,9 @@ def test_min_prepared_bytes_is_a_lower_bound(street_view_images) -> None:
 def test_the_shared_angle_table_gives_every_thread_render_matrixs_numbers() -> None:
     """Beam's SDK workers run bundles in threads that share the angle tables (on Flink two WriteShards
     stages of one worker raised "index 61 is out of bounds for axis 0 with size 60" before the lock):
-    threads adding different angles to one fresh table at once all get render_matrix's matrices."""
+    threads adding angles to one fresh table at once, different ones (even workers) and the same ones
+    (odd workers: one adds, the others find them added once they hold the lock), all get
+    render_matrix's matrices."""
     import threading
 
     digit = np.zeros((28, 28, 1), np.uint8)
@@ -572,7 +574,8 @@ def test_the_shared_angle_table_gives_every_thread_render_matrixs_numbers() -> N
     def work(worker: int) -> None:
         start.wait()
         for batch in range(30):  # each batch adds angles no other thread asked for yet
-            angles = [float(worker + 8 * (batch * 3 + k)) % 360 + 0.5 * (batch % 2) for k in range(3)]
+            shared = 1 if worker % 2 else worker  # odd workers all ask for the same angles
+            angles = [float(shared + 8 * (batch * 3 + k)) % 360 + 0.5 * (batch % 2) for k in range(3)]
             offsets = np.zeros((len(angles), 2))
             try:
                 levels, matrices = geometry.render_matrices(source, angles, 28, offsets)
