@@ -7,7 +7,7 @@ STAMP := $(VENV)/.installed
 EXTRAS ?= pipeline,trainer,gcp,export,serve,test
 PYTEST_ARGS ?= -n 2
 
-.PHONY: install install-system test lint format demo bench clean
+.PHONY: install install-system test test-cluster lint format demo bench clean
 
 $(STAMP): setup.cfg pyproject.toml constraints.txt scripts/install.sh
 	@test -n "$(PYTHON)" || { echo "error: no python3.11/python3 on PATH; install Python 3.11" >&2; exit 2; }
@@ -32,6 +32,12 @@ format: $(STAMP)
 
 test: lint
 	$(BIN)/python -m pytest $(PYTEST_ARGS)
+
+# Flink and Spark session clusters on 127.0.0.1 (tests/test_*_cluster.py): one test process, since the
+# tests share one cluster per engine; the first run fetches Flink, Spark and Beam's job servers into
+# ~/.cache/rotnet (about 700 MB, checksummed). Skipped with the reason when Java is missing and CI unset.
+test-cluster: $(STAMP)
+	$(BIN)/python -m pytest -m cluster -p no:xdist tests/test_flink_cluster.py tests/test_spark_cluster.py
 
 demo: $(STAMP)
 	$(BIN)/python -m tools.demo

@@ -40,6 +40,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "benchmarks.gpu_training",
         "Training throughput on a GPU under JAX: ResNet50 and MobileNetV3-Small, mixed precision, end to end vs one cached batch",
     ),
+    "runners": (
+        "benchmarks.runners",
+        "DirectRunner (1, 2 workers) vs a Flink cluster (parallelism 1, 2): records/s and start-up cost",
+    ),
 }
 
 

@@ -48,12 +48,15 @@ DEFAULT = {field.name: field.default for field in dataclasses.fields(PipelineCon
 EPILOG = """\b
 Any other option is a Beam pipeline option, passed on unchanged, e.g.
   --runner DataflowRunner --project P --region us-central1 --temp_location gs://B/tmp
-  --runner FlinkRunner --flink_master host:8081
+  --runner FlinkRunner --flink_master host:8081   (`rotnet-cluster start flink` starts one here)
+  --runner SparkRunner --spark_master_url spark://host:7077
   --direct_num_workers 4 --direct_running_mode multi_threading
 Locally the pipeline runs on Beam's FnApiRunner with one worker process per core.
 Workers outside this environment (Dataflow, DOCKER environments) get rotnet's sdist as
 --extra_package unless --setup_file, --extra_package or --sdk_container_image is given;
 LOOPBACK, EXTERNAL and PROCESS workers must have rotnet installed already.
+For Flink and Spark rotnet starts Beam's job server (cached jar, or --flink_job_server_jar) and, for a
+cluster on this machine, a worker pool (EXTERNAL); --flink_version and --parallelism come from the cluster.
 --dry_run True with DataflowRunner builds and stages the job without submitting it.
 """
 

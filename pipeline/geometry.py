@@ -32,6 +32,7 @@ import functools
 import hashlib
 import math
 import struct
+import threading
 from dataclasses import dataclass
 from typing import Literal
 
@@ -807,6 +808,12 @@ class _AngleTable:
         self.rows: dict[float, int] = {}  # angle -> row
         self.level = np.zeros(0, np.intp)  # index into source.levels
         self.data = np.zeros((0, self.COLUMNS))
+        # Beam's SDK workers run bundles in threads (on Flink: two WriteShards stages of one worker at
+        # once), and the table is shared: rows are added under the lock, and an angle's row is
+        # published only once `data` and `level` hold it (they only ever grow), so a reader without
+        # the lock never sees a row past their end (seen on Flink before: "index 61 is out of bounds
+        # for axis 0 with size 60").
+        self._lock = threading.Lock()
 
     def lookup(
         self, source: RenderSource, angles_degrees: list[float], out_height: int, out_width: int
@@ -817,12 +824,16 @@ class _AngleTable:
             return np.array([rows[angle] for angle in angles_degrees], np.intp)
         except KeyError:
             pass
-        missing = [angle for angle in dict.fromkeys(angles_degrees) if angle not in rows]
-        new = [_angle_row(source, angle, out_height, out_width) for angle in missing]
-        for angle in missing:
-            rows[angle] = len(rows)
-        self.level = np.concatenate([self.level, [index for index, _ in new]]).astype(np.intp)
-        self.data = np.concatenate([self.data, [values for _, values in new]])
+        with self._lock:
+            missing = [angle for angle in dict.fromkeys(angles_degrees) if angle not in rows]
+            if not missing:  # another thread added them while this one waited for the lock
+                return np.array([rows[angle] for angle in angles_degrees], np.intp)
+            new = [_angle_row(source, angle, out_height, out_width) for angle in missing]
+            first = len(self.data)
+            self.level = np.concatenate([self.level, [index for index, _ in new]]).astype(np.intp)
+            self.data = np.concatenate([self.data, [values for _, values in new]])
+            for offset, angle in enumerate(missing):
+                rows[angle] = first + offset
         return np.array([rows[angle] for angle in angles_degrees], np.intp)
 
 

@@ -33,6 +33,7 @@ import schemas
 from pipeline import datasets, image_ids, interrupts, output_dir, progress, runner
 from pipeline.config import ConfigError, JobError, PipelineConfig
 from pipeline.datasets.common import ERRORS, SourcePlan
+from pipeline.engines import launch
 from schemas import gcs, paths, sharding, verify
 from schemas.manifest import manifest_path
 
@@ -58,9 +59,24 @@ def run(
 def _run(
     config: PipelineConfig, beam_args: Sequence[str], show_progress: bool, log: Callable[[str], None]
 ) -> JobSummary | runner.DryRunSummary:
+    choice = runner.check_arguments(config, beam_args)
+    plan = launch.check(choice.name, beam_args, log)  # Flink/Spark: Java, the cluster, the job server
+    if plan is None:
+        return _run_job(config, beam_args, choice, show_progress, log, None)
+    with launch.session(plan, log) as engine:  # the job server and worker pool, stopped at the end
+        return _run_job(config, engine.arguments, choice, show_progress, log, engine)
+
+
+def _run_job(
+    config: PipelineConfig,
+    beam_args: Sequence[str],
+    choice: runner.RunnerChoice,
+    show_progress: bool,
+    log: Callable[[str], None],
+    engine: launch.Session | None,
+) -> JobSummary | runner.DryRunSummary:
     import apache_beam as beam
 
-    choice = runner.check_arguments(config, beam_args)
     options, local = runner.beam_options(beam_args, choice)
     dry_run = runner.is_dry_run(options)
     run_id = uuid.uuid4().hex[:12]
@@ -102,18 +118,36 @@ def _run(
             except Exception as error:
                 if interrupts.received() is not None:  # Beam wrapped the interrupt a DoFn saw
                     raise interrupts.received() from None
+                cause = engine.job_server_problem() if engine else None
+                if cause:  # Beam only says its gRPC stream broke
+                    raise JobError(
+                        f"{cause}; the job on the cluster was cancelled and no manifest written: rerun the same command"
+                    ) from None
+                after = (
+                    f"; no manifest was written: rerun the same command once the cluster is whole (logs: {engine.work_dir})"
+                    if engine
+                    else runner.kept_worker_log(progress_dir)
+                )
+                note = engine.failure_note() if engine else ""
                 raise JobError(
-                    f"the Beam job failed: {runner.failure_message(error)}{runner.kept_worker_log(progress_dir)}"
+                    f"the Beam job failed: {runner.failure_message(error)}{note}{after}"
                 ) from error
         wall_seconds = time.perf_counter() - started
 
         counters = runner.metric_counters(result)
         if local and not counters:
             counters = dict(progress.read_progress(progress_dir))
+        unreliable = runner.UNRELIABLE_METRICS.get(choice.name)
+        if unreliable:
+            counters = {}
         stats = read_stats(claimed.stats_path)
         info = describe_outputs(config, plan, num_shards, stats, counters, options)
+        if engine:
+            info.config["job_server"] = engine.plan.jar
         if progress.IMAGES_READ not in counters:  # e.g. a runner without metrics: no count is invented
-            info.config["nothing_lost"] = f"not verified: {choice.name} reported no metrics"
+            info.config["nothing_lost"] = (
+                f"not verified: {unreliable or f'{choice.name} reported no metrics'}"
+            )
         image_ids.check_unique(claimed.duplicates_path)
         claimed.check_free(info)
         try:

@@ -158,3 +158,60 @@ def rotnet_serve(tiny_model: dict[str, Path], tmp_path_factory: pytest.TempPathF
     options += ["--max-pixels", str(SERVE_MAX_PIXELS), "--request-timeout-s", "60"]
     with RotnetServe(tiny_model["run"], log, *options) as server:
         yield server
+
+
+# --- Session clusters (tests/test_flink_cluster.py, tests/test_spark_cluster.py; `make test-cluster`) ---
+
+
+def _require_java() -> None:
+    """Cluster tests need Java: without it they are skipped, with the reason, only outside CI (where
+    `CI` is set they fail instead: CI must run them)."""
+    from pipeline.engines.cluster import java_problem
+
+    problem = java_problem()
+    if problem and not os.environ.get("CI"):
+        pytest.skip(f"cluster tests need Java: {problem}")
+    if problem:
+        pytest.fail(f"CI is set but the cluster tests cannot run: {problem}")
+
+
+def _session_cluster(
+    kind: str, tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest
+) -> Iterator:
+    """Fetch (once, into the user cache) and start a cluster of `kind` for the whole test session;
+    stopped by PID at the end, also after a failure or Ctrl-C (the context manager), and with
+    PR_SET_PDEATHSIG even if pytest itself is killed. Its logs stay in pytest's tmp folder, whose path
+    a failed test's report names."""
+    from pipeline.engines import cluster, dist
+
+    _require_java()
+    dist.fetch(dist.engine(kind), log=lambda line: print(line))
+    directory = tmp_path_factory.mktemp(f"{kind}-cluster")
+    with cluster.CLUSTERS[kind](directory, kill_on_parent_exit=True) as session:
+        request.config.stash.setdefault(_CLUSTER_LOGS, []).append(str(directory / "log"))
+        yield session
+
+
+_CLUSTER_LOGS = pytest.StashKey[list]()
+
+
+@pytest.fixture(scope="session")
+def flink_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator:
+    """A Flink 1.19 session cluster on 127.0.0.1: 1 JobManager + 2 TaskManagers (tm-1, tm-2), one slot each."""
+    yield from _session_cluster("flink", tmp_path_factory, request)
+
+
+@pytest.fixture(scope="session")
+def spark_cluster(tmp_path_factory: pytest.TempPathFactory, request: pytest.FixtureRequest) -> Iterator:
+    """A Spark 3.5 standalone cluster on 127.0.0.1: 1 Master + 2 Workers, one core each."""
+    yield from _session_cluster("spark", tmp_path_factory, request)
+
+
+@pytest.hookimpl(hookwrapper=True)
+def pytest_runtest_makereport(item: pytest.Item, call: pytest.CallInfo) -> Iterator:
+    """A failed test that used a cluster says where the cluster's logs are (kept in pytest's tmp)."""
+    outcome = yield
+    report = outcome.get_result()
+    logs = item.config.stash.get(_CLUSTER_LOGS, [])
+    if report.failed and logs and {"flink_cluster", "spark_cluster"} & set(getattr(item, "fixturenames", ())):
+        report.sections.append(("cluster logs", "\n".join(logs)))

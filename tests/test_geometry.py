@@ -555,3 +555,43 @@ def test_min_prepared_bytes_is_a_lower_bound(street_view_images) -> None:
             [level.pixels for level in prepared.levels] if hasattr(prepared, "levels") else [prepared.pixels]
         )
         assert sum(array.nbytes for array in pixels) >= geometry.min_prepared_bytes(view), view
+
+
+def test_the_shared_angle_table_gives_every_thread_render_matrixs_numbers() -> None:
+    """Beam's SDK workers run bundles in threads that share the angle tables (on Flink two WriteShards
+    stages of one worker raised "index 61 is out of bounds for axis 0 with size 60" before the lock):
+    threads adding angles to one fresh table at once, different ones (even workers) and the same ones
+    (odd workers: one adds, the others find them added once they hold the lock), all get
+    render_matrix's matrices."""
+    import threading
+
+    digit = np.zeros((28, 28, 1), np.uint8)
+    digit[6:22, 12:16] = 255
+    source = geometry.prepare_render_source(digit, 28, range(360), False, False)
+    geometry._ANGLE_TABLES.clear()
+    start, failures = threading.Barrier(8), []
+
+    def work(worker: int) -> None:
+        start.wait()
+        for batch in range(30):  # each batch adds angles no other thread asked for yet
+            shared = 1 if worker % 2 else worker  # odd workers all ask for the same angles
+            angles = [float(shared + 8 * (batch * 3 + k)) % 360 + 0.5 * (batch % 2) for k in range(3)]
+            offsets = np.zeros((len(angles), 2))
+            try:
+                levels, matrices = geometry.render_matrices(source, angles, 28, offsets)
+                for level, matrix, angle in zip(levels, matrices, angles, strict=True):
+                    expected_level, expected = geometry.render_matrix(
+                        source, angle, 28, geometry.Jitter(0.0, 0.0)
+                    )
+                    assert source.levels[level] is expected_level and np.array_equal(
+                        matrix, np.array(expected)
+                    )
+            except Exception as error:  # collected: an assertion in a thread would not fail the test
+                failures.append(f"{type(error).__name__}: {error}")
+
+    threads = [threading.Thread(target=work, args=(worker,)) for worker in range(8)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert failures == []
