@@ -5,7 +5,7 @@ HOW TO GO ON", exit status 130 (Ctrl-C: 128 + SIGINT) or 143 (SIGTERM: 128 + SIG
     def main(...): ...
 
 * `Command` (every console script: rotnet-pipeline, -train, -evaluate, -correct, -inspect, -bench,
-  -ablate, -export): while it runs, SIGTERM raises `TerminatedError`, a KeyboardInterrupt, so every
+  -ablate, -export, -serve; `Group` for rotnet-cluster's subcommands): while it runs, SIGTERM raises `TerminatedError`, a KeyboardInterrupt, so every
   `finally` and every `except KeyboardInterrupt` of the command runs for it as for Ctrl-C (temporary
   files removed, locks released, reports written); a KeyboardInterrupt that reaches the command ends in
   `exit_interrupted` with the command's own `interrupted` note. (click alone prints "Aborted!" and
@@ -113,3 +113,14 @@ class Command(click.Command):
             return super().invoke(ctx)
         except KeyboardInterrupt as error:
             exit_interrupted(error, self.interrupted)
+
+
+class Group(click.Group):
+    """A click group (rotnet-cluster) whose subcommands follow the same convention: each is a `Command`
+    with its own `interrupted` note, and SIGTERM raises inside them as Ctrl-C does."""
+
+    command_class = Command
+
+    def main(self, *args: Any, **kwargs: Any) -> Any:
+        with signals_raise():
+            return super().main(*args, **kwargs)

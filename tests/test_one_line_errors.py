@@ -363,6 +363,10 @@ def _convention_cases(tmp_path: Path) -> dict[str, tuple[str, str, list[str], st
             [str(run.parent), "--format", "tflite", "--output", str(tmp_path / "m.tflite")],
             "nothing was written",
         ),
+        "rotnet-cluster": (
+            "pipeline.engines.cli:main", "pipeline.engines.dist:job_server",
+            ["status", "flink", "--dir", str(tmp_path / "cluster")], "nothing changed",
+        ),
     }  # fmt: skip
 
 
@@ -371,7 +375,7 @@ def _convention_cases(tmp_path: Path) -> dict[str, tuple[str, str, list[str], st
     "command",
     [
         "rotnet-pipeline", "rotnet-train", "rotnet-evaluate", "rotnet-correct", "rotnet-inspect",
-        "rotnet-bench", "rotnet-ablate", "rotnet-export",
+        "rotnet-bench", "rotnet-ablate", "rotnet-export", "rotnet-cluster",
     ],
 )  # fmt: skip
 def test_every_command_ends_an_interrupt_in_one_line_and_130_or_143(

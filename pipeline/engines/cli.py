@@ -16,6 +16,7 @@ from pathlib import Path
 
 import click
 
+from pipeline import interrupts
 from pipeline.engines import cluster, dist
 
 ENGINE_ARGUMENT = click.argument("engine", type=click.Choice(sorted(dist.ENGINES)), default="flink")
@@ -41,12 +42,15 @@ def runner_options(engine: str, session: cluster.SessionCluster) -> str:
     return f"--runner SparkRunner --spark_master_url {session.master}"
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.group(cls=interrupts.Group, context_settings={"help_option_names": ["-h", "--help"]})
 def main() -> None:
     """Fetch, start, inspect and stop a Flink or Spark session cluster on 127.0.0.1."""
 
 
-@main.command()
+@main.command(
+    interrupted="the download stopped; files already checked stay in the cache, the rest were never put "
+    "in place: rerun the same command"
+)
 @ENGINE_ARGUMENT
 @click.option("--verify", is_flag=True, help="Also re-check the SHA-256 of every cached file.")
 def fetch(engine: str, verify: bool) -> None:
@@ -65,7 +69,7 @@ def fetch(engine: str, verify: bool) -> None:
     click.echo(f"{engine} {spec.version}: {home}\njob server: {server.describe()}")
 
 
-@main.command()
+@main.command(interrupted="the processes started so far were stopped: rerun the same command")
 @ENGINE_ARGUMENT
 @DIR_OPTION
 @click.option(
@@ -92,7 +96,7 @@ def start(engine: str, directory: Path | None, workers: int, timeout: float) -> 
     click.echo(runner_options(engine, session))
 
 
-@main.command()
+@main.command(interrupted="some processes may still run: rerun the same command")
 @ENGINE_ARGUMENT
 @DIR_OPTION
 def stop(engine: str, directory: Path | None) -> None:
@@ -105,7 +109,7 @@ def stop(engine: str, directory: Path | None) -> None:
     )
 
 
-@main.command()
+@main.command(interrupted="nothing changed")
 @ENGINE_ARGUMENT
 @DIR_OPTION
 def status(engine: str, directory: Path | None) -> None:
