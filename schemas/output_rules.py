@@ -19,8 +19,14 @@
 
 Every command also keeps its output out of its inputs and its inputs out of its output
 (`schemas.paths.inside`, with the paths resolved).
-Standard library only (google-cloud-storage for the gs:// lock, imported when used); the tests of the
-rules themselves are in tests/test_output_rules.py.
+Standard library and schemas.paths only (google-cloud-storage for the gs:// lock, imported when used);
+the tests of the rules themselves are in tests/test_output_rules.py.
+
+    from schemas import output_rules
+    output_rules.write_aside("runs/mnist/metrics.json", text)  # the whole new file, or the old one as it was
+    lock = output_rules.LocalLock("runs/mnist", option="--output")
+    lock.acquire()  # LockHeldError naming the other writer; lock.release() when done
+
 """
 
 from __future__ import annotations
@@ -53,7 +59,7 @@ _MAX_LEDGER_BYTES = 64 * 2**20
 _NO_HARD_LINKS = (errno.EPERM, errno.EOPNOTSUPP, errno.ENOTSUP, errno.EMLINK, errno.EXDEV)
 
 
-# --- Where a command may write ------------------------------------------------------------------------
+# --- Links and digests -----------------------------------------------------------------------------
 
 
 def links_among(directory: str, names: tuple[str, ...] | list[str]) -> list[str]:

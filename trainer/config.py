@@ -37,7 +37,7 @@ MAX_WIDTH = 3.0
 #   raw       float pixels 0..255 (MobileNetV3 rescales inside the model)
 PREPROCESSINGS = ("binarize", "scale", "caffe", "raw")
 
-# Output names inside --output (trainer.train writes them, trainer.predict reads them).
+# Output names inside --output (rotnet-train writes them: trainer/run_dir.py lists them all; trainer.predict reads them).
 CONFIG_FILE = "train_config.json"
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"
