@@ -1,10 +1,12 @@
 """`rotnet-pipeline`: write every rotation of every source image into sharded TFRecords + a manifest.
 
     rotnet-pipeline --dataset mnist --output-dir data/records/mnist                  # downloads MNIST
-    rotnet-pipeline --dataset mnist --mnist-dir ../shared/data/mnist-5k --output-dir data/records/mnist5k
     rotnet-pipeline --dataset street_view --output-dir gs://BUCKET/records/street_view \\
         --runner DataflowRunner --project PROJECT --region us-central1 --temp_location gs://BUCKET/tmp
-    rotnet-pipeline --dataset images --input 'photos/**/*.jpg' --output-dir data/records/mine --angles 0-359:5
+
+Each dataset's own options (where its sources are, its mirrors) are declared by its module in
+pipeline/datasets/ (SETTINGS) and become options here, marked [--dataset NAME] in --help; examples
+for each dataset are in docs/pipeline.md.
 
 Options this command does not know are Beam pipeline options and go to Beam unchanged. Exit status: 0 on
 success (the summary table is printed), 1 when the job failed or too many inputs were bad (the manifest
@@ -72,8 +74,8 @@ def _dataset_option() -> Callable:
 
 
 def _declared_settings() -> list[tuple[datasets.Setting, list[str]]]:
-    """Every dataset setting once, with the datasets that declare it (two may share one, e.g. --input,
-    if they declare it alike: one option, one name)."""
+    """Every dataset setting once, with the datasets that declare it (two may share one option if they
+    declare it alike: one option, one name)."""
     by_flag: dict[str, tuple[datasets.Setting, list[str]]] = {}
     for name in datasets.names():
         for setting in datasets.settings(name):

@@ -66,8 +66,8 @@ class PipelineConfig:
     # --- what to read ------------------------------------------------------------------------
     dataset: str  # a module of pipeline/datasets: mnist | street_view | images
     output_dir: str  # records directory, local path or gs://
-    # The dataset's own settings, by name (its module's SETTINGS declare them: --mnist-dir, --input,
-    # ...); resolved() fills in their defaults and refuses another dataset's.
+    # The dataset's own settings, by name (its module's SETTINGS declare them and their options);
+    # resolved() fills in their defaults and refuses another dataset's.
     dataset_settings: dict[str, Any] = field(default_factory=dict)
     download_dir: str = "data/downloads"  # download cache (a rerun downloads nothing)
     subset_fraction: float = 1.0  # keep this stable fraction of source images (by hash of the id)
@@ -223,7 +223,7 @@ class PipelineConfig:
 
     def to_dict(self) -> dict[str, Any]:
         """JSON-ready settings for the manifest (tuples become lists). The dataset's settings sit
-        beside the others, under their own names (a manifest's `config["mnist_dir"]`)."""
+        beside the others, under the names their module's SETTINGS give them."""
         settings = dataclasses.asdict(self)
         settings.update(settings.pop("dataset_settings"))
         return json.loads(json.dumps(settings))

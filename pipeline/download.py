@@ -14,7 +14,7 @@ bytes match the expected digest. What it guarantees:
 * verification: md5 and/or sha256 are checked after the last byte; a mismatch deletes the .part file and
   moves on to the next mirror (a mirror serving wrong bytes is not a transient fault), and when every
   mirror has failed a `ChecksumError` names the url, the expected and the actual digest;
-* atomic: only a verified file is renamed onto `destination` (os.replace), so a reader never sees a
+* atomic: only a verified file is renamed onto `destination` (schemas.output_rules.move_into_place), so a reader never sees a
   partial or unverified file; concurrent fetches of one destination are serialized by a lock file.
 
 Run the tests: `.venv/bin/python -m pytest tests/test_download.py -q` (a local fault-injecting HTTP server).
@@ -34,6 +34,8 @@ import urllib.error
 import urllib.request
 from collections.abc import Iterator, Sequence
 from pathlib import Path
+
+from schemas import output_rules
 
 logger = logging.getLogger(__name__)
 
@@ -304,7 +306,7 @@ def fetch(
                 checksum_failed = True
                 failures.append(f"{url}: checksum mismatch, {'; '.join(mismatches)} (file deleted)")
                 continue
-            os.replace(part, destination)
+            output_rules.move_into_place(part, destination)
             return destination
 
     # A .part left by transient failures stays: with a digest, the next run resumes from it.

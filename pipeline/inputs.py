@@ -32,6 +32,7 @@ from dataclasses import dataclass
 from typing import IO
 
 from pipeline import codec
+from schemas import paths
 
 # Larger files are refused before they are read (a full-size photo is 2-20 MB; a TIFF scan up to ~200).
 DEFAULT_MAX_FILE_BYTES = 256 * 2**20
@@ -215,10 +216,6 @@ def is_skipped_link(problem: str | None) -> bool:
     return bool(problem) and (ALREADY_READ in problem or NOT_FOLLOWED in problem)
 
 
-def _inside(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
-
-
 def walk_directory(root: str) -> Iterator[DirectoryEntry]:
     """Every non-directory entry below `root` (files, FIFOs, devices, symlinks that do not lead to a
     directory), in a stable order, recursing into every directory and into symlinked directories once.
@@ -256,8 +253,12 @@ def walk_directory(root: str) -> Iterator[DirectoryEntry]:
                 )
                 continue
             target = os.path.realpath(directory)
-            if not _inside(target, root_real):
-                where = "above the input (a loop back)" if _inside(root_real, target) else "outside the input"
+            if not paths.inside(target, root_real):
+                where = (
+                    "above the input (a loop back)"
+                    if paths.inside(root_real, target)
+                    else "outside the input"
+                )
                 yield DirectoryEntry(
                     directory,
                     prefix.rstrip("/"),

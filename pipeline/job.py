@@ -11,31 +11,30 @@ build and run the Beam graph, verify what it wrote, and only then write the mani
 
 Each step is a call into the module that owns it: pipeline/datasets/NAME.py plans its source,
 pipeline/output_dir.py locks and claims the output directory (its ledger first; it removes only what an
-earlier run provably wrote), pipeline/runner.py turns the Beam arguments into options and a runner,
-pipeline/transforms.py holds the shared transforms, schemas/verify.py checks the shards. Every source image must be accounted for (images read = images written + errors) and the
-error fraction within --max-error-fraction before `dataset_info.json` is written: a directory without
-it is an unfinished run.
+earlier run provably wrote), pipeline/runner.py turns the Beam arguments into options and a runner (and
+a failed job into one line), pipeline/engines/launch.py starts a Flink or Spark run's job server,
+pipeline/transforms.py holds the shared transforms, schemas/verify.py checks the shards. Every source
+image must be accounted for (images read = images written + errors) and the error fraction within
+--max-error-fraction before `dataset_info.json` is written: a directory without it is an unfinished run.
 """
 
 from __future__ import annotations
 
-import json
 import math
 import os
 import sys
 import time
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from typing import Any
 
 import schemas
-from pipeline import datasets, image_ids, interrupts, output_dir, progress, runner
+from pipeline import datasets, image_ids, output_dir, progress, runner
 from pipeline.config import ConfigError, JobError, PipelineConfig
 from pipeline.datasets.common import ERRORS, SourcePlan
 from pipeline.engines import launch
+from pipeline.summary import JobSummary
 from schemas import gcs, paths, sharding, verify
-from schemas.manifest import manifest_path
 
 __all__ = ["JobError", "JobSummary", "build", "run"]
 
@@ -52,19 +51,13 @@ def run(
     config = config.resolved()
     remote = [value for _, value in config.locations()] + [config.output_dir]
     remote += [arg.split("=", 1)[-1] for arg in beam_args if "gs://" in arg]  # --temp_location, ...
+    log = log or (lambda line: print(line, file=sys.stderr))
     with gcs.failures_in_one_line(remote, JobError):
-        return _run(config, beam_args, show_progress, log or (lambda line: print(line, file=sys.stderr)))
-
-
-def _run(
-    config: PipelineConfig, beam_args: Sequence[str], show_progress: bool, log: Callable[[str], None]
-) -> JobSummary | runner.DryRunSummary:
-    choice = runner.check_arguments(config, beam_args)
-    plan = launch.check(choice.name, beam_args, log)  # Flink/Spark: Java, the cluster, the job server
-    if plan is None:
-        return _run_job(config, beam_args, choice, show_progress, log, None)
-    with launch.session(plan, log) as engine:  # the job server and worker pool, stopped at the end
-        return _run_job(config, engine.arguments, choice, show_progress, log, engine)
+        choice = runner.check_arguments(config, beam_args)
+        # Flink/Spark: Java, the cluster, then the job server and worker pool, stopped at the end.
+        with launch.engine_for(choice.name, beam_args, log) as engine:
+            arguments = engine.arguments if engine else beam_args
+            return _run_job(config, arguments, choice, show_progress, log, engine)
 
 
 def _run_job(
@@ -116,22 +109,7 @@ def _run_job(
                     return runner.dataflow_dry_run(result, options)
                 result.wait_until_finish()
             except Exception as error:
-                if interrupts.received() is not None:  # Beam wrapped the interrupt a DoFn saw
-                    raise interrupts.received() from None
-                cause = engine.job_server_problem() if engine else None
-                if cause:  # Beam only says its gRPC stream broke
-                    raise JobError(
-                        f"{cause}; the job on the cluster was cancelled and no manifest written: rerun the same command"
-                    ) from None
-                after = (
-                    f"; no manifest was written: rerun the same command once the cluster is whole (logs: {engine.work_dir})"
-                    if engine
-                    else runner.kept_worker_log(progress_dir)
-                )
-                note = engine.failure_note() if engine else ""
-                raise JobError(
-                    f"the Beam job failed: {runner.failure_message(error)}{note}{after}"
-                ) from error
+                runner.raise_job_failure(error, engine, progress_dir)  # one line, never Beam's traceback
         wall_seconds = time.perf_counter() - started
 
         counters = runner.metric_counters(result)
@@ -140,7 +118,7 @@ def _run_job(
         unreliable = runner.UNRELIABLE_METRICS.get(choice.name)
         if unreliable:
             counters = {}
-        stats = read_stats(claimed.stats_path)
+        stats = claimed.read_stats()
         info = describe_outputs(config, plan, num_shards, stats, counters, options)
         if engine:
             info.config["job_server"] = engine.plan.jar
@@ -196,14 +174,6 @@ def build(
         | "FlattenStats" >> beam.Flatten()
         | "WriteStats" >> transforms.WriteStats(claimed.stats_path)
     )
-
-
-def read_stats(stats_path: str) -> list[dict[str, Any]]:
-    """The per-file counts, bytes and SHA-256s the workers measured (transforms.WriteStats)."""
-    if not paths.exists(stats_path):
-        raise JobError(f"the job finished without writing its file counts ({stats_path}); rerun it")
-    with paths.open_binary(stats_path) as handle:
-        return json.loads(handle.read().decode("utf-8"))
 
 
 def describe_outputs(
@@ -306,47 +276,3 @@ def check_outputs(config: PipelineConfig, info: schemas.DatasetInfo) -> None:
         raise JobError(
             verify.damaged_shard_message(problems, "the manifest was not written; rerun the pipeline")
         )
-
-
-@dataclass
-class JobSummary:
-    """What a finished run wrote, with the numbers of the final summary table."""
-
-    info: schemas.DatasetInfo
-    output_dir: str
-    wall_seconds: float
-    counters: dict[str, int]
-
-    @property
-    def num_records(self) -> int:
-        return self.info.num_records
-
-    def table(self) -> str:
-        info = self.info
-        lines = [f"{'split':<12}{'images':>10}{'records':>14}{'shards':>8}{'MB':>11}{'bytes/rec':>11}"]
-        for name, split in info.splits.items():
-            per_record = split.num_bytes / split.num_records if split.num_records else 0
-            lines.append(
-                f"{name:<12}{split.num_images:>10,}{split.num_records:>14,}{len(split.shards):>8}"
-                f"{split.num_bytes / 1e6:>11.1f}{per_record:>11.0f}"
-            )
-        total_bytes = sum(split.num_bytes for split in info.splits.values())
-        total_images = sum(split.num_images for split in info.splits.values())
-        shards = sum(len(split.shards) for split in info.splits.values())
-        lines.append(
-            f"{'total':<12}{total_images:>10,}{info.num_records:>14,}{shards:>8}{total_bytes / 1e6:>11.1f}"
-            f"{total_bytes / max(info.num_records, 1):>11.0f}"
-        )
-        fraction = info.num_errors / max(info.num_images_read, 1)
-        rate = info.num_records / max(self.wall_seconds, 1e-9)
-        unverified = info.config.get("nothing_lost")  # the runner reported no metrics: no count to show
-        lines += [
-            "",
-            (f"images read: {unverified}" if unverified else f"images read {info.num_images_read:,}")
-            + f"; errors {info.num_errors:,} ({fraction:.2%})"
-            + (f" in {', '.join(info.error_files)}" if info.num_errors else "")
-            + f"; views dropped {self.counters.get(progress.VIEWS_DROPPED, 0):,}"
-            f"; non-image files skipped {self.counters.get(progress.FILES_SKIPPED, 0):,}",
-            f"wall time {self.wall_seconds:.1f} s; {rate:,.0f} records/s; manifest {manifest_path(self.output_dir)}",
-        ]
-        return "\n".join(lines)

@@ -1,7 +1,7 @@
 """The output directory of a run: refused where writing is unsafe, locked, claimed by a ledger, and cleared
 of exactly the files earlier rotnet runs can be shown to have written.
 
-    OUTPUT_DIR/.rotnet-lock              one writer at a time (pipeline.output_lock)
+    OUTPUT_DIR/.rotnet-lock              one writer at a time (schemas.output_rules)
     OUTPUT_DIR/.rotnet-run.json          the run ledger, written first: what this run may create
                                          (pipeline.run_ledger); deleted once the manifest is written
     OUTPUT_DIR/.rotnet-tmp-RUN/          the shards and errors file while they are written, the workers'
@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import json
 import os
 import re
 import shutil
@@ -39,11 +40,10 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 
 import schemas
-from pipeline import output_lock
 from pipeline.config import JobError, PipelineConfig
 from pipeline.inputs import InputFileError, literal_or_glob, read_input_file
 from pipeline.run_ledger import LEDGER_NAME, PROGRESS_PREFIX, LedgerError, RunLedger
-from schemas import paths, sharding
+from schemas import output_rules, paths, sharding
 
 STATS_NAME = "stats.json"  # inside the run's temp dir
 # Where a run replacing a finished dataset leaves its errors file when it fails (the old dataset's own
@@ -83,13 +83,9 @@ def planned_files(splits: Iterable[str], num_shards: dict[str, int], compression
 
 
 def input_roots(config: PipelineConfig) -> list[str]:
-    """The local inputs a run reads: its dataset's location settings (--input: a directory, a file or
-    a glob, --mnist-dir, --street-view-dir), as given."""
+    """The local inputs a run reads: its dataset's location settings (a directory, a file or a glob,
+    as its module's SETTINGS declare them), as given."""
     return [given for _, given in config.locations() if not paths.is_remote(given)]
-
-
-def _inside(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def glob_reads_in(pattern: str, directory: str) -> bool:
@@ -104,9 +100,9 @@ def glob_reads_in(pattern: str, directory: str) -> bool:
 
     base = paths.pattern_base(pattern)
     base_real, directory_real = os.path.realpath(base), os.path.realpath(directory)
-    if _inside(base_real, directory_real):
+    if paths.inside(base_real, directory_real):
         return True  # `directory` is the fixed part or holds it
-    if not _inside(directory_real, base_real):
+    if not paths.inside(directory_real, base_real):
         return False
     rest = pattern[len(base) :].lstrip("/") if base != "." else pattern.removeprefix("./")
     names = rest.split("/")
@@ -159,9 +155,9 @@ def check_location(output_dir: str, inputs: Sequence[str]) -> None:
             continue
         if real == source:
             problem = f"is the input {given}"
-        elif _inside(source, real):
+        elif paths.inside(source, real):
             problem = f"contains the input {given}"
-        elif _inside(real, source):
+        elif paths.inside(real, source):
             problem = f"is inside the input {given}"
         else:
             continue
@@ -233,21 +229,6 @@ def _read_small(path: str, limit: int = 16 * 2**20) -> str:
         return handle.read(limit).decode("utf-8", "replace")
 
 
-def _write_atomically(path: str, text: str) -> None:
-    """Write a small file whole (temp file + rename locally; one object write on gs://)."""
-    data = text.encode("utf-8")
-    if paths.is_remote(path):
-        with paths.open_binary(path, "wb") as handle:
-            handle.write(data)
-        return
-    local = paths.local_path(path)
-    temporary = f"{local}.{os.getpid()}.tmp"
-    descriptor = os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o644)
-    with os.fdopen(descriptor, "wb") as handle:
-        handle.write(data)
-    os.replace(temporary, local)
-
-
 # --- Claiming the directory -------------------------------------------------------------------------
 
 
@@ -275,6 +256,13 @@ class RunOutput:
     @property
     def duplicates_path(self) -> str:
         return paths.join(self.temp_dir, DUPLICATES_NAME)
+
+    def read_stats(self) -> list[dict]:
+        """The per-file counts, bytes and SHA-256s the workers measured (transforms.WriteStats)."""
+        if not paths.exists(self.stats_path):
+            raise JobError(f"the job finished without writing its file counts ({self.stats_path}); rerun it")
+        with paths.open_binary(self.stats_path) as handle:
+            return json.loads(handle.read().decode("utf-8"))
 
     def check_free(self, info: schemas.DatasetInfo) -> None:
         """Before the files are renamed into place: no name the manifest will list appeared during the
@@ -351,10 +339,10 @@ def claim(
     check_location(output_dir, input_roots(config))
     if not paths.is_remote(output_dir):
         os.makedirs(paths.local_path(output_dir), exist_ok=True)
-    lock = output_lock.lock_for(output_dir, ledger.run_id)
+    lock = output_rules.lock_for(output_dir, ledger.run_id)
     try:
         stale = lock.acquire()
-    except output_lock.LockHeldError as error:
+    except output_rules.LockHeldError as error:
         raise OutputDirError(str(error)) from None
     try:
         run = RunOutput(output_dir, ledger, lock)
@@ -366,7 +354,7 @@ def claim(
             run.ledger = dataclasses.replace(
                 ledger, planned_files=[*ledger.planned_files, *extra, FAILED_ERRORS_NAME]
             )
-        _write_atomically(paths.join(output_dir, LEDGER_NAME), run.ledger.to_json())
+        output_rules.write_aside(paths.join(output_dir, LEDGER_NAME), run.ledger.to_json())
     except BaseException:
         lock.release()
         raise
@@ -378,7 +366,7 @@ def claim(
 def _clear(run: RunOutput, overwrite: bool) -> None:
     """Remove what the previous run's manifest (with --overwrite) and ledger name; refuse the rest."""
     output_dir = run.output_dir
-    present = _names_in(output_dir) - {output_lock.LOCK_NAME}
+    present = _names_in(output_dir) - {output_rules.LOCK_NAME}
     owned: set[str] = set()
     info = None
     if schemas.MANIFEST_NAME in present:

@@ -9,6 +9,7 @@ directory is not set and only Beam metrics count (the Dataflow UI shows them liv
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import threading
@@ -18,6 +19,8 @@ from collections import Counter
 from pathlib import Path
 
 from tqdm import tqdm
+
+from schemas import output_rules
 
 FLUSH_SECONDS = 0.5
 METRICS_NAMESPACE = "rotnet"
@@ -65,12 +68,8 @@ class StageCounters:
         if self._path is None or not self._totals:
             return
         self._last_flush = time.monotonic()
-        temporary = self._path.with_suffix(".tmp")
-        try:
-            temporary.write_text(json.dumps(dict(self._totals)))
-            os.replace(temporary, self._path)
-        except OSError:
-            pass  # progress is cosmetic: a vanished directory must not fail the job
+        with contextlib.suppress(OSError):  # progress is cosmetic: a vanished directory must not fail the job
+            output_rules.write_aside(self._path, json.dumps(dict(self._totals)))
 
 
 def read_progress(progress_dir: str | os.PathLike) -> Counter:

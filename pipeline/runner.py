@@ -10,7 +10,8 @@
 * `local_path_problem`: local paths a remote runner's workers cannot see; `external_pool_problem`: an
   EXTERNAL worker pool whose Python lacks Beam or rotnet (a probe job); `check_arguments` does all checks.
 * `local_runner`: Beam's FnApiRunner set explicitly, worker processes' stderr to a log file.
-* `failure_message`, `metric_counters`: what went wrong in a job, and the rotnet counters of one that ran.
+* `raise_job_failure`, `failure_message`, `metric_counters`: a failed job in one line (what went wrong in
+  it, and where its logs are), and the rotnet counters of one that ran.
 * `dataflow_dry_run`: --dry_run True on DataflowRunner: stage the job and write its description, no submit.
 """
 
@@ -30,9 +31,9 @@ from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, NoReturn
 
-from pipeline import progress
+from pipeline import interrupts, progress
 from pipeline.config import JobError, PipelineConfig
 from pipeline.engines import launch
 from schemas import paths
@@ -394,6 +395,27 @@ def local_runner(options: Any, worker_log: str | None = None) -> Any:
     direct.direct_running_mode = "multi_processing_logged"
     environment = environments.SubprocessSDKEnvironment.from_command_string(command)
     return fn_runner.FnApiRunner(default_environment=environment, provision_info=info)
+
+
+def raise_job_failure(
+    error: BaseException, engine: launch.Session | None, progress_dir: str | None
+) -> NoReturn:
+    """End a failed Beam job in one line: the interrupt a DoFn saw (Beam wrapped it), the engine's job
+    server gone (Beam only says its gRPC stream broke), or the job's own cause, with where its logs are."""
+    if interrupts.received() is not None:
+        raise interrupts.received() from None
+    cause = engine.job_server_problem() if engine else None
+    if cause:
+        raise JobError(
+            f"{cause}; the job on the cluster was cancelled and no manifest written: rerun the same command"
+        ) from None
+    after = (
+        f"; no manifest was written: rerun the same command once the cluster is whole (logs: {engine.work_dir})"
+        if engine
+        else kept_worker_log(progress_dir)
+    )
+    note = engine.failure_note() if engine else ""
+    raise JobError(f"the Beam job failed: {failure_message(error)}{note}{after}") from error
 
 
 def kept_worker_log(progress_dir: str | None) -> str:

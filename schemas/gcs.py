@@ -24,6 +24,8 @@ import tempfile
 import urllib.parse
 from collections.abc import Iterator, MutableMapping, Sequence
 
+from schemas import output_rules
+
 EMULATOR_VARIABLE = "STORAGE_EMULATOR_HOST"
 CREDENTIALS_VARIABLE = "GOOGLE_APPLICATION_CREDENTIALS"
 CREDENTIALS_FIX = (
@@ -62,11 +64,8 @@ def use_emulator_credentials(environ: MutableMapping[str, str] = os.environ) -> 
             current = handle.read()
     except OSError:
         current = None
-    if current != text:
-        handle_fd, temporary = tempfile.mkstemp(dir=os.path.dirname(path), prefix=".rotnet-credentials-")
-        with os.fdopen(handle_fd, "w") as handle:
-            handle.write(text)
-        os.replace(temporary, path)
+    if current != text:  # readable by this user alone, as mkstemp makes it
+        output_rules.write_aside(path, text, prefix=".rotnet-credentials-", mode=0o600)
     environ[CREDENTIALS_VARIABLE] = path
     # google.auth then warns on every process that the credentials name no project: true and harmless.
     logging.getLogger("google.auth._default").setLevel(logging.ERROR)

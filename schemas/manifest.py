@@ -20,17 +20,15 @@ Example (abridged):
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import os
 import re
 import stat
-import tempfile
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas import paths
+from schemas import output_rules, paths
 from schemas.record import IMAGE_FORMATS, NAME_PATTERN, NUM_ANGLES
 from schemas.sharding import COMPRESSION_SUFFIXES, MANIFEST_NAME, shard_name
 from schemas.version import PACKAGE_VERSION, SCHEMA_VERSION
@@ -353,23 +351,5 @@ def write_manifest(records: str, info: DatasetInfo) -> str:
     """Validate and write the manifest atomically (temp file + rename locally; one object write on GCS)."""
     info.validate()
     path = manifest_path(records)
-    text = info.to_json().encode("utf-8")
-    if paths.is_remote(path):
-        with paths.open_binary(path, "wb") as handle:
-            handle.write(text)
-        return path
-    directory = os.path.dirname(paths.local_path(path)) or "."
-    handle = tempfile.NamedTemporaryFile(dir=directory, prefix=".tmp-", suffix=".json", delete=False)  # noqa: SIM115
-    try:  # a full disk or a kill leaves no orphan .tmp-*.json behind
-        with handle:
-            handle.write(text)
-        # NamedTemporaryFile creates 0600; the manifest must be as readable as the shards beside it.
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(handle.name, 0o666 & ~umask)
-        os.replace(handle.name, paths.local_path(path))
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(handle.name)
-        raise
+    output_rules.write_aside(path, info.to_json(), prefix=".tmp-", suffix=".json")
     return path

@@ -19,6 +19,12 @@ def local_path(path: str) -> str:
     return path[len("file://") :] if path.startswith("file://") else path
 
 
+def inside(path: str, directory: str) -> bool:
+    """True when the local `path` is `directory` or below it (compared as given: resolve links first
+    where they count)."""
+    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
+
+
 def join(directory: str, *names: str) -> str:
     """Join path parts with '/', for local directories and gs:// prefixes alike."""
     if is_remote(directory):

@@ -20,8 +20,8 @@ from click.testing import CliRunner
 from tests.factories import write_records_dir
 from trainer import ablate
 from trainer.ablate import main as ablate_main
-from trainer.ablate_report import mean_sd, numeric_option
-from trainer.ablate_spec import SpecError, load_spec
+from trainer.ablate.report import mean_sd, numeric_option
+from trainer.ablate.spec import SpecError, load_spec
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 
@@ -387,7 +387,7 @@ def test_resume_after_a_kill_before_the_first_history_row_starts_history_again(t
     import hashlib
 
     from trainer.config import TrainConfig
-    from trainer.train import _prepare_resume
+    from trainer.run_dir import prepare_resume as _prepare_resume
 
     (tmp_path / "backup").mkdir()
     weights = b"weights of epoch 1"  # a whole backup pair: the metadata records the weights' SHA-256
@@ -410,7 +410,7 @@ def test_checking_a_spec_and_skipping_finished_runs_import_no_tensorflow(
     """A rerun with nothing to train stays quick: the spec checks, the plan and the table need no TF."""
     spec = _spec(tmp_path / "spec.toml", records, BASE + TWO_ARMS)
     code = (
-        "import sys; from trainer import ablate, ablate_report; from trainer.ablate_spec import load_spec; "
+        "import sys; from trainer import ablate; from trainer.ablate import report; from trainer.ablate.spec import load_spec; "
         f"spec = load_spec({str(spec)!r}); ablate.plans(spec, {str(tmp_path / 'study')!r}); "
         "print(sorted(m for m in ('tensorflow', 'keras', 'apache_beam') if m in sys.modules))"
     )
@@ -453,7 +453,7 @@ def test_an_arm_name_the_filesystem_cannot_hold_is_a_spec_error_at_dry_run(
 # Holds the lock of the run directory argv[1] as rotnet-train does, until SIGTERM.
 _LOCK_HOLDER = """
 import signal, sys, time
-from pipeline.output_lock import LocalLock
+from schemas.output_rules import LocalLock
 lock = LocalLock(sys.argv[1])
 lock.acquire()
 signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))

@@ -11,9 +11,8 @@ import tensorflow as tf
 import schemas
 from tests.factories import synthetic_image, write_records_dir
 from trainer import data
-from trainer.config import TrainConfig
+from trainer.config import TrainConfig, resolve
 from trainer.heads import Head
-from trainer.train import resolve
 
 
 def _batch(channels: int) -> np.ndarray:

@@ -233,12 +233,12 @@ def test_every_validation_shard_damaged_is_refused(records: Path, tmp_path: Path
 
 @pytest.mark.slow
 def test_train_on_a_full_disk_is_one_line(records: Path, tmp_path: Path, monkeypatch) -> None:
-    from trainer import train
+    from trainer import callbacks
 
     def full(self):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC), os.path.join(self.backup_dir, "x.weights.h5"))
 
-    monkeypatch.setattr(train.Backup, "_save_model", full)
+    monkeypatch.setattr(callbacks.Backup, "_save_model", full)
     line = _one_error_line(_train(records, tmp_path / "run"), 1)
     assert "No space left on device" in line and "rerun the same command to resume" in line
 

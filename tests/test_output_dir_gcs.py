@@ -3,7 +3,7 @@
 A gs:// path is literal too (`gs://bucket/od/ds[1]` is not a pattern matching `od/ds1`), cleanup removes
 only what the old manifest lists, the ledger, temp and lock objects are gone after a run, and the
 manifest verifies against the objects. The lock's create-only-if-absent precondition is not tested
-here: the emulator ignores `ifGenerationMatch` (tests/test_output_lock.py uses a stand-in instead).
+here: the emulator ignores `ifGenerationMatch` (tests/test_output_rules.py uses a stand-in instead).
 
 The emulator and a fresh bucket come from tests/conftest.py (`gcs_bucket`, the scale-out fixtures).
 """

@@ -18,7 +18,8 @@ from pathlib import Path
 import pytest
 
 import schemas
-from pipeline import output_lock, run_ledger
+from pipeline import run_ledger
+from schemas import output_rules as output_lock
 from tests.conftest import REPO_ROOT
 from tests.factories import write_records_dir
 from tests.helpers import count_records

@@ -15,8 +15,9 @@ import numpy as np
 import pytest
 from click.testing import CliRunner
 
+from schemas.output_rules import sha256_of
 from tests.factories import write_records_dir
-from trainer import train
+from trainer import callbacks, run_dir, train
 from trainer.cli import main as train_main
 
 pytestmark = pytest.mark.slow
@@ -86,7 +87,7 @@ def test_backup_pairs_record_their_digest(records: Path, tmp_path: Path, monkeyp
         ("previous.weights.h5", "previous_training_metadata.json"),
     ):
         data = json.loads((backup / metadata).read_text())
-        assert data["sha256"] == train._sha256_of(str(backup / weights))
+        assert data["sha256"] == sha256_of(str(backup / weights))
         assert data["epoch"] == 1
     assert not [p for p in backup.iterdir() if p.name.startswith(".rotnet-tmp")]
 
@@ -124,7 +125,7 @@ def test_no_whole_backup_left_starts_over(records: Path, tmp_path: Path, monkeyp
 
 def test_a_write_cut_short_leaves_the_latest_backup_whole(tmp_path: Path, monkeypatch) -> None:
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
-    backup = train.Backup(str(tmp_path / "backup"))
+    backup = callbacks.Backup(str(tmp_path / "backup"))
     backup.set_model(model)
     backup._save_model()
     before = (tmp_path / "backup" / "latest.weights.h5").read_bytes()
@@ -139,7 +140,8 @@ def test_a_write_cut_short_leaves_the_latest_backup_whole(tmp_path: Path, monkey
         backup._save_model()
     assert (tmp_path / "backup" / "latest.weights.h5").read_bytes() == before
     assert (
-        train._backup_problem(str(tmp_path / "backup"), "latest.weights.h5", "training_metadata.json") is None
+        run_dir.backup_problem(str(tmp_path / "backup"), "latest.weights.h5", "training_metadata.json")
+        is None
     )
     assert sorted(p.name for p in (tmp_path / "backup").iterdir()) == [
         "latest.weights.h5",

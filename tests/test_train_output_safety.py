@@ -129,7 +129,7 @@ def test_a_non_finite_training_or_validation_loss_stops_the_run(hook: str, logs:
     the run must fail either way."""
     import types
 
-    from trainer.train import StopOnNonFiniteLoss
+    from trainer.callbacks import StopOnNonFiniteLoss
 
     stop = StopOnNonFiniteLoss()
     stop.set_model(types.SimpleNamespace(stop_training=False))

@@ -56,21 +56,21 @@ main(sys.argv[1:])
 KILLED_AT_FIRST_EPOCH_END = """
 import os, signal, sys
 import keras
-from trainer import train
+from trainer import callbacks
 
 class Kill(keras.callbacks.Callback):
     def on_epoch_end(self, epoch, logs=None):
         if epoch == 0:
             os.kill(os.getpid(), signal.SIGKILL)
 
-original_init = train._Callbacks.__init__
+original_init = callbacks.RunCallbacks.__init__
 
 def init(self, *args, **kwargs):
     original_init(self, *args, **kwargs)
-    backup = next(index for index, callback in enumerate(self.all) if isinstance(callback, train.Backup))
+    backup = next(index for index, callback in enumerate(self.all) if isinstance(callback, callbacks.Backup))
     self.all.insert(backup + 1, Kill())
 
-train._Callbacks.__init__ = init
+callbacks.RunCallbacks.__init__ = init
 from trainer.cli import main
 main(sys.argv[1:])
 """
@@ -90,7 +90,7 @@ tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfigur
 import keras
 
 keras.layers.Dropout = lambda rate, **kwargs: keras.layers.Identity(**kwargs)
-from trainer import train
+from trainer import machine, train
 from trainer.config import TrainConfig
 
 records, root = sys.argv[1:3]
@@ -98,8 +98,8 @@ strategy = tf.distribute.MirroredStrategy(["/cpu:0", "/cpu:1"])
 runs = {}
 for kind in ("default", "mirrored", "multi_worker"):
     if kind != "default":
-        train.choose_strategy_kind = lambda num_gpus, tf_config, kind=kind: kind
-        train._make_strategy = lambda kind, timeout=0: strategy
+        machine.choose_strategy_kind = lambda num_gpus, tf_config, kind=kind: kind
+        machine.make_strategy = lambda kind, timeout=0: strategy
     keras.utils.set_random_seed(0)
     config = TrainConfig(
         records=records, output=f"{root}/{kind}", batch_size=8 if kind == "default" else 4, epochs=2,

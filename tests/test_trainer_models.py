@@ -152,7 +152,7 @@ def test_head_targets_and_metrics_tf_match_numpy(name: str, bins: tuple[int, ...
 
 
 def test_precision_auto_is_mixed_float16_on_gpu_and_float32_on_cpu() -> None:
-    from trainer.train import resolve_precision
+    from trainer.machine import resolve_precision
 
     assert resolve_precision("auto", num_gpus=0) == "float32"
     assert resolve_precision("auto", num_gpus=1) == "mixed_float16"
@@ -162,7 +162,8 @@ def test_precision_auto_is_mixed_float16_on_gpu_and_float32_on_cpu() -> None:
 
 
 def test_strategy_kind() -> None:
-    from trainer.train import TrainingError, choose_strategy_kind, is_chief
+    from trainer.config import TrainingError
+    from trainer.machine import choose_strategy_kind, is_chief
 
     assert choose_strategy_kind(0, None) == "default"
     assert choose_strategy_kind(1, None) == "default"

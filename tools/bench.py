@@ -10,7 +10,6 @@ file can always be traced to how it was made.
 from __future__ import annotations
 
 import datetime
-import os
 import re
 import shlex
 import sys
@@ -22,6 +21,7 @@ import click
 from benchmarks import BENCHMARKS, load
 from benchmarks.common import REPO_ROOT, machine_summary
 from pipeline import interrupts
+from schemas import output_rules
 
 DEFAULT_OUTPUT = REPO_ROOT / "docs" / "benchmarks.md"
 HEADER = """# Benchmarks
@@ -98,10 +98,7 @@ def main(names: tuple[str, ...], quick: bool, output: Path, print_only: bool) ->
             "it is; choose another --output"
         )
     output.parent.mkdir(parents=True, exist_ok=True)
-    temporary = output.with_name(f".rotnet-tmp-{os.getpid()}-{output.name}")
-    with open(os.open(temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o666), "w") as handle:
-        handle.write(update_document(document, sections))
-    os.replace(temporary, output)  # a new name: never through a link, never half a file
+    output_rules.write_aside(output, update_document(document, sections))  # never through a link, never half
     click.echo(f"wrote {output}", err=True)
 
 

@@ -37,7 +37,7 @@ Photo libraries, where only quarter turns occur (a phone held sideways):
 * `--min-confidence P`: an image whose confidence is below P is copied to OUT unchanged (byte for byte,
   so OUT is still the whole library) and its `action` says why; with --dry-run it is only listed.
 
-The inputs are never touched (`tools.safe_output`, `pipeline.inputs`):
+The inputs are never touched (`schemas.output_rules`, `pipeline.inputs`):
 
 * OUT may not be an input, lie inside one, or contain one (outputs keep their path below the input, so
   an input inside OUT could be written over by another input's output, and a rerun would read outputs).
@@ -72,8 +72,9 @@ from tqdm import tqdm
 from pipeline import codec, geometry, interrupts
 from pipeline import inputs as input_files
 from pipeline.codec import IMAGE_EXTENSIONS, BadImageError, decode_source_image
+from schemas import paths
+from schemas.output_rules import OutputRefusedError, OutputTree
 from tools import lossless
-from tools.safe_output import OutputRefusedError, OutputTree
 from trainer.evaluate import EvaluationError
 from trainer.evaluate import load_predictor as load_checked_predictor
 from trainer.options import batch_size_option, tta_option
@@ -199,11 +200,6 @@ def collect_inputs(specs: Sequence[str]) -> list[InputFile]:
     return unique
 
 
-def _inside(path: str, directory: str) -> bool:
-    """True when `path` is `directory` or below it (both absolute and normalised)."""
-    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
-
-
 def output_overlap(specs: Sequence[str], files: Sequence[InputFile], output: Path) -> str | None:
     """Why OUT may not be used with these inputs (one line), or None.
 
@@ -218,19 +214,19 @@ def output_overlap(specs: Sequence[str], files: Sequence[InputFile], output: Pat
         shown = input_files.printable_name(spec)
         for root in {os.path.abspath(spec), os.path.realpath(spec)}:
             for out in out_paths:
-                if _inside(out, root):
+                if paths.inside(out, root):
                     return (
                         f"-o {input_files.printable_name(str(output))} is the input {shown} or inside it: the "
                         "originals would be overwritten; choose an output directory outside every input"
                     )
-                if _inside(root, out):
+                if paths.inside(root, out):
                     return (
                         f"the input {shown} is inside -o {input_files.printable_name(str(output))}: outputs "
                         "could land on inputs; choose an output directory outside every input"
                     )
     for item in files:
         for file in {os.path.abspath(item.file), os.path.realpath(item.file)}:
-            if any(_inside(file, out) for out in out_paths):
+            if any(paths.inside(file, out) for out in out_paths):
                 return (
                     f"the input {input_files.printable_name(str(item.file))} is inside -o "
                     f"{input_files.printable_name(str(output))}; choose an output directory outside every input"

@@ -301,7 +301,7 @@ def write_report(
 
 
 # The demo's own files in DEMO_DIR (figures, the digits to correct, the report) are written through a
-# ledger: a rerun replaces only files the demo wrote and nobody changed since (tools/safe_output), never
+# ledger: a rerun replaces only files the demo wrote and nobody changed since (schemas/output_rules.py), never
 # a user's file or a symlink; the tools' own outputs (records/, run/, ...) follow their own rules.
 DEMO_LEDGER = ".rotnet-demo.json"
 
@@ -310,7 +310,7 @@ DEMO_LEDGER = ".rotnet-demo.json"
 def demo_files() -> Iterator[Any]:
     """The demo's OutputTree; its ledger is saved on the way out, also after a failed write (the files
     written so far are then still known to be the demo's)."""
-    from tools.safe_output import OutputTree
+    from schemas.output_rules import OutputTree
 
     with OutputTree(DEMO_DIR, "make demo", DEMO_LEDGER, option="demo directory") as tree:
         try:
@@ -331,7 +331,7 @@ DEMO_FILES = ("records_sheet.png", "corrections.png", "rotations.png", "report.m
 
 
 def main() -> int:
-    from tools.safe_output import OutputRefusedError
+    from schemas.output_rules import OutputRefusedError
 
     try:
         return _main()

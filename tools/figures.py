@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import os
-import secrets
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -12,6 +10,7 @@ import numpy as np
 from PIL import Image, ImageDraw, ImageFont
 
 from pipeline import geometry
+from schemas import output_rules
 
 CELL = 128  # pixels per image cell; MNIST's 28 px are scaled up with nearest neighbour
 LABEL_HEIGHT = 16
@@ -78,16 +77,10 @@ def write_new_file(path: Path | str, write: Callable[[str], object]) -> Path:
     through what the tool did not make. FileExistsError names the path and what to do."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    temporary = path.with_name(f".{path.name}.rotnet-tmp-{secrets.token_hex(4)}{path.suffix}")
+    temporary = output_rules.aside(path, prefix=f".{path.name}.rotnet-tmp-", suffix=path.suffix, new=True)
     try:
-        write(str(temporary))
-        try:
-            os.link(temporary, path, follow_symlinks=False)
-        except FileExistsError:
-            raise FileExistsError(
-                f"{path} already exists: give another path or move that file away"
-            ) from None
-    finally:
-        if os.path.lexists(temporary):  # unlink() of a missing name says EROFS on a read-only disk
-            temporary.unlink()
+        with temporary as handle:
+            write(handle.name)
+    except FileExistsError:
+        raise FileExistsError(f"{path} already exists: give another path or move that file away") from None
     return path

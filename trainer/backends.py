@@ -85,7 +85,7 @@ def multi_worker_problem(name: str, tf_config: str | None) -> str | None:
     try:
         cluster = json.loads(tf_config).get("cluster", {})
     except (json.JSONDecodeError, AttributeError):
-        return None  # trainer.train says that TF_CONFIG is not valid JSON
+        return None  # trainer.machine says that TF_CONFIG is not valid JSON
     if any(cluster.get(role) for role in ("worker", "chief")):
         return f"multi-worker training (TF_CONFIG) runs on TensorFlow only: unset TF_CONFIG or drop --backend {name}"
     return None
@@ -120,11 +120,11 @@ class OneDevice:
 
 
 def resolve_for_machine(config: Any, info: Any) -> OneDevice:
-    """trainer.train._resolve_for_machine for JAX and torch: one device, precision from its GPUs,
+    """trainer.machine.resolve_for_machine for JAX and torch: one device, precision from its GPUs,
     the config resolved from the manifest; gs:// records must be readable through schemas.paths."""
     from schemas import paths
     from trainer.config import resolve
-    from trainer.train import resolve_precision
+    from trainer.machine import resolve_precision
 
     if paths.is_remote(config.records):
         first_split = next(iter(info.splits))

@@ -333,13 +333,15 @@ def main(verbose: bool, overwrite: bool, backend: str | None, **options: object)
         if backend == backends.TENSORFLOW:
             import_tensorflow(verbose)  # after the cheap checks; its start-up lines only with --verbose
         from trainer import distributed, train
+        from trainer.callbacks import TrainingInterruptedError
         from trainer.distributed import PeerWaitInterruptedError
+        from trainer.write_errors import OutputWriteError
 
         try:
             train.run(config, echo=lambda line: click.echo(line, err=True), overwrite=overwrite)
         except ManifestError as error:
             raise click.BadParameter(str(error), param_hint="--records") from None
-        except train.OutputWriteError as error:
+        except OutputWriteError as error:
             if not error.hdf5_left_open:
                 raise click.ClickException(str(error)) from None
             click.echo(f"Error: {error}", err=True)  # and exit now: HDF5's exit handlers would crash
@@ -350,7 +352,7 @@ def main(verbose: bool, overwrite: bool, backend: str | None, **options: object)
             interrupts.exit_interrupted(interrupts.TerminatedError(), str(error))
         except TrainingError as error:
             raise click.ClickException(str(error)) from None
-        except train.TrainingInterruptedError as error:  # SIGTERM during fit: backed up at once
+        except TrainingInterruptedError as error:  # SIGTERM during fit: backed up at once
             interrupts.exit_interrupted(interrupts.TerminatedError(), str(error))
         except Exception as error:  # with TF_CONFIG: a peer died while variables were made or saved
             if not os.environ.get("TF_CONFIG") or not distributed.is_peer_failure(error):

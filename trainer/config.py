@@ -2,7 +2,7 @@
 
 `rotnet-train` fills a `TrainConfig` from its options (whose defaults are this class's); `resolve`
 completes it with what the records' manifest says (image size, channels, angles, counts, steps), and
-trainer.train adds what the machine has (GPUs, precision, strategy). The resolved config is written to
+trainer.machine adds what the machine has (GPUs, precision, strategy). The resolved config is written to
 `train_config.json` beside the model, so a run can always be traced and a model reloaded with exactly
 its training preprocessing. Pure Python: importing this module imports neither TensorFlow nor Keras.
 """
@@ -37,7 +37,7 @@ MAX_WIDTH = 3.0
 #   raw       float pixels 0..255 (MobileNetV3 rescales inside the model)
 PREPROCESSINGS = ("binarize", "scale", "caffe", "raw")
 
-# Output names inside --output (trainer.train writes them, trainer.predict reads them).
+# Output names inside --output (rotnet-train writes them: trainer/run_dir.py lists them all; trainer.predict reads them).
 CONFIG_FILE = "train_config.json"
 MODEL_FILE = "model.keras"
 SAVED_MODEL_DIR = "saved_model"

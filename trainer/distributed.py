@@ -12,7 +12,7 @@ the same training without it:
 - one step is `strategy.run` (per-replica loss scaled by the global batch; the optimizer all-reduces
   the gradients) and `strategy.reduce(SUM)` of the loss, angle error and hits, divided by the global
   count: the metrics are those of the whole global batch, not of one replica;
-- the callbacks are trainer.train's own (BackupAndRestore, ModelCheckpoint, EarlyStopping,
+- the callbacks are trainer.callbacks' own (BackupAndRestore, ModelCheckpoint, EarlyStopping,
   ReduceLROnPlateau, CSVLogger, SIGTERM), driven through a Keras CallbackList with the global metrics;
   every worker writes into its own directory (the chief into --output, worker N into --output/worker-N);
 - after each worker restores its backup, every variable and the epoch are broadcast from the chief

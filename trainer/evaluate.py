@@ -422,11 +422,11 @@ def check_output(output: str) -> None:
 
 
 def open_output(output: str):
-    """--output as a tools.safe_output.OutputTree, or EvaluationError (one line): a directory
+    """--output as a schemas.output_rules.OutputTree, or EvaluationError (one line): a directory
     rotnet-evaluate created or that holds its ledger; none of its three names a user's file, a file
     changed since, a symlink or a directory. Creates the directory: called to write the results
     (`check_output` checks the same before the evaluation, creating nothing)."""
-    from tools.safe_output import OutputRefusedError, OutputTree
+    from schemas.output_rules import OutputRefusedError, OutputTree
 
     try:
         names = set(os.listdir(output)) if os.path.isdir(output) else set()
@@ -460,7 +460,7 @@ def _png(figure) -> bytes:
 def write_outputs(result: Evaluation, errors: np.ndarray, output: str) -> list[str]:
     """evaluation.json, the per-angle plot and the error histogram (each written aside and renamed, never
     through a link or over a file rotnet-evaluate did not write: open_output); returns their paths."""
-    from tools.safe_output import OutputRefusedError
+    from schemas.output_rules import OutputRefusedError
 
     try:
         with open_output(output) as tree:

@@ -30,7 +30,7 @@ mean error. An export that fails is not written at FILE: it is kept aside as NAM
 
 FILE is never written over a file rotnet-export did not write: an existing FILE (or FILE.json,
 FILE.parity.json) is refused unless `--overwrite` is given and the ledger `.rotnet-export.json` in
-FILE's directory shows it is an unchanged earlier export (tools.safe_output); nothing is written
+FILE's directory shows it is an unchanged earlier export (schemas.output_rules); nothing is written
 through a symlink. Exit status: 0 exported, 1 failed (parity, conversion, writing), 2 usage.
 """
 
@@ -340,7 +340,7 @@ def _json_bytes(value: Any) -> bytes:
 
 def open_output(output: Path, overwrite: bool):
     """The OutputTree of FILE's directory, refusing up front (click.UsageError) what may not be written."""
-    from tools.safe_output import OutputRefusedError, OutputTree
+    from schemas.output_rules import OutputRefusedError, OutputTree
 
     name = output.name
     if not name or name in (".", "..") or str(output).endswith(os.sep):
@@ -586,7 +586,7 @@ def _parity(reference, exported, images: np.ndarray, true_angles: np.ndarray, no
 
 def _publish(tree, output: Path, name: str, content: bytes, description: dict, report: dict) -> None:
     """Write the export as `name`: OUTPUT's name when it passed, else its rejected_name (and exit 1)."""
-    from tools.safe_output import OutputRefusedError
+    from schemas.output_rules import OutputRefusedError
 
     try:
         write_export(tree, name, content, description, report)

@@ -39,6 +39,7 @@ from pathlib import Path
 from typing import Any
 
 from pipeline.engines import dist
+from schemas import output_rules
 
 START_TIMEOUT_S = 180.0  # the JVMs of a cold start on 2 busy cores; ~15 s on an idle machine
 STOP_TIMEOUT_S = 20.0  # after SIGTERM, then SIGKILL
@@ -325,9 +326,7 @@ class SessionCluster:
             "ports": self.ports,
             "processes": [p.state() for p in self.processes],
         }
-        temporary = self._state_path().with_suffix(".tmp")
-        temporary.write_text(json.dumps(state, indent=1))
-        temporary.replace(self._state_path())
+        output_rules.write_aside(self._state_path(), json.dumps(state, indent=1))
 
     def _load(self) -> list[Started]:
         try:

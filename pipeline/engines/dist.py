@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
+from schemas import output_rules
+
 CACHE_VARIABLE = "ROTNET_CACHE_DIR"
 MARKER = "rotnet-fetched.json"  # written last: a folder without it is incomplete
 JOB_SERVER_FILE = "job-server.json"
@@ -268,7 +270,7 @@ def _install(staging: Path, final: Path) -> None:
     """Move a complete staging folder into place (an incomplete earlier one goes first)."""
     if final.exists():
         shutil.rmtree(final)  # only ever our own folder under the cache, without its marker
-    staging.rename(final)
+    output_rules.move_into_place(staging, final)
 
 
 def _run(command: list[str], what: str, cwd: Path | None = None) -> subprocess.CompletedProcess:

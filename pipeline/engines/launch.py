@@ -441,6 +441,20 @@ class WorkerPool:
 
 
 @contextlib.contextmanager
+def engine_for(
+    runner_name: str, beam_args: Sequence[str], log: Callable[[str], None]
+) -> Iterator[Session | None]:
+    """The Session of a managed (Flink, Spark) run for the block, checked first (`check`), or None for
+    any other run."""
+    plan = check(runner_name, beam_args, log)
+    if plan is None:
+        yield None
+        return
+    with session(plan, log) as engine:  # the job server and worker pool, stopped at the end
+        yield engine
+
+
+@contextlib.contextmanager
 def session(plan: Plan, log: Callable[[str], None], kill_on_parent_exit: bool = True) -> Iterator[Session]:
     """Start the job server (and the worker pool), yield the run's Beam arguments, stop both at the
     end; cancel the Flink job if the run did not finish. The logs of a failed run are kept."""

@@ -16,8 +16,8 @@ import os
 import platform
 from typing import Any
 
-from trainer.ablate_output import arm_dir, read_json, write_aside
-from trainer.ablate_spec import Arm, Spec
+from trainer.ablate.output import arm_dir, read_json, write_aside
+from trainer.ablate.spec import Arm, Spec
 
 EVALUATION_DIR = "evaluation"
 # Figures of one run, averaged over seeds (each also gets a `_sd` column).

@@ -8,7 +8,7 @@
     DIR/ablation.csv|json|md|png  the results
 
 rotnet-ablate deletes nothing: a changed arm is retrained by `rotnet-train --overwrite`, whose run
-marker decides what it may replace.
+marker decides what it may replace. Every file is written with schemas.output_rules (aside, then renamed).
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ from __future__ import annotations
 import json
 import os
 from typing import Any
+
+from schemas import output_rules, paths
 
 MARKER_FILE = ".rotnet-ablate.json"
 SUBDIRS = ("arms", "state", "logs")
@@ -25,10 +27,6 @@ MAX_JSON_BYTES = 16 << 20
 
 class OutputError(Exception):
     """DIR cannot be used (not ours, a symlink, not writable); one line saying what to do."""
-
-
-def _inside(path: str, directory: str) -> bool:
-    return path == directory or path.startswith(directory.rstrip(os.sep) + os.sep)
 
 
 def _refuse_link(path: str) -> None:
@@ -43,7 +41,7 @@ def check_output(output: str, records: list[str]) -> None:
     real = os.path.realpath(output)
     for directory in records:
         if "://" not in directory and (
-            _inside(real, os.path.realpath(directory)) or _inside(os.path.realpath(directory), real)
+            paths.inside(real, os.path.realpath(directory)) or paths.inside(os.path.realpath(directory), real)
         ):
             raise OutputError(
                 f"--output {output} is (inside or around) the records {directory}: choose a directory of its own"
@@ -72,22 +70,17 @@ def claim_output(output: str, spec_path: str) -> None:
 
 
 def write_aside(path: str, data: str | bytes) -> None:
-    """Write `data` to a new temporary file beside `path` (O_EXCL, no links followed), then rename it
-    over `path`: never a half-written file, never through a symlink at `path`."""
+    """Write `data` whole to `path` (output_rules.write_aside: a temporary beside it, `.NAME.tmp-PID`,
+    renamed over it), refusing a symlink at `path` (a rename would replace it: it is not ours)."""
     _refuse_link(path)
-    temporary = os.path.join(os.path.dirname(path) or ".", f".{os.path.basename(path)}.tmp-{os.getpid()}")
-    raw = data.encode() if isinstance(data, str) else data
-    descriptor = os.open(
-        temporary, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW | os.O_CLOEXEC, 0o644
+    output_rules.write_aside(
+        path, data, prefix=temporary_prefix(os.path.basename(path)), token=str(os.getpid())
     )
-    try:
-        with os.fdopen(descriptor, "wb") as handle:
-            handle.write(raw)
-        os.replace(temporary, path)
-    except BaseException:
-        if os.path.lexists(temporary):
-            os.remove(temporary)  # our own O_EXCL temporary
-        raise
+
+
+def temporary_prefix(name: str) -> str:
+    """The start of the temporary that `write_aside` writes before `name` (`.NAME.tmp-`, then a pid)."""
+    return f".{name}.tmp-"
 
 
 def read_json(path: str) -> dict[str, Any] | None:

@@ -3,14 +3,14 @@
     rotnet-ablate ablations/mnist_data_size.toml --output data/ablations/data_size
     rotnet-ablate ablations/mnist_heads.toml --output data/ablations/heads --parallel 2
 
-The spec (trainer/ablate_spec.py): `records`, `seeds`, `[base]` (rotnet-train options, `_` for `-`),
+The spec (trainer/ablate/spec.py): `records`, `seeds`, `[base]` (rotnet-train options, `_` for `-`),
 `[evaluate]` (rotnet-evaluate options), `[[arm]]` (a `name` + the options that differ from base, and
 optionally its own `records`) and/or `[grid]` (option -> list of values; every combination is an arm).
 Each arm x seed is an ordinary `rotnet-train --output DIR/arms/NAME-sSEED` run in its own process,
 then `rotnet-evaluate` into its evaluation/. A rerun skips finished runs, resumes killed ones
 (rotnet-train's BackupAndRestore) and refuses a spec that would change finished runs (naming them).
-Results: DIR/ablation.csv, ablation.json, ablation.md and PNGs (trainer/ablate_report.py); the
-directory layout and its rules are in trainer/ablate_output.py. See docs/ablations.md.
+Results: DIR/ablation.csv, ablation.json, ablation.md and PNGs (trainer/ablate/report.py); the
+directory layout and its rules are in trainer/ablate/output.py. See docs/ablations.md.
 """
 
 from __future__ import annotations
@@ -30,14 +30,15 @@ from typing import Any
 import click
 
 from pipeline import interrupts
-from trainer import ablate_output as out
-from trainer.ablate_report import EVALUATION_DIR, run_figures, write_results
-from trainer.ablate_spec import Run, Spec, SpecError, load_spec, train_args
+from schemas import output_rules
+from trainer import run_dir as train_run_dir
+from trainer.ablate import output as out
+from trainer.ablate.report import EVALUATION_DIR, run_figures, write_results
+from trainer.ablate.spec import Run, Spec, SpecError, load_spec, train_args
+from trainer.run_dir import METRICS_FILE, RUN_MARKER
 
-# rotnet-train's names in a run dir (trainer/train.py; not imported: that would import Keras here).
-RUN_MARKER = ".rotnet-run.json"
-METRICS_FILE = "metrics.json"
-BACKUP_METADATA = os.path.join("backup", "training_metadata.json")
+# rotnet-train's backup of an unfinished run, in its run dir (trainer/run_dir.py).
+BACKUP_METADATA = os.path.join(train_run_dir.BACKUP_DIR, train_run_dir.BACKUP_METADATA)
 PLANS = ("new", "resume", "evaluate", "finished", "changed")
 
 
@@ -239,25 +240,10 @@ def stop_orphan(run_dir: str, run_name: str, timeout_s: float = 300.0) -> str:
     without PR_SET_PDEATHSIG, or one still writing its backup after its SIGTERM): this process holds the
     study's lock, so a live holder of the arm's lock is an orphan. It is sent SIGTERM (it backs up and
     exits 143) and waited for, up to `timeout_s` seconds; '' once it is gone, else why not."""
-    import fcntl
-
-    from pipeline.output_lock import LOCK_NAME, LockHolder
-
-    path = os.path.join(run_dir, LOCK_NAME)
     told = False
     deadline = time.monotonic() + timeout_s
     while True:
-        try:
-            descriptor = os.open(path, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC)
-        except OSError:
-            return ""  # no lock file: nobody writes the run
-        try:
-            fcntl.flock(descriptor, fcntl.LOCK_SH | fcntl.LOCK_NB)
-            return ""  # not held: the holder is gone (rotnet-train takes the stale file over)
-        except BlockingIOError:
-            holder = LockHolder.from_bytes(os.pread(descriptor, 4096, 0))
-        finally:
-            os.close(descriptor)
+        holder = output_rules.held_by(run_dir)  # None: nobody holds it (rotnet-train takes a stale file over)
         if holder is None or holder.is_running_here() is not True:
             return ""  # rotnet-train's own check says what it is
         if not told:
@@ -414,17 +400,15 @@ def list_runs(runs: list[Run], states: dict[str, str], output: str) -> None:
 
 def sweep(spec: Spec, output: str, parallel: int, overwrite_changed: bool) -> list[str]:
     """Run what is left of the spec in DIR (locked) and write the results; the failed runs."""
-    from pipeline.output_lock import LocalLock, LockHeldError
-
     runs = spec.runs()
     states = plans(spec, output)
     check_changes(runs, states, output, overwrite_changed)
     out.claim_output(output, spec.path)
-    lock = LocalLock(output)
+    lock = output_rules.LocalLock(output, option="--output")
     try:
         lock.acquire()
-    except LockHeldError as error:
-        raise click.ClickException(str(error).replace("--output-dir", "--output")) from None
+    except output_rules.LockHeldError as error:
+        raise click.ClickException(str(error)) from None
     try:
         todo = announce(runs, plans(spec, output), spec, output)
         if todo:
@@ -527,7 +511,3 @@ def main(
         raise click.ClickException(
             f"runs failed: {'; '.join(failures)}; rerun the same command to resume them"
         )
-
-
-if __name__ == "__main__":
-    main()

@@ -24,6 +24,8 @@ from typing import Any
 
 import click
 
+from trainer.ablate.output import temporary_prefix
+
 TOP_KEYS = ("records", "seeds", "base", "evaluate", "arm", "grid")
 # rotnet-train options the spec may not set: rotnet-ablate sets them for every run.
 RESERVED = ("output", "seed", "verbose", "records", "overwrite", "stream_sweeps")
@@ -43,9 +45,9 @@ TTAS = (1, 2, 4)
 ARM_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._+-]*")
 MAX_SPEC_BYTES = 1 << 20  # a spec is a few lines; refuse to read more than 1 MiB
 # What rotnet-ablate adds to a run's name NAME-sSEED in its longest file name: the temporary of
-# state/NAME-sSEED.json (trainer/ablate_output.write_aside: "." + name + ".json.tmp-" + a pid of at most
+# state/NAME-sSEED.json (trainer/ablate/output.write_aside: ".NAME-sSEED.json.tmp-" + a pid of at most
 # 7 digits). Logs (NAME-sSEED.log) and arm directories (NAME-sSEED/) are shorter.
-RUN_NAME_EXTRA_BYTES = len(".") + len(".json.tmp-") + 7
+RUN_NAME_EXTRA_BYTES = len(temporary_prefix(".json")) + 7
 DEFAULT_NAME_MAX = 255  # bytes in one file name on ext4, xfs, btrfs, tmpfs, APFS, NTFS (UTF-16 units)
 
 

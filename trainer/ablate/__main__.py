@@ -1,0 +1,5 @@
+"""`python -m trainer.ablate` = rotnet-ablate."""
+
+from trainer.ablate import main
+
+main()
