@@ -108,7 +108,11 @@ def aside(
             mode="wb", dir=directory, prefix=prefix, suffix=suffix, delete=False
         )
     else:
-        handle = open(os.path.join(directory, prefix + token + suffix), "wb", opener=_create)  # noqa: SIM115
+        # open() calls its opener with (name, flags): _create's second parameter is a directory
+        # descriptor, which open's flags must not fill (a relative name then resolves against them).
+        handle = open(  # noqa: SIM115
+            os.path.join(directory, prefix + token + suffix), "wb", opener=lambda name, _flags: _create(name)
+        )
     try:
         with handle:
             yield handle

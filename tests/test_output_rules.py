@@ -185,6 +185,17 @@ def test_aside_keeps_the_old_file_whole_until_the_new_one_is_complete(tmp_path: 
     assert target.read_text() == "new, half" and _names(tmp_path) == ["metrics.json"]
 
 
+def test_a_fixed_token_writes_aside_under_a_relative_path(tmp_path: Path, monkeypatch) -> None:
+    """rotnet-ablate's fixed-token temporaries, given a path relative to the working directory (its
+    documented commands: --output data/ablations/...): open()'s flags once reached the opener as a
+    directory descriptor and every such write failed with EBADF."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "study").mkdir()
+    output_rules.write_aside(os.path.join("study", "state.json"), "{}\n", token="4242")
+    assert (tmp_path / "study" / "state.json").read_text() == "{}\n"
+    assert _names(tmp_path / "study") == ["state.json"]
+
+
 def test_write_aside_replaces_a_link_instead_of_writing_through_it(tmp_path: Path) -> None:
     theirs = tmp_path / "theirs.txt"
     theirs.write_text("the user's\n")
