@@ -29,7 +29,7 @@ class TrainingInterruptedError(Exception):
 
 
 class RunCallbacks:
-    """The run's callbacks: backup (and on SIGTERM), the best model aside, early stopping, the CSV log,
+    """The run's callbacks: backup (and on SIGTERM), the best (or last) model aside, early stopping, the CSV log,
     throughput, the NaN stop, the learning-rate plateau and TensorBoard where installed."""
 
     def __init__(self, config: TrainConfig, monitor: str, initial_epoch: int, echo: Callable[[str], None]):
@@ -47,11 +47,12 @@ class RunCallbacks:
         self.on_signal = BackupOnSignal(backup)
         self.non_finite = StopOnNonFiniteLoss()
         self.all = [
+            # --keep-model last: every epoch's model over the last, so the final one is published.
             keras.callbacks.ModelCheckpoint(
                 self.model_path,
                 monitor=monitor,
                 mode="min",
-                save_best_only=True,
+                save_best_only=config.keep_model == "best",
                 initial_value_threshold=min(best_so_far) if best_so_far and initial_epoch else None,
             ),
             keras.callbacks.EarlyStopping(

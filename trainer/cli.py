@@ -23,6 +23,8 @@ from trainer import backends
 from trainer.backends import BACKENDS
 from trainer.config import (
     HEADS,
+    JIT_COMPILES,
+    KEEP_MODELS,
     LR_SCHEDULES,
     MAX_WIDTH,
     MIN_VALIDATION_RECORDS,
@@ -204,6 +206,24 @@ def weights_file_problem(path: str) -> str | None:
     help="Epochs without improvement of the validation angle error before training stops.",
 )
 @click.option(
+    "--keep-model",
+    type=click.Choice(KEEP_MODELS),
+    default=DEFAULT["keep_model"],
+    show_default=True,
+    help="Which epoch's weights become model.keras: best = the lowest validation angle error (a choice "
+    "made on the validation split, so scores on it are a little flattered); last = the final epoch's, "
+    "chosen on nothing (use it when you report on the validation split).",
+)
+@click.option(
+    "--jit-compile",
+    type=click.Choice(JIT_COMPILES),
+    default=DEFAULT["jit_compile"],
+    show_default=True,
+    help="XLA-compile the training step. auto: Keras's choice (on with a GPU, off on a CPU-only "
+    "machine); on: also on a CPU (there TensorFlow's own oneDNN kernels are faster: the MNIST recipe's "
+    "step ran at 0.37x under XLA on 2 cores, rotnet-bench train_step); off: never.",
+)
+@click.option(
     "--precision",
     type=click.Choice(PRECISIONS),
     default=DEFAULT["precision"],
@@ -298,7 +318,8 @@ def main(verbose: bool, overwrite: bool, backend: str | None, **options: object)
     """Train a model to predict the rotation (0-359 degrees) of the images in --records.
 
     Streams the shards (shuffled, interleaved, all rotations: tf.data on TensorFlow, the TF-free loader
-    on JAX and torch), keeps the model with the best validation angle error, and exports model.keras
+    on JAX and torch), keeps the model with the best validation angle error (or the last: --keep-model),
+    and exports model.keras
     and a SavedModel to --output.
     """
     try:

@@ -24,6 +24,13 @@ MODELS = ("mnist-cnn", "mnist-cnn-bn", "resnet50", "mobilenet-v3-small")
 HEADS = ("classification", "circular-gaussian", "regression")
 PRECISIONS = ("auto", "float32", "mixed_float16", "mixed_bfloat16")
 LR_SCHEDULES = ("plateau", "cosine")
+# Which epoch's weights a run publishes as model.keras: best = the lowest validation angle error (chosen on
+# the validation split); last = the final epoch's, chosen on nothing (a report on the validation split
+# is then not biased by the choice).
+KEEP_MODELS = ("best", "last")
+# XLA for the training step: auto = Keras's choice (on with a GPU, off on a CPU-only machine, where
+# TensorFlow's oneDNN kernels beat XLA's: 0.37x for the MNIST recipe's step, rotnet-bench train_step).
+JIT_COMPILES = ("auto", "on", "off")
 # Models built on keras.applications backbones: they accept --weights imagenet|none|<path>.
 PRETRAINED_BACKBONES = ("resnet50", "mobilenet-v3-small")
 # Models whose size --width scales, and its bound (3: ~9x the multiply-adds of width 1, ~200 M per 28 px
@@ -79,6 +86,8 @@ class TrainConfig:
     cosine_final_fraction: float = 0.01  # cosine: the learning rate ends at this fraction of --lr
     early_stopping_patience: int = 10  # epochs without a better validation angle error before stopping
     precision: str = "auto"  # auto = mixed_float16 on GPU, float32 on CPU
+    jit_compile: str = "auto"  # one of JIT_COMPILES: XLA-compile the training step
+    keep_model: str = "best"  # one of KEEP_MODELS: the epoch whose weights become model.keras
 
     # --- input pipeline ---
     shuffle_buffer: int = 10_000  # records; mixes angles and images across the interleaved shards
@@ -149,6 +158,10 @@ def check(config: TrainConfig) -> list[str]:
         problems.append(f"precision {config.precision!r} is not one of {', '.join(PRECISIONS)}")
     if config.lr_schedule not in LR_SCHEDULES:
         problems.append(f"lr schedule {config.lr_schedule!r} is not one of {', '.join(LR_SCHEDULES)}")
+    if config.keep_model not in KEEP_MODELS:
+        problems.append(f"keep-model {config.keep_model!r} is not one of {', '.join(KEEP_MODELS)}")
+    if config.jit_compile not in JIT_COMPILES:
+        problems.append(f"jit-compile {config.jit_compile!r} is not one of {', '.join(JIT_COMPILES)}")
     if config.weights not in (None, "none") and config.model not in PRETRAINED_BACKBONES:
         problems.append(f"--weights applies to {', '.join(PRETRAINED_BACKBONES)}, not {config.model}")
     # `not x > 0` rather than `x <= 0`: NaN fails every comparison, so `nan <= 0` would let it through.

@@ -27,7 +27,7 @@ def publish_best(
     skipped: list[str],
     echo: Callable[[str], None],
 ) -> dict[str, Any]:
-    """The best epoch's model (ModelCheckpoint's, aside) exported as a SavedModel, with the run's curves;
+    """The best (--keep-model last: the final) epoch's model (ModelCheckpoint's, aside) exported as a SavedModel, with the run's curves;
     returns its metrics. `watch`: the run's trainer.callbacks.RunCallbacks. model.keras itself is renamed
     into place by `model_into_place` once all is written."""
     from trainer import backends
@@ -40,13 +40,18 @@ def publish_best(
     backends.export_saved_model(model, watch.model_path, json.loads(config.to_json()), saved_model, echo)
     history = run_dir.read_history(watch.history_path)
     metrics = summarize(history, monitor, initial_epoch, watch.throughput.images_per_second(), skipped)
+    # The epoch whose weights model.keras holds: the best one, or with --keep-model last the final one.
+    metrics["keep_model"] = config.keep_model
+    last_epoch = int(history[-1]["epoch"]) + 1 if history else None  # 1-based, as Keras prints epochs
+    metrics["kept_epoch"] = metrics["best_epoch"] if config.keep_model == "best" else last_epoch
     plot_curves(
         history, os.path.join(config.output, run_dir.CURVES_FILE), title=f"{config.model} on {config.dataset}"
     )
-    echo(
-        f"best {monitor} {metrics['best'].get(monitor, float('nan')):.2f} degrees at epoch "
-        f"{metrics['best_epoch']}; outputs in {config.output}"
-    )
+    best = f"best {monitor} {metrics['best'].get(monitor, float('nan')):.2f} degrees at epoch {metrics['best_epoch']}"
+    if config.keep_model == "last":
+        last = metrics["final"].get(monitor, float("nan"))
+        best = f"kept the last epoch ({metrics['kept_epoch']}, {monitor} {last:.2f} degrees; {best})"
+    echo(f"{best}; outputs in {config.output}")
     return metrics
 
 

@@ -150,7 +150,8 @@ def _fit(
 
 def _compiled_model(config: TrainConfig, head: Any, strategy: Any) -> keras.Model:
     """The configured model with Adam at --lr (cosine-decayed over every step, or constant for the
-    plateau schedule's callback), the head's loss and metrics, built in the strategy's scope."""
+    plateau schedule's callback), the head's loss and metrics, XLA per --jit-compile, built in the
+    strategy's scope."""
     from trainer.models import build_model
 
     with strategy.scope():
@@ -163,7 +164,10 @@ def _compiled_model(config: TrainConfig, head: Any, strategy: Any) -> keras.Mode
                 alpha=config.cosine_final_fraction,
             )
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate), loss=head.loss(), metrics=head.metrics()
+            optimizer=keras.optimizers.Adam(learning_rate),
+            loss=head.loss(),
+            metrics=head.metrics(),
+            jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
         )
     return model
 
