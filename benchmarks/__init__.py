@@ -24,6 +24,10 @@ BENCHMARKS: dict[str, tuple[str, str]] = {
         "benchmarks.mnist_quality",
         "MNIST CNN on the 5k subset, both rendering chains: validation mean angle error under five rotation codes",
     ),
+    "train_step": (
+        "benchmarks.train_step",
+        "The MNIST recipe's training step on CPU: XLA on/off, batch 128/256, oneDNN off; images/s side by side",
+    ),
     "cue_audit": (
         "benchmarks.cue_audit",
         "Rotation cues: the cue audit of rotnet 0.1's and rotnet 0.2's records, MNIST and Street View",
