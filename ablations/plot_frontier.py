@@ -90,11 +90,20 @@ def main() -> None:
     axis.grid(alpha=0.3, which="both")
     axis.legend(loc="upper right", fontsize=8)
     figure.tight_layout()
-    with output_rules.aside(FIGURE, suffix=".png") as handle:
-        figure.savefig(handle, format="png", dpi=100)
-    plt.close(figure)
+    try:  # written aside and renamed: a link at the name is replaced, never written through
+        with output_rules.aside(FIGURE, suffix=".png") as handle:
+            figure.savefig(handle, format="png", dpi=100)
+    except OSError as error:  # a full disk, a read-only folder: one line, the old figure kept
+        raise SystemExit(
+            f"cannot write {FIGURE} ({error.strerror or error}); the old figure is kept: free space or fix it, then rerun"
+        ) from None
+    finally:
+        plt.close(figure)
     print(f"wrote {FIGURE.relative_to(REPO_ROOT)} ({len(rows)} points)")
 
 
 if __name__ == "__main__":
-    main()
+    try:
+        main()
+    except KeyboardInterrupt:
+        raise SystemExit("interrupted (Ctrl-C): the old figure is kept") from None
