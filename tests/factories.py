@@ -70,3 +70,15 @@ def write_records_dir(
         compression=compression,
         config={"writer": "tests.factories", "image_size": image_size, "crop_largest_rect": crop},
     )
+
+
+def resolved_training(records: Path, **overrides):
+    """(TrainConfig, DatasetInfo, Head) for tiny test records, resolved as rotnet-train resolves them:
+    batch 8, a 64-record shuffle buffer, and `overrides` for any other TrainConfig field."""
+    from trainer.config import TrainConfig, resolve
+    from trainer.heads import Head
+
+    config = TrainConfig(records=str(records), output="unused", batch_size=8, shuffle_buffer=64, **overrides)
+    info = schemas.load_manifest(str(records))
+    resolve(config, info)
+    return config, info, Head(config.head, tuple(config.bin_angles), config.sigma_degrees)

@@ -15,10 +15,9 @@ import tensorflow as tf
 
 import schemas
 from schemas import splits, tfrecord_file
-from tests.factories import synthetic_image, write_records_dir
+from tests.factories import resolved_training, synthetic_image, write_records_dir
 from trainer import augment, data, record_stream
-from trainer.config import TrainConfig, resolve
-from trainer.heads import Head
+from trainer.config import TrainConfig
 from trainer.numpy_data import NumpyInput
 
 ANGLES = (0, 45, 90, 180, 270, 315)
@@ -31,11 +30,7 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _resolved(records: Path, **overrides) -> tuple[TrainConfig, schemas.DatasetInfo, Head]:
-    config = TrainConfig(records=str(records), output="unused", batch_size=8, shuffle_buffer=64, **overrides)
-    info = schemas.load_manifest(str(records))
-    resolve(config, info)
-    return config, info, Head(config.head, tuple(config.bin_angles), config.sigma_degrees)
+_resolved = resolved_training  # tests/factories.py
 
 
 def _key(record: bytes) -> tuple[str, int]:

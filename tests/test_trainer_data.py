@@ -12,9 +12,9 @@ import pytest
 import schemas
 from pipeline import geometry
 from schemas import splits, verify
-from tests.factories import synthetic_image, write_records_dir
+from tests.factories import resolved_training, synthetic_image, write_records_dir
 from trainer import data
-from trainer.config import TrainConfig, TrainingError, resolve
+from trainer.config import TrainConfig, TrainingError
 from trainer.heads import Head
 
 ANGLES = (0, 45, 90, 180, 270, 315)
@@ -27,11 +27,7 @@ def records(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return directory
 
 
-def _resolved(records: Path, **overrides) -> tuple[TrainConfig, schemas.DatasetInfo, Head]:
-    config = TrainConfig(records=str(records), output="unused", batch_size=8, shuffle_buffer=64, **overrides)
-    info = schemas.load_manifest(str(records))
-    resolve(config, info)
-    return config, info, Head(config.head, tuple(config.bin_angles), config.sigma_degrees)
+_resolved = resolved_training  # tests/factories.py
 
 
 def training_dataset(records: Path, info: schemas.DatasetInfo, config: TrainConfig, head: Head):
