@@ -161,6 +161,24 @@ def test_bad_keep_model_and_jit_compile_are_one_line(tmp_path: Path, option: str
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()
 
 
+@pytest.mark.parametrize(
+    ("option", "value", "message"),
+    [
+        ("--dropout", "1.5", "--dropout must be a rate from 0 to 0.9, not 1.5"),
+        ("--dropout", "lots", "Invalid value for '--dropout'"),
+        ("--weight-decay", "-1", "--weight-decay must be a number from 0 up to (not including) 1, not -1.0"),
+    ],
+)
+def test_bad_dropout_and_weight_decay_are_one_line(
+    tmp_path: Path, option: str, value: str, message: str
+) -> None:
+    result = CliRunner().invoke(
+        train_main, ["--records", str(tmp_path), "--output", str(tmp_path / "out"), option, value]
+    )
+    assert result.exit_code == 2 and message in result.output
+    assert "Traceback" not in result.output and not (tmp_path / "out").exists()
+
+
 @pytest.fixture(scope="module")
 def predictors(trained: dict[str, Path]) -> dict[str, object]:
     from trainer.predict import Predictor

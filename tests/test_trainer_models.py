@@ -210,6 +210,31 @@ def test_width_is_checked(model: str, width: float, expected: str | None) -> Non
         assert expected in problems
 
 
+@pytest.mark.parametrize(
+    ("model", "dropout", "weight_decay", "expected"),
+    [
+        ("mnist-cnn-bn", 0.0, 0.0, None),
+        ("mnist-cnn", 0.9, 0.5, None),
+        ("mnist-cnn-bn", -0.1, 0.0, "--dropout must be a rate from 0 to 0.9, not -0.1"),
+        ("mnist-cnn-bn", 0.95, 0.0, "--dropout must be a rate from 0 to 0.9, not 0.95"),
+        ("mnist-cnn-bn", float("nan"), 0.0, "--dropout must be a rate from 0 to 0.9, not nan"),
+        ("resnet50", 0.2, 0.0, "--dropout applies to mnist-cnn, mnist-cnn-bn, not resnet50"),
+        ("resnet50", None, 0.05, None),  # weight decay applies to every model
+        ("mnist-cnn-bn", None, -0.01, "--weight-decay must be a number from 0 up to"),
+        ("mnist-cnn-bn", None, 1.0, "(not including) 1, not 1.0"),
+        ("mnist-cnn-bn", None, float("inf"), "not inf"),
+    ],
+)
+def test_dropout_and_weight_decay_are_checked(
+    model: str, dropout: float | None, weight_decay: float, expected: str | None
+) -> None:
+    problems = check(TrainConfig(model=model, dropout=dropout, weight_decay=weight_decay))
+    if expected is None:
+        assert problems == []
+    else:
+        assert len(problems) == 1 and expected in problems[0]
+
+
 # --- Architectures -------------------------------------------------------------------------------
 
 
@@ -363,3 +388,42 @@ def test_preprocess_layer_matches_the_numpy_core_and_survives_saving(tmp_path) -
     np.testing.assert_allclose(
         reloaded(image[np.newaxis]).numpy(), model(image[np.newaxis]).numpy(), atol=1e-6
     )
+
+
+@pytest.mark.parametrize(("model", "default_rate"), [("mnist-cnn", 0.25), ("mnist-cnn-bn", 0.15)])
+def test_dropout_sets_both_dropout_layers_and_defaults_to_the_models_own(
+    model: str, default_rate: float
+) -> None:
+    from trainer.models import build_model
+
+    head = Head("circular-gaussian", ALL_BINS)
+    for dropout, expected in ((None, default_rate), (0.4, 0.4), (0.0, 0.0)):
+        built = build_model(_config(model=model, dropout=dropout), head)
+        rates = [layer.rate for layer in built.layers if type(layer).__name__ == "Dropout"]
+        assert rates == [expected, expected]
+
+
+def test_weight_decay_compiles_adamw_that_decays_kernels_only() -> None:
+    """--weight-decay: AdamW, decaying every kernel and no batch-norm scale/offset or bias; without it
+    plain Adam."""
+    import contextlib
+
+    import keras
+
+    from trainer.train import _compiled_model
+
+    class NoStrategy:
+        def scope(self):
+            return contextlib.nullcontext()
+
+    head = Head("circular-gaussian", ALL_BINS)
+    model = _compiled_model(_config(model="mnist-cnn-bn", weight_decay=0.1), head, NoStrategy())
+    optimizer = model.optimizer
+    assert isinstance(optimizer, keras.optimizers.AdamW) and optimizer.weight_decay == pytest.approx(0.1)
+    decayed = {
+        variable.path for variable in model.trainable_variables if optimizer._use_weight_decay(variable)
+    }
+    kernels = {variable.path for variable in model.trainable_variables if variable.name == "kernel"}
+    assert kernels and decayed == kernels  # 6 conv/dense kernels + the head's; no gamma, beta or bias
+    plain = _compiled_model(_config(model="mnist-cnn-bn"), head, NoStrategy()).optimizer
+    assert type(plain) is keras.optimizers.Adam

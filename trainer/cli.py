@@ -26,6 +26,7 @@ from trainer.config import (
     JIT_COMPILES,
     KEEP_MODELS,
     LR_SCHEDULES,
+    MAX_DROPOUT,
     MAX_WIDTH,
     MIN_VALIDATION_RECORDS,
     MODELS,
@@ -126,6 +127,13 @@ def weights_file_problem(path: str) -> str | None:
     f"filters, dense 384; compute grows about as its square), above 0 and at most {MAX_WIDTH:g}.",
 )
 @click.option(
+    "--dropout",
+    type=float,
+    default=None,
+    help=f"mnist-cnn and mnist-cnn-bn only: the rate of both dropout layers, 0 to {MAX_DROPOUT:g}. "
+    "Default: the model's own (mnist-cnn 0.25 as RotNet, mnist-cnn-bn 0.15).",
+)
+@click.option(
     "--angles",
     default=None,
     callback=angles.click_callback,
@@ -183,6 +191,14 @@ def weights_file_problem(path: str) -> str | None:
     default=DEFAULT["learning_rate"],
     show_default=True,
     help="Adam learning rate.",
+)
+@click.option(
+    "--weight-decay",
+    type=float,
+    default=DEFAULT["weight_decay"],
+    show_default=True,
+    help="Decoupled weight decay (AdamW): each step shrinks every kernel by lr times this fraction of "
+    "itself (batch-norm scales and biases are not decayed). 0: plain Adam.",
 )
 @click.option(
     "--lr-schedule",

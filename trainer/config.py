@@ -37,6 +37,9 @@ PRETRAINED_BACKBONES = ("resnet50", "mobilenet-v3-small")
 # image; beyond that a 2-core CPU run of the recipe would take hours).
 WIDTH_MODELS = ("mnist-cnn-bn",)
 MAX_WIDTH = 3.0
+# Models with dropout layers that --dropout sets (each model's own rate when it is not given).
+DROPOUT_MODELS = ("mnist-cnn", "mnist-cnn-bn")
+MAX_DROPOUT = 0.9
 # Preprocessing of uint8 pixels, done by the models' first layer (trainer.models.Preprocess):
 #   binarize  RotNet's MNIST binarization (pixel / 255 >= 0.1 -> 1.0 else 0.0)
 #   scale     pixel / 255
@@ -66,6 +69,7 @@ class TrainConfig:
     head: str = "classification"  # one of HEADS
     sigma_degrees: float = 3.0  # circular-gaussian head: standard deviation of the soft label
     width: float = 1.0  # mnist-cnn-bn: every layer's filters and units times this (1.5: 48-48/96-96/192/384)
+    dropout: float | None = None  # the MNIST CNNs' dropout rate; None = the model's own (0.25, bn: 0.15)
     angles: list[int] | None = None  # train on these angles only (labels remapped); None = all in shards
     max_images: float | None = None  # <= 1: fraction of training images; > 1: about that many (stable hash)
     binarize: bool | None = None  # None = RotNet's binarization for the MNIST CNNs on MNIST records
@@ -79,6 +83,9 @@ class TrainConfig:
     validation_steps: int | None = None  # None = about one record per validation image, >= 2,048 records
     batch_size: int = 128  # per replica; the global batch is batch_size * number of replicas
     learning_rate: float = 1e-3  # Adam
+    # Decoupled weight decay (AdamW): each step every kernel shrinks by lr * weight_decay of itself; the
+    # batch-norm scales/offsets and biases are left alone. 0 = plain Adam.
+    weight_decay: float = 0.0
     lr_schedule: str = "plateau"  # plateau: ReduceLROnPlateau; cosine: cosine decay over all steps
     reduce_lr_patience: int = 3  # plateau: epochs without a better validation angle error before LR x factor
     reduce_lr_factor: float = 0.5  # plateau: the learning rate is multiplied by this at each plateau
@@ -171,6 +178,15 @@ def check(config: TrainConfig) -> list[str]:
         problems.append(f"--width must be a number above 0 and at most {MAX_WIDTH:g}, not {config.width}")
     elif config.width != 1.0 and config.model not in WIDTH_MODELS:
         problems.append(f"--width applies to {', '.join(WIDTH_MODELS)}, not {config.model}")
+    if config.dropout is not None:
+        if not (math.isfinite(config.dropout) and 0 <= config.dropout <= MAX_DROPOUT):
+            problems.append(f"--dropout must be a rate from 0 to {MAX_DROPOUT:g}, not {config.dropout}")
+        elif config.model not in DROPOUT_MODELS:
+            problems.append(f"--dropout applies to {', '.join(DROPOUT_MODELS)}, not {config.model}")
+    if not (math.isfinite(config.weight_decay) and 0 <= config.weight_decay < 1):
+        problems.append(
+            f"--weight-decay must be a number from 0 up to (not including) 1, not {config.weight_decay}"
+        )
     if config.angles is not None:
         if not config.angles:
             problems.append("angles must not be empty")

@@ -68,9 +68,10 @@ def build_model(config: TrainConfig, head: Head) -> keras.Model:
         inputs = keras.Input(shape=(height, width, config.channels), dtype="uint8", name="image")
         pixels = Preprocess(config.preprocessing, name="preprocess")(inputs)
         if config.model == "mnist-cnn":
-            features = _rotnet_mnist_features(pixels)
+            features = _rotnet_mnist_features(pixels, 0.25 if config.dropout is None else config.dropout)
         elif config.model == "mnist-cnn-bn":
-            features = _mnist_bn_features(pixels, config.width)
+            dropout = 0.15 if config.dropout is None else config.dropout
+            features = _mnist_bn_features(pixels, config.width, dropout)
         elif config.model in ("resnet50", "mobilenet-v3-small"):
             features = _backbone_features(pixels, config.model, config.weights or "imagenet")
         else:
@@ -80,15 +81,16 @@ def build_model(config: TrainConfig, head: Head) -> keras.Model:
         return keras.Model(inputs, outputs, name=config.model.replace("-", "_"))
 
 
-def _rotnet_mnist_features(inputs: keras.KerasTensor) -> keras.KerasTensor:
-    """RotNet's train_mnist.py, layer for layer (64 filters, 3x3 kernels, 2x2 pooling, valid padding)."""
+def _rotnet_mnist_features(inputs: keras.KerasTensor, dropout: float = 0.25) -> keras.KerasTensor:
+    """RotNet's train_mnist.py, layer for layer (64 filters, 3x3 kernels, 2x2 pooling, valid padding;
+    dropout 0.25 unless --dropout says otherwise)."""
     x = keras.layers.Conv2D(64, 3, activation="relu", name="conv1")(inputs)
     x = keras.layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
     x = keras.layers.MaxPooling2D(2, name="pool")(x)
-    x = keras.layers.Dropout(0.25, name="dropout1")(x)
+    x = keras.layers.Dropout(dropout, name="dropout1")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(128, activation="relu", name="dense")(x)
-    return keras.layers.Dropout(0.25, name="dropout2")(x)
+    return keras.layers.Dropout(dropout, name="dropout2")(x)
 
 
 def _conv_bn(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor:
@@ -97,12 +99,15 @@ def _conv_bn(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
-def _mnist_bn_features(inputs: keras.KerasTensor, width: float = 1.0) -> keras.KerasTensor:
+def _mnist_bn_features(
+    inputs: keras.KerasTensor, width: float = 1.0, dropout: float = 0.15
+) -> keras.KerasTensor:
     """32-32 / pool / 64-64 / pool / 128, batch-normalized, then dense 256: about RotNet's compute
     (~23 M multiply-adds per 28 px image), more depth, and the spatial layout kept to the dense layer
     (an angle is a spatial property; global pooling would throw it away). Dropout 0.15: with 0.3 the
     network underfit the 4,500 digits x 360 angles (5.81 vs 5.39 degrees after 100 epochs). `width`
-    (--width) multiplies every count (rounded): the compute grows about as its square."""
+    (--width) multiplies every count (rounded): the compute grows about as its square; `dropout`
+    (--dropout) is both dropout layers' rate."""
 
     def scaled(count: int) -> int:
         return max(1, round(count * width))
@@ -115,11 +120,11 @@ def _mnist_bn_features(inputs: keras.KerasTensor, width: float = 1.0) -> keras.K
     x = keras.layers.MaxPooling2D(2, name="pool2")(x)
     x = _conv_bn(x, scaled(128), "block3")
     x = keras.layers.Flatten(name="flatten")(x)
-    x = keras.layers.Dropout(0.15, name="dropout1")(x)
+    x = keras.layers.Dropout(dropout, name="dropout1")(x)
     x = keras.layers.Dense(scaled(256), use_bias=False, name="dense")(x)
     x = keras.layers.BatchNormalization(name="dense_bn")(x)
     x = keras.layers.Activation("relu", name="dense_relu")(x)
-    return keras.layers.Dropout(0.15, name="dropout2")(x)
+    return keras.layers.Dropout(dropout, name="dropout2")(x)
 
 
 def _backbone_features(inputs: keras.KerasTensor, model: str, weights: str) -> keras.KerasTensor:

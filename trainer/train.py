@@ -149,9 +149,9 @@ def _fit(
 
 
 def _compiled_model(config: TrainConfig, head: Any, strategy: Any) -> keras.Model:
-    """The configured model with Adam at --lr (cosine-decayed over every step, or constant for the
-    plateau schedule's callback), the head's loss and metrics, XLA per --jit-compile, built in the
-    strategy's scope."""
+    """The configured model with Adam at --lr (AdamW under --weight-decay; cosine-decayed over every
+    step, or constant for the plateau schedule's callback), the head's loss and metrics, XLA per
+    --jit-compile, built in the strategy's scope."""
     from trainer.models import build_model
 
     with strategy.scope():
@@ -163,8 +163,14 @@ def _compiled_model(config: TrainConfig, head: Any, strategy: Any) -> keras.Mode
                 decay_steps=config.epochs * config.steps_per_epoch,
                 alpha=config.cosine_final_fraction,
             )
+        if config.weight_decay:
+            optimizer = keras.optimizers.AdamW(learning_rate, weight_decay=config.weight_decay)
+            # Decay the kernels only: a batch-norm scale or a bias pulled towards 0 is no simpler model.
+            optimizer.exclude_from_weight_decay(var_names=["gamma", "beta", "bias"])
+        else:
+            optimizer = keras.optimizers.Adam(learning_rate)
         model.compile(
-            optimizer=keras.optimizers.Adam(learning_rate),
+            optimizer=optimizer,
             loss=head.loss(),
             metrics=head.metrics(),
             jit_compile={"auto": "auto", "on": True, "off": False}[config.jit_compile],
