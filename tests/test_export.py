@@ -17,7 +17,7 @@ from PIL import Image
 
 from tests.factories import synthetic_image, write_records_dir
 from tools.correct import main as correct_main
-from trainer import export, runtimes
+from trainer import export, heads, runtimes
 from trainer.cli import main as train_main
 
 pytestmark = pytest.mark.slow
@@ -71,8 +71,12 @@ def test_steering_tflite_agrees_with_saved_model_in_tensorflows_interpreter(
     interpreter.invoke()
     exported = interpreter.get_tensor(interpreter.get_output_details()[0]["index"])
     saved = tf.saved_model.load(str(run_dir / "saved_model"))
-    reference = saved.serve(tf.constant(images))["probabilities"].numpy()
+    served = saved.serve(tf.constant(images))
+    reference = served["probabilities"].numpy()
     assert exported.shape == reference.shape == (64, len(ANGLES))
+    # the SavedModel's own angle is the least expected error's bin, as every Predictor decodes it
+    least_error = np.asarray(ANGLES)[heads.least_error_bins(reference, ANGLES)]
+    np.testing.assert_array_equal(served["angle_degrees"].numpy(), least_error)
     assert np.mean(np.argmax(exported, 1) == np.argmax(reference, 1)) >= 0.98
     np.testing.assert_allclose(exported, reference, atol=1e-4)
 

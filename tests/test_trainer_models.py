@@ -119,6 +119,35 @@ def test_rotate_images_90_and_tta_rotations() -> None:
 # --- The TensorFlow and keras.ops sides agree with NumPy ------------------------------------------
 
 
+@settings(max_examples=40, deadline=None)
+@given(
+    st.integers(0, 2**32 - 1),
+    st.sampled_from([ALL_BINS, (0, 90, 180, 270), tuple(range(0, 360, 7))]),
+    st.sampled_from([0.05, 0.5, 5.0]),
+)
+def test_least_error_bin_has_the_least_expected_error(
+    seed: int, bins: tuple[int, ...], spread: float
+) -> None:
+    """Brute force: no bin's expected circular error under the row is below the chosen bin's."""
+    rng = np.random.default_rng(seed)
+    probabilities = rng.dirichlet(np.full(len(bins), spread), size=8)
+    chosen = heads.least_error_bins(probabilities, bins)
+    for row, index in zip(probabilities, chosen, strict=True):
+        expected = [sum(p * angle_error_degrees(b, a) for p, a in zip(row, bins, strict=True)) for b in bins]
+        assert expected[index] <= min(expected) + 1e-9
+
+
+def test_least_error_bin_is_the_circular_median_not_the_argmax() -> None:
+    probabilities = np.zeros((3, 360))
+    probabilities[0, [10, 20, 21, 22]] = [0.3, 0.25, 0.25, 0.2]  # argmax 10; half the mass is at or below 20
+    probabilities[1, 359] = 1.0  # one-hot: its bin
+    probabilities[2, [358, 359, 0, 1, 2]] = [0.1, 0.2, 0.4, 0.2, 0.1]  # symmetric across 0: the peak
+    angles, confidence = heads.decode_probabilities(probabilities, ALL_BINS, 2.0)
+    assert angles.tolist() == [20, 359, 0]
+    assert confidence.tolist() == pytest.approx([0.7, 1.0, 1.0])
+    assert np.argmax(probabilities[0]) == 10  # what the argmax would have said
+
+
 @pytest.mark.parametrize("name", ["classification", "circular-gaussian", "regression"])
 @pytest.mark.parametrize("bins", [ALL_BINS, (0, 90, 180, 270)])
 def test_head_targets_and_metrics_tf_match_numpy(name: str, bins: tuple[int, ...]) -> None:

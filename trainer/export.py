@@ -306,7 +306,9 @@ def describe(
             "dtype": "float32",
             "shape": [None, len(config["bin_angles"])],
             "meaning": "probability of each bin_angles rotation (degrees counter-clockwise) being the one "
-            "the image shows; rotate the image clockwise by the argmax angle to correct it",
+            "the image shows; the predicted angle is the bin of the least expected error, argmin over bins "
+            "of probabilities @ (circular distance between bins), as trainer.heads.least_error_bins; "
+            "rotate the image clockwise by it to correct it",
         },
         "bin_angles": list(config["bin_angles"]),
         "preparation": {

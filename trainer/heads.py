@@ -12,6 +12,13 @@ Every head turns its outputs into a probability vector over the bins (regression
 density around the predicted direction whose concentration follows the vector's length), so
 prediction, test-time augmentation and evaluation are the same for all heads.
 
+The predicted angle is the bin with the least expected angle error under that vector (`least_error_bins`:
+argmin over bins b of sum_j p_j |b - bin_j| on the circle), the decision that minimizes the mean
+absolute angle error every evaluation reports. For a peaked, symmetric vector it is the most probable
+bin; where the model is torn between nearby angles it is their circular median, not whichever single
+bin is a little higher (on the MNIST recipe's validation digits: 0.1-0.2 degrees less mean error than
+the argmax, under every rotation code; docs/ablations.md). Quarter turns stay the most probable sector.
+
 The NumPy functions here are the reference. The keras.ops methods (`*_ops`, `predicted_bins`,
 `true_bins`, the metrics) do the same on tensors of any Keras backend (TensorFlow, JAX, torch) inside
 the model's metrics; the `*_tf` functions are for TensorFlow-only code: the tf.data chain's targets and
@@ -44,6 +51,20 @@ def circular_difference_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
     """|a - b| on the circle, in [0, 180] degrees (element-wise, broadcasting)."""
     difference = np.abs(np.asarray(a, np.float64) - np.asarray(b, np.float64)) % 360.0
     return np.minimum(difference, 360.0 - difference)
+
+
+def bin_distances(bin_angles: Sequence[int]) -> np.ndarray:
+    """(bins, bins) float64: the circular distance in degrees between every pair of bins."""
+    bins = np.asarray(bin_angles, np.float64)
+    return circular_difference_degrees(bins[:, np.newaxis], bins[np.newaxis, :])
+
+
+def least_error_bins(probabilities: np.ndarray, bin_angles: Sequence[int]) -> np.ndarray:
+    """(N,) int: for each row of `probabilities` (N, bins), the bin whose angle has the least expected
+    circular error, sum_j p_j * distance(bin, bin_j) (module docstring); the lowest index on a tie, so a
+    one-hot row gives its bin."""
+    expected_errors = np.asarray(probabilities, np.float64) @ bin_distances(bin_angles)
+    return np.argmin(expected_errors, axis=1)
 
 
 def soft_labels(bin_angles: Sequence[int], true_angles: np.ndarray, sigma_degrees: float) -> np.ndarray:
@@ -108,11 +129,12 @@ def combine_rotations(
 def decode_probabilities(
     probabilities: np.ndarray, bin_angles: Sequence[int], confidence_window_degrees: float = 0.0
 ) -> tuple[np.ndarray, np.ndarray]:
-    """(angles (N,) int, confidence (N,) in 0..1): the most probable bin's angle, and the probability
-    mass within `confidence_window_degrees` of it (0 = that bin alone)."""
+    """(angles (N,) int, confidence (N,) in 0..1): the angle of the least expected error
+    (`least_error_bins`), and the probability mass within `confidence_window_degrees` of it (0 = that
+    bin alone)."""
     probabilities = np.asarray(probabilities, np.float64)
     bins = np.asarray(bin_angles)
-    best = np.argmax(probabilities, axis=1)
+    best = least_error_bins(probabilities, bins)
     angles = bins[best].astype(np.int64)
     near = circular_difference_degrees(bins[np.newaxis, :], angles[:, np.newaxis]) <= (
         confidence_window_degrees + 1e-9
@@ -257,10 +279,13 @@ class Head:
         return ops.softmax(kappa[:, None] * ops.cos(bins[None, :] - direction[:, None]), axis=-1)
 
     def predicted_bins(self, outputs):
-        """Index of the predicted bin for each row of model outputs (int32 tensor, keras.ops)."""
+        """Index of the predicted bin for each row of model outputs: the least expected error's, as
+        `least_error_bins` (int32 tensor, keras.ops)."""
         from keras import ops
 
-        return ops.cast(ops.argmax(self.probabilities_ops(outputs), axis=1), "int32")
+        distances = ops.convert_to_tensor(bin_distances(self.bin_angles).astype(np.float32))
+        expected_errors = ops.matmul(self.probabilities_ops(outputs), distances)
+        return ops.cast(ops.argmin(expected_errors, axis=1), "int32")
 
     def true_bins(self, targets):
         """Index of the true bin from the targets `targets` made (exact for every head; keras.ops)."""
@@ -270,7 +295,8 @@ class Head:
             return ops.reshape(ops.cast(targets, "int32"), (-1,))
         if self.name == "circular-gaussian":
             return ops.cast(ops.argmax(targets, axis=1), "int32")
-        return self.predicted_bins(targets)  # the unit vector of the true angle points at its bin
+        # the unit vector of the true angle points at its bin: the most probable one of its density
+        return ops.cast(ops.argmax(self.probabilities_ops(targets), axis=1), "int32")
 
     def loss(self):
         import keras

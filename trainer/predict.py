@@ -202,20 +202,24 @@ def _view_of(config: dict[str, Any], source: str) -> geometry.View | None:
 
 def export_saved_model(model, config: dict[str, Any], path: str) -> str:
     """Write a SavedModel whose `serve` endpoint (also the serving_default signature) maps a uint8
-    image batch (B, H, W, C) to {angle_degrees (B,) int32, confidence (B,), probabilities (B, bins)},
+    image batch (B, H, W, C) to {angle_degrees (B,) int32 (the bin of least expected error),
+    confidence (B,), probabilities (B, bins)},
     (the model's first layer preprocesses); the config goes to assets.extra/train_config.json."""
     import keras
     import tensorflow as tf
 
-    from trainer.heads import circular_difference_tf
+    from trainer.heads import bin_distances, circular_difference_tf
 
     head = Head(config["head"], tuple(config["bin_angles"]), float(config["sigma_degrees"]))
     height, width = config["image_size"]
     bins = tf.constant(config["bin_angles"], tf.int32)
+    distances_between_bins = tf.constant(bin_distances(config["bin_angles"]), tf.float32)
 
     def serve(images):
         probabilities = head.probabilities_tf(model(images, training=False))
-        angles = tf.gather(bins, tf.argmax(probabilities, axis=1, output_type=tf.int32))
+        # the bin of the least expected angle error, as trainer.heads.least_error_bins
+        expected_errors = tf.matmul(probabilities, distances_between_bins)
+        angles = tf.gather(bins, tf.argmin(expected_errors, axis=1, output_type=tf.int32))
         distances = circular_difference_tf(
             tf.cast(bins, tf.float32)[tf.newaxis, :], tf.cast(angles, tf.float32)[:, tf.newaxis]
         )
