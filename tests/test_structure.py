@@ -103,3 +103,17 @@ def test_no_dataset_option_is_spelled_in_the_pipeline_config_or_cli() -> None:
             spelling for spelling in spelled if re.search(rf"(?<![\w-]){re.escape(spelling)}(?![\w-])", text)
         )
         assert found == [], f"pipeline/{module} spells {found}"
+
+
+def test_the_publish_step_is_loaded_with_the_trainer() -> None:
+    """The modules that write model.keras's SavedModel at a run's end are imported when the trainer
+    is: a run whose package was upgraded during its hours of training once failed at the very end,
+    its new trainer/predict.py asking the old trainer/heads.py for a name it did not have."""
+    import subprocess
+    import sys
+
+    script = "import sys, trainer.train; print(sorted(m for m in ('trainer.predict', 'trainer.backends') if m in sys.modules))"
+    completed = subprocess.run(
+        [sys.executable, "-c", script], cwd=REPO_ROOT, capture_output=True, text=True, timeout=300, check=True
+    )
+    assert completed.stdout.strip().splitlines()[-1] == "['trainer.backends', 'trainer.predict']"

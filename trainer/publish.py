@@ -14,7 +14,10 @@ from typing import Any
 import keras
 
 from schemas import output_rules
-from trainer import run_dir
+
+# Loaded with the trainer, not when a run ends: a package upgraded during a long run must not meet the
+# publish step as a mix of old modules (loaded at the start) and new ones (loaded at the end).
+from trainer import backends, predict, run_dir  # noqa: F401 (predict: the SavedModel export)
 from trainer.config import MODEL_FILE, SAVED_MODEL_DIR, TrainConfig
 
 
@@ -30,8 +33,6 @@ def publish_best(
     """The best (--keep-model last: the final) epoch's model (ModelCheckpoint's, aside) exported as a SavedModel, with the run's curves;
     returns its metrics. `watch`: the run's trainer.callbacks.RunCallbacks. model.keras itself is renamed
     into place by `model_into_place` once all is written."""
-    from trainer import backends
-
     if os.path.exists(watch.model_path):
         model = keras.saving.load_model(watch.model_path, compile=False)
     else:
