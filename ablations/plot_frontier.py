@@ -46,9 +46,9 @@ def main() -> None:
     import matplotlib.pyplot as plt
 
     rows = frontier_rows(DOCUMENT.read_text())
-    figure, axis = plt.subplots(figsize=(9, 5))
-    off_scale = []
-    for index, row in enumerate(rows):
+    figure, axis = plt.subplots(figsize=(13, 5.5))
+    off_scale, key = [], []
+    for number, row in enumerate(rows, start=1):
         minutes = float(row["train min"])
         worst, _, spread = row["worst code °"].partition("±")
         if float(worst) > TOP_DEGREES:  # the shortest runs: named in the title instead of squashing the rest
@@ -63,14 +63,12 @@ def main() -> None:
             color="tab:red" if several else "tab:blue",
             capsize=4,
         )
-        # Labels alternate above and below: points of similar minutes sit close together.
+        # Numbers beside the points, names in the key on the right: points of similar minutes and error
+        # sit too close together for their names.
         axis.annotate(
-            row["point"],
-            (minutes, float(worst)),
-            textcoords="offset points",
-            xytext=(6, 6 if index % 2 else -12),
-            fontsize=8,
+            str(number), (minutes, float(worst)), textcoords="offset points", xytext=(5, 4), fontsize=8
         )
+        key.append(f"{number}  {row['point']} ({float(worst):.2f}°)")
     axis.axhline(
         GOAL_DEGREES, color="tab:green", linestyle="--", label=f"goal: {GOAL_DEGREES}° under every code"
     )
@@ -89,7 +87,8 @@ def main() -> None:
     axis.set_title(title, fontsize=10)
     axis.grid(alpha=0.3, which="both")
     axis.legend(loc="upper right", fontsize=8)
-    figure.tight_layout()
+    figure.text(0.665, 0.5, "\n".join(key), fontsize=8, va="center", family="monospace")
+    figure.tight_layout(rect=(0, 0, 0.66, 1))
     try:  # written aside and renamed: a link at the name is replaced, never written through
         with output_rules.aside(FIGURE, suffix=".png") as handle:
             figure.savefig(handle, format="png", dpi=100)
