@@ -27,6 +27,7 @@ the exported SavedModel's endpoint.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -54,9 +55,17 @@ def circular_difference_degrees(a: np.ndarray, b: np.ndarray) -> np.ndarray:
 
 
 def bin_distances(bin_angles: Sequence[int]) -> np.ndarray:
-    """(bins, bins) float64: the circular distance in degrees between every pair of bins."""
+    """(bins, bins) float64, read-only: the circular distance in degrees between every pair of bins."""
+    return _bin_distances(tuple(int(angle) for angle in bin_angles))
+
+
+@functools.lru_cache(maxsize=8)
+def _bin_distances(bin_angles: tuple[int, ...]) -> np.ndarray:
+    # Made once per set of bins: every predicted batch (rotnet-serve, rotnet-evaluate) needs it.
     bins = np.asarray(bin_angles, np.float64)
-    return circular_difference_degrees(bins[:, np.newaxis], bins[np.newaxis, :])
+    distances = circular_difference_degrees(bins[:, np.newaxis], bins[np.newaxis, :])
+    distances.flags.writeable = False
+    return distances
 
 
 def least_error_bins(probabilities: np.ndarray, bin_angles: Sequence[int]) -> np.ndarray:
