@@ -161,6 +161,14 @@ def weights_file_problem(path: str) -> str | None:
     "way at every angle, so the model cannot lean on one resampling's look (trainer/data.py).",
 )
 @click.option(
+    "--warp/--no-warp",
+    default=DEFAULT["warp"],
+    show_default=True,
+    help="Resample half the training images through a small random elastic field (its rotation "
+    "removed, so the angle stays true) with a random kernel: nearest, bilinear or bicubic. New "
+    "handwriting and other rotation code's looks at every angle (trainer/augment.py).",
+)
+@click.option(
     "--epochs", type=int, default=DEFAULT["epochs"], show_default=True, help="Maximum number of epochs."
 )
 @click.option(

@@ -76,6 +76,9 @@ class TrainConfig:
     # Random blur/sharpening, noise and (RGB) JPEG re-encoding of training batches, drawn independently of
     # the angle (trainer.data.augment_images): the model sees many resamplings of every angle.
     augment: bool = False
+    # A rotation-free elastic resampling with a random kernel (nearest, bilinear, bicubic) of half the
+    # training images (trainer.augment.warp_batch): new handwriting and other rotation code's looks.
+    warp: bool = False
 
     # --- how long and how fast ---
     epochs: int = 50

@@ -18,8 +18,10 @@ The training chain, top to bottom (`training_dataset`):
                                            .unbatch() .batch() to full batches again
     .map(decode, targets)                  PNG/JPEG per image inside the batch map, raw vectorized;
                                            angle -> bin index -> the head's targets
-    .apply(_augment)                       only with --augment: blur/sharpen, noise, (RGB) JPEG,
-                                           stateless random from (seed, batch index), not the angle
+    .apply(_augment)                       only with --warp: a rotation-free elastic resampling with a
+                                           random kernel (trainer.augment, NumPy in both loaders);
+                                           only with --augment: blur/sharpen, noise, (RGB) JPEG;
+                                           random from (seed, batch index), never the angle
     .prefetch(AUTOTUNE)
 
 Preprocessing (binarize / scale / caffe, trainer.preprocessing, keras.ops) is the model's first layer
@@ -51,6 +53,7 @@ from trainer.augment import (
     AUGMENT_NOISE_MAX,
     AUGMENT_PROBABILITY,
     blur_radius,
+    warp_batch_seeded,
 )
 from trainer.config import TrainConfig
 from trainer.heads import Head
@@ -304,16 +307,35 @@ def _to_model_inputs(config: TrainConfig, head: Head, table: tf.Tensor) -> Calla
     return convert
 
 
+def warp_images(images, seed: int, index):
+    """--warp in the graph: trainer.augment.warp_batch_seeded through tf.numpy_function (OpenCV's
+    remap has no TensorFlow twin with nearest, bilinear and bicubic), so tf.data and the TF-free
+    loader warp a batch into the same bytes."""
+    warped = tf.numpy_function(
+        lambda pixels, batch_index: warp_batch_seeded(pixels, seed, int(batch_index)),
+        [images, index],
+        tf.uint8,
+        stateful=False,
+    )
+    return tf.ensure_shape(warped, images.shape)
+
+
 def _augment(config: TrainConfig) -> Callable[[tf.data.Dataset], tf.data.Dataset]:
-    """For `.apply`: --augment's draws for each batch, from the run's seed and the batch index
-    (stateless, angle-blind); the identity without --augment."""
-    if not config.augment:
+    """For `.apply`: --warp's then --augment's draws for each batch, from the run's seed and the batch
+    index (angle-blind); the identity without either."""
+    if not (config.augment or config.warp):
         return lambda batches: batches
     seed = tf.constant(config.seed, tf.int64)
-    return lambda batches: batches.enumerate().map(
-        lambda index, batch: (augment_images(batch[0], tf.stack([seed, index])), batch[1]),
-        num_parallel_calls=AUTOTUNE,
-    )
+
+    def augment_batch(index, batch):
+        images = batch[0]
+        if config.warp:
+            images = warp_images(images, int(config.seed), index)
+        if config.augment:
+            images = augment_images(images, tf.stack([seed, index]))
+        return images, batch[1]
+
+    return lambda batches: batches.enumerate().map(augment_batch, num_parallel_calls=AUTOTUNE)
 
 
 FIELDS = ("image_encoded", "angle_degrees")  # what training and validation read of a record

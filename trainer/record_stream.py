@@ -283,6 +283,7 @@ class BatchSpec:
     augment: bool
     seed: int
     batch_size: int  # the largest batch (shared-memory slots are this size)
+    warp: bool = False  # --warp (training batches only: off wherever `augment` is forced off)
 
     @classmethod
     def of(cls, config: TrainConfig, head: Head, augment: bool | None = None) -> BatchSpec:
@@ -298,6 +299,7 @@ class BatchSpec:
             config.augment if augment is None else augment,
             int(config.seed),
             int(config.global_batch_size),
+            bool(config.warp) and augment is not False,
         )
 
     def images_shape(self, count: int) -> tuple[int, int, int, int]:
@@ -312,10 +314,10 @@ def decode_batch(
     out: np.ndarray | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
     """Encoded records -> (uint8 images (B, H, W, C), the head's targets), with `augment` (default:
-    the spec's --augment) drawn from (seed, batch index): what trainer.data's maps make of a batch.
+    the spec's --augment; False also leaves out --warp) drawn from (seed, batch index): what trainer.data's maps make of a batch.
     `out`: the array to decode into (a shared-memory slot), else a new one."""
     from pipeline.codec import decode_image
-    from trainer.augment import augment_batch
+    from trainer.augment import augment_batch, warp_batch_seeded
     from trainer.heads import Head
 
     images = np.empty(spec.images_shape(len(records)), np.uint8) if out is None else out
@@ -335,6 +337,8 @@ def decode_batch(
             f"records of angles outside the model's bins: {sorted(set(angles[bins < 0]))}"
         )
     targets = Head(spec.head, spec.bin_angles, spec.sigma_degrees).targets(bins)
+    if spec.warp and augment is not False:
+        images[...] = warp_batch_seeded(images, spec.seed, batch_index)
     if spec.augment if augment is None else augment:
         images[...] = augment_batch(images, np.random.default_rng([spec.seed, 2, batch_index]))
     return images, targets
