@@ -78,7 +78,8 @@ def resolved_training(records: Path, **overrides):
     from trainer.config import TrainConfig, resolve
     from trainer.heads import Head
 
-    config = TrainConfig(records=str(records), output="unused", batch_size=8, shuffle_buffer=64, **overrides)
+    settings = {"batch_size": 8, "shuffle_buffer": 64, **overrides}
+    config = TrainConfig(records=str(records), output="unused", **settings)
     info = schemas.load_manifest(str(records))
     resolve(config, info)
     return config, info, Head(config.head, tuple(config.bin_angles), config.sigma_degrees)

@@ -100,6 +100,18 @@ def augment_batch(images: np.ndarray, rng: np.random.Generator) -> np.ndarray:
     return augmented
 
 
+def random_field(rng: np.random.Generator, height: int, width: int, amplitude_px: float) -> np.ndarray:
+    """(2, H, W) float32 x and y displacements in px: white noise smoothed by a Gaussian of
+    WARP_SMOOTH_FRACTION of the shorter side, scaled to the root-mean-square length `amplitude_px`."""
+    sigma = WARP_SMOOTH_FRACTION * min(height, width)
+    noise = rng.standard_normal((2, height, width), dtype=np.float32)
+    field = np.stack(
+        [cv2.GaussianBlur(plane, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for plane in noise]
+    )
+    length = float(np.sqrt((field**2).sum(axis=0).mean()))
+    return field * (np.float32(amplitude_px / length) if length > 0 else np.float32(0))
+
+
 def _rotation_free(field: np.ndarray, ink: np.ndarray) -> np.ndarray:
     """`field` (2, H, W) float32 (x, y displacements in px) less its least-squares rotation about the
     centroid of `ink` (H, W, non-negative weights); a field on an empty image is returned as it is."""
@@ -121,13 +133,10 @@ def _rotation_free(field: np.ndarray, ink: np.ndarray) -> np.ndarray:
 def warp_image(image: np.ndarray, rng: np.random.Generator, amplitude_px: float, kernel: int) -> np.ndarray:
     """uint8 (H, W, C) -> uint8 (H, W, C) resampled through a rotation-free random field of RMS length
     `amplitude_px` with OpenCV interpolation `kernel` (module docstring)."""
-    height, width, channels = image.shape
-    sigma = WARP_SMOOTH_FRACTION * min(height, width)
-    noise = rng.standard_normal((2, height, width), dtype=np.float32)
-    field = np.stack([cv2.GaussianBlur(plane, (0, 0), sigma, borderType=cv2.BORDER_REFLECT) for plane in noise])
-    length = float(np.sqrt((field**2).sum(axis=0).mean()))
-    field *= np.float32(amplitude_px / length) if length > 0 else np.float32(0)
-    field = _rotation_free(field, image.astype(np.float32).mean(axis=2))
+    height, width = image.shape[:2]
+    field = _rotation_free(
+        random_field(rng, height, width, amplitude_px), image.astype(np.float32).mean(axis=2)
+    )
     rows, cols = np.mgrid[0:height, 0:width].astype(np.float32)
     warped = cv2.remap(
         image, cols + field[0], rows + field[1], interpolation=kernel, borderMode=cv2.BORDER_REFLECT
