@@ -30,6 +30,7 @@ from trainer.config import (
     MAX_WIDTH,
     MIN_VALIDATION_RECORDS,
     MODELS,
+    POOLINGS,
     PRECISIONS,
     TrainConfig,
     TrainingError,
@@ -132,6 +133,15 @@ def weights_file_problem(path: str) -> str | None:
     default=None,
     help=f"mnist-cnn and mnist-cnn-bn only: the rate of both dropout layers, 0 to {MAX_DROPOUT:g}. "
     "Default: the model's own (mnist-cnn 0.25 as RotNet, mnist-cnn-bn 0.15).",
+)
+@click.option(
+    "--pool",
+    type=click.Choice(POOLINGS),
+    default=DEFAULT["pool"],
+    show_default=True,
+    help="mnist-cnn and mnist-cnn-bn only: how the pooling layers halve the image. max: 2x2 max pooling "
+    "(RotNet's); blur: the 2x2 max at stride 1, then a fixed binomial blur at stride 2 (anti-aliased "
+    "pooling, Zhang 2019: features that change less with how an image was resampled).",
 )
 @click.option(
     "--angles",

@@ -40,6 +40,11 @@ MAX_WIDTH = 3.0
 # Models with dropout layers that --dropout sets (each model's own rate when it is not given).
 DROPOUT_MODELS = ("mnist-cnn", "mnist-cnn-bn")
 MAX_DROPOUT = 0.9
+# How the MNIST CNNs' pooling layers downsample (--pool): "max", RotNet's 2x2 max pooling, or "blur", max
+# at stride 1 then a fixed binomial blur at stride 2 (anti-aliased: Zhang, "Making Convolutional
+# Networks Shift-Invariant Again", 2019), so the features change less with how an image was resampled.
+POOLINGS = ("max", "blur")
+POOL_MODELS = ("mnist-cnn", "mnist-cnn-bn")
 # Preprocessing of uint8 pixels, done by the models' first layer (trainer.models.Preprocess):
 #   binarize  RotNet's MNIST binarization (pixel / 255 >= 0.1 -> 1.0 else 0.0)
 #   scale     pixel / 255
@@ -70,6 +75,7 @@ class TrainConfig:
     sigma_degrees: float = 3.0  # circular-gaussian head: standard deviation of the soft label
     width: float = 1.0  # mnist-cnn-bn: every layer's filters and units times this (1.5: 48-48/96-96/192/384)
     dropout: float | None = None  # the MNIST CNNs' dropout rate; None = the model's own (0.25, bn: 0.15)
+    pool: str = "max"  # the MNIST CNNs' downsampling: max (RotNet's) or blur (anti-aliased; POOLINGS)
     angles: list[int] | None = None  # train on these angles only (labels remapped); None = all in shards
     max_images: float | None = None  # <= 1: fraction of training images; > 1: about that many (stable hash)
     binarize: bool | None = None  # None = RotNet's binarization for the MNIST CNNs on MNIST records
@@ -186,6 +192,10 @@ def check(config: TrainConfig) -> list[str]:
             problems.append(f"--dropout must be a rate from 0 to {MAX_DROPOUT:g}, not {config.dropout}")
         elif config.model not in DROPOUT_MODELS:
             problems.append(f"--dropout applies to {', '.join(DROPOUT_MODELS)}, not {config.model}")
+    if config.pool not in POOLINGS:
+        problems.append(f"--pool must be one of {', '.join(POOLINGS)}, not {config.pool!r}")
+    elif config.pool != "max" and config.model not in POOL_MODELS:
+        problems.append(f"--pool {config.pool} applies to {', '.join(POOL_MODELS)}, not {config.model}")
     if not (math.isfinite(config.weight_decay) and 0 <= config.weight_decay < 1):
         problems.append(
             f"--weight-decay must be a number from 0 up to (not including) 1, not {config.weight_decay}"

@@ -21,6 +21,7 @@ import contextlib
 from collections.abc import Iterator
 
 import keras
+import numpy as np
 
 from trainer.config import TrainConfig
 from trainer.heads import Head
@@ -68,10 +69,11 @@ def build_model(config: TrainConfig, head: Head) -> keras.Model:
         inputs = keras.Input(shape=(height, width, config.channels), dtype="uint8", name="image")
         pixels = Preprocess(config.preprocessing, name="preprocess")(inputs)
         if config.model == "mnist-cnn":
-            features = _rotnet_mnist_features(pixels, 0.25 if config.dropout is None else config.dropout)
+            dropout = 0.25 if config.dropout is None else config.dropout
+            features = _rotnet_mnist_features(pixels, dropout, config.pool)
         elif config.model == "mnist-cnn-bn":
             dropout = 0.15 if config.dropout is None else config.dropout
-            features = _mnist_bn_features(pixels, config.width, dropout)
+            features = _mnist_bn_features(pixels, config.width, dropout, config.pool)
         elif config.model in ("resnet50", "mobilenet-v3-small"):
             features = _backbone_features(pixels, config.model, config.weights or "imagenet")
         else:
@@ -81,12 +83,39 @@ def build_model(config: TrainConfig, head: Head) -> keras.Model:
         return keras.Model(inputs, outputs, name=config.model.replace("-", "_"))
 
 
-def _rotnet_mnist_features(inputs: keras.KerasTensor, dropout: float = 0.25) -> keras.KerasTensor:
+# --pool blur's filter: the 3-tap binomial [1, 2, 1] / 4 in each direction.
+BLUR_TAPS = np.array([1.0, 2.0, 1.0]) / 4.0
+
+
+def _pool(x: keras.KerasTensor, pool: str, name: str) -> keras.KerasTensor:
+    """Halve the height and width: 2x2 max pooling ("max"), or ("blur") the max of each 2x2 window at
+    stride 1, then a fixed, untrained binomial blur at stride 2, each channel on its own (anti-aliased
+    pooling, Zhang 2019). The zero padding puts each blurred output on the center of the 2x2 window
+    max pooling would have taken, so both give the same size and the same grid (activations are >= 0
+    after ReLU: zero is their floor, not a new value)."""
+    if pool == "max":
+        return keras.layers.MaxPooling2D(2, name=name)(x)
+    x = keras.layers.MaxPooling2D(2, strides=1, name=f"{name}_max")(x)
+    x = keras.layers.ZeroPadding2D(1, name=f"{name}_pad")(x)
+    kernel = np.outer(BLUR_TAPS, BLUR_TAPS)[:, :, np.newaxis, np.newaxis]
+    return keras.layers.DepthwiseConv2D(
+        3,
+        strides=2,
+        use_bias=False,
+        trainable=False,
+        depthwise_initializer=keras.initializers.Constant(kernel.tolist()),
+        name=f"{name}_blur",
+    )(x)
+
+
+def _rotnet_mnist_features(
+    inputs: keras.KerasTensor, dropout: float = 0.25, pool: str = "max"
+) -> keras.KerasTensor:
     """RotNet's train_mnist.py, layer for layer (64 filters, 3x3 kernels, 2x2 pooling, valid padding;
-    dropout 0.25 unless --dropout says otherwise)."""
+    dropout 0.25 unless --dropout says otherwise; --pool blur anti-aliases the pooling)."""
     x = keras.layers.Conv2D(64, 3, activation="relu", name="conv1")(inputs)
     x = keras.layers.Conv2D(64, 3, activation="relu", name="conv2")(x)
-    x = keras.layers.MaxPooling2D(2, name="pool")(x)
+    x = _pool(x, pool, "pool")
     x = keras.layers.Dropout(dropout, name="dropout1")(x)
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dense(128, activation="relu", name="dense")(x)
@@ -100,24 +129,24 @@ def _conv_bn(x: keras.KerasTensor, filters: int, name: str) -> keras.KerasTensor
 
 
 def _mnist_bn_features(
-    inputs: keras.KerasTensor, width: float = 1.0, dropout: float = 0.15
+    inputs: keras.KerasTensor, width: float = 1.0, dropout: float = 0.15, pool: str = "max"
 ) -> keras.KerasTensor:
     """32-32 / pool / 64-64 / pool / 128, batch-normalized, then dense 256: about RotNet's compute
     (~23 M multiply-adds per 28 px image), more depth, and the spatial layout kept to the dense layer
     (an angle is a spatial property; global pooling would throw it away). Dropout 0.15: with 0.3 the
     network underfit the 4,500 digits x 360 angles (5.81 vs 5.39 degrees after 100 epochs). `width`
     (--width) multiplies every count (rounded): the compute grows about as its square; `dropout`
-    (--dropout) is both dropout layers' rate."""
+    (--dropout) is both dropout layers' rate; `pool` (--pool) max or anti-aliased blur pooling."""
 
     def scaled(count: int) -> int:
         return max(1, round(count * width))
 
     x = _conv_bn(inputs, scaled(32), "block1a")
     x = _conv_bn(x, scaled(32), "block1b")
-    x = keras.layers.MaxPooling2D(2, name="pool1")(x)
+    x = _pool(x, pool, "pool1")
     x = _conv_bn(x, scaled(64), "block2a")
     x = _conv_bn(x, scaled(64), "block2b")
-    x = keras.layers.MaxPooling2D(2, name="pool2")(x)
+    x = _pool(x, pool, "pool2")
     x = _conv_bn(x, scaled(128), "block3")
     x = keras.layers.Flatten(name="flatten")(x)
     x = keras.layers.Dropout(dropout, name="dropout1")(x)
