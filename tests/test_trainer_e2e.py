@@ -162,18 +162,24 @@ def test_bad_keep_model_and_jit_compile_are_one_line(tmp_path: Path, option: str
 
 
 @pytest.mark.parametrize(
-    ("option", "value", "message"),
+    ("arguments", "message"),
     [
-        ("--dropout", "1.5", "--dropout must be a rate from 0 to 0.9, not 1.5"),
-        ("--dropout", "lots", "Invalid value for '--dropout'"),
-        ("--weight-decay", "-1", "--weight-decay must be a number from 0 up to (not including) 1, not -1.0"),
+        (["--dropout", "1.5"], "--dropout must be a rate from 0 to 0.9, not 1.5"),
+        (["--dropout", "lots"], "Invalid value for '--dropout'"),
+        (
+            ["--weight-decay", "-1"],
+            "--weight-decay must be a number from 0 up to (not including) 1, not -1.0",
+        ),
+        (["--pool", "avg"], "Invalid value for '--pool'"),
+        (
+            ["--pool", "blur", "--model", "resnet50"],
+            "--pool blur applies to mnist-cnn, mnist-cnn-bn, not resnet50",
+        ),
     ],
 )
-def test_bad_dropout_and_weight_decay_are_one_line(
-    tmp_path: Path, option: str, value: str, message: str
-) -> None:
+def test_bad_model_options_are_one_line(tmp_path: Path, arguments: list[str], message: str) -> None:
     result = CliRunner().invoke(
-        train_main, ["--records", str(tmp_path), "--output", str(tmp_path / "out"), option, value]
+        train_main, ["--records", str(tmp_path), "--output", str(tmp_path / "out"), *arguments]
     )
     assert result.exit_code == 2 and message in result.output
     assert "Traceback" not in result.output and not (tmp_path / "out").exists()

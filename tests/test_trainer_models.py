@@ -456,3 +456,66 @@ def test_weight_decay_compiles_adamw_that_decays_kernels_only() -> None:
     assert kernels and decayed == kernels  # 6 conv/dense kernels + the head's; no gamma, beta or bias
     plain = _compiled_model(_config(model="mnist-cnn-bn"), head, NoStrategy()).optimizer
     assert type(plain) is keras.optimizers.Adam
+
+
+@pytest.mark.parametrize(
+    ("model", "pool", "expected"),
+    [
+        ("mnist-cnn-bn", "blur", None),
+        ("mnist-cnn", "blur", None),
+        ("resnet50", "max", None),
+        ("mnist-cnn-bn", "avg", "--pool must be one of max, blur, not 'avg'"),
+        ("resnet50", "blur", "--pool blur applies to mnist-cnn, mnist-cnn-bn, not resnet50"),
+    ],
+)
+def test_pool_is_checked(model: str, pool: str, expected: str | None) -> None:
+    problems = check(TrainConfig(model=model, pool=pool))
+    assert problems == ([] if expected is None else [expected])
+
+
+@pytest.mark.parametrize("model", ["mnist-cnn", "mnist-cnn-bn"])
+def test_blur_pooling_keeps_the_grid_and_blurs_with_fixed_weights(model: str, tmp_path) -> None:
+    """--pool blur: the same feature sizes as max pooling (the dense layers unchanged), a binomial
+    filter that training does not move and that sums to 1, and a model that saves and reloads."""
+    import keras
+
+    from trainer.models import build_model
+
+    head = Head("circular-gaussian", ALL_BINS)
+    plain = build_model(_config(model=model), head)
+    blurred = build_model(_config(model=model, pool="blur"), head)
+    assert [layer.output.shape for layer in plain.layers if layer.name.startswith(("flatten", "dense"))] == [
+        layer.output.shape for layer in blurred.layers if layer.name.startswith(("flatten", "dense"))
+    ]
+    blurs = [layer for layer in blurred.layers if layer.name.endswith("_blur")]
+    assert len(blurs) == (1 if model == "mnist-cnn" else 2)
+    for layer in blurs:
+        (kernel,) = layer.get_weights()
+        assert not layer.trainable and layer.strides == (2, 2)
+        np.testing.assert_allclose(kernel[:, :, 0, 0], np.outer([1, 2, 1], [1, 2, 1]) / 16)
+        np.testing.assert_allclose(kernel.sum(axis=(0, 1)), 1.0)
+    assert blurred.count_params() - plain.count_params() == sum(layer.count_params() for layer in blurs)
+    assert all(weight.trainable is False for layer in blurs for weight in layer.weights)
+    blurred.save(tmp_path / "model.keras")
+    reloaded = keras.saving.load_model(tmp_path / "model.keras", compile=False)
+    images = np.random.default_rng(0).integers(0, 256, (3, 28, 28, 1), dtype=np.uint8)
+    np.testing.assert_allclose(np.asarray(reloaded(images)), np.asarray(blurred(images)), atol=1e-6)
+
+
+def test_blur_pooling_centers_each_output_on_max_poolings_window() -> None:
+    """One bright pixel at (2k, 2k) (or 2k + 1): max pooling puts it in output k; blur pooling's peak is
+    in output k too, so both see the image on one grid."""
+    import keras
+
+    from trainer.models import _pool
+
+    for row in (6, 7):
+        image = np.zeros((1, 14, 14, 1), np.float32)
+        image[0, row, row, 0] = 1.0
+        inputs = keras.Input((14, 14, 1))
+        blur = keras.Model(inputs, _pool(inputs, "blur", "p"))
+        maximum = keras.Model(inputs, _pool(inputs, "max", "q"))
+        blurred = np.asarray(blur(image))[0, :, :, 0]
+        assert np.asarray(maximum(image))[0, row // 2, row // 2, 0] == 1.0
+        assert np.unravel_index(blurred.argmax(), blurred.shape) == (row // 2, row // 2)
+        assert blurred.shape == (7, 7) and abs(blurred.sum() - 1.0) < 1e-6  # nothing lost at the center
