@@ -361,6 +361,7 @@ def evaluate_rotation_codes(
     source_dir: str | None = None,
     batch_size: int = 256,
     predictor: Any = None,
+    served: bool = True,
 ) -> Any:
     """trainer.robustness.evaluate_codes on the original images of `split` (trainer.robustness.
     load_source_images), with the records' crop, crop scale, resampling and angles (their manifest);
@@ -396,6 +397,7 @@ def evaluate_rotation_codes(
         angles_degrees=info.angles_degrees,
         batch_size=batch_size,
         rendering=config.get("rendering", "angle-independent"),
+        served=served,
     )
 
 

@@ -26,7 +26,7 @@ from schemas.angles import EXAMPLES as ANGLE_EXAMPLES
 from trainer.evaluate import evaluate as _evaluate
 from trainer.evaluate import evaluate_rotation_codes as _evaluate_codes
 from trainer.options import batch_size_option, tta_option
-from trainer.robustness import ROTATION_CODES
+from trainer.robustness import CODES_INPUTS, ROTATION_CODES
 
 # The defaults of evaluate() and evaluate_rotation_codes(), spelled there.
 DEFAULT = {name: parameter.default for name, parameter in inspect.signature(_evaluate).parameters.items()}
@@ -136,6 +136,16 @@ def _evaluate_with_progress(model, records, split, tta, batch_size, max_records,
     help="Random angles per original image for --rotation-codes.",
 )
 @click.option(
+    "--codes-input",
+    type=click.Choice(CODES_INPUTS),
+    default=CODES_INPUTS[0],
+    show_default=True,
+    help="How each code's turned image reaches the model. served: as rotnet-correct, rotnet-serve and the "
+    "rotnet API serve any photo, through the records' preparation (Predictor.prepare: their low-pass and "
+    "resampling to the model's size). raw: resized and given to the model as it is (how rotnet measured "
+    "the codes before; at MNIST's 28 px it skips the records' low-pass).",
+)
+@click.option(
     "--codes-seed", type=int, default=CODES_DEFAULT["seed"], show_default=True, help="Seed of those angles."
 )
 @click.option(
@@ -159,6 +169,7 @@ def main(
     rotation_codes: str | None,
     codes_angles_per_image: int,
     codes_seed: int,
+    codes_input: str,
     source_dir: str | None,
 ) -> None:
     """Score a trained model on every record of a split: how many degrees off are its predictions?"""
@@ -185,6 +196,7 @@ def main(
             report = evaluate_rotation_codes(
                 model, records, split, codes, tta=sorted({1, int(tta)}), seed=codes_seed,
                 angles_per_image=codes_angles_per_image, source_dir=source_dir, batch_size=batch_size,
+                served=codes_input == "served",
             )  # fmt: skip
             result.rotation_codes = report.to_dict()
     except ManifestError as error:

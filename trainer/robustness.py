@@ -21,14 +21,23 @@ Codes (angles in degrees, counter-clockwise; images HWC uint8; `render` returns 
                 at an angle)
 
 Without a crop (MNIST) the codes turn the square at the output resolution, corners black. With the
-crop (photos) they turn the full-resolution square, cut the rectangle the records show
+crop (photos) they turn the full-resolution square and cut the rectangle the records show
 (geometry.view_crop: the angle's largest fill-free rectangle, or with crop scale "constant" the
-tightest one of the records' angles, as the records) and resize it to the output (area averaging). Pure
-NumPy/OpenCV/PIL/scikit-image: importing this module imports no TensorFlow.
+tightest one of the records' angles, as the records).
+
+Served (the default, `served_view`): what a code makes is the photo a user brings, so it reaches the
+model the way rotnet-correct, rotnet-serve and the rotnet API serve every photo: through the records'
+preparation, geometry.upright_view with the model's view (Predictor.prepare: the records' low-pass and
+resampling to the model's size; with a crop, the code has cut the rectangle already, so it is not cut
+twice). Raw (`served_view=None`, `--codes-input raw`): the code's image resized to the model's size
+(area averaging) and given to the model as it is, as rotnet measured it before; at 28 px that skips the
+records' 0.8 px low-pass, so every code looks sharper to the model than any record (PIL's bicubic the
+sharpest). Pure NumPy/OpenCV/PIL/scikit-image: importing this module imports no TensorFlow.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -44,6 +53,7 @@ from schemas.record import example_key
 from trainer.heads import circular_difference_degrees
 
 ROTATION_CODES = ("pipeline", "cv2-bilinear", "pil-bicubic", "skimage", "supersampled")
+CODES_INPUTS = ("served", "raw")  # how the codes' images reach the model (rotnet-evaluate --codes-input)
 WITHIN_DEGREES = (2, 5, 10)
 SUPERSAMPLE_FACTOR = 4
 
@@ -99,14 +109,28 @@ def _skimage_turn(square: np.ndarray, angle_degrees: float, expand: bool) -> np.
     return np.clip(np.rint(turned), 0, 255).astype(np.uint8)
 
 
-def _crop_resize(
-    turned: np.ndarray, width: int, height: int, angle_degrees: float, image_size: int, view: geometry.View
+def _crop(
+    turned: np.ndarray, width: int, height: int, angle_degrees: float, view: geometry.View
 ) -> np.ndarray:
     """The rectangle the records show (geometry.view_crop: each angle's largest, or the constant one)."""
     crop_width, crop_height = geometry.view_crop(width, height, view, angle_degrees)
-    return geometry.resize(
-        np.ascontiguousarray(geometry.crop_around_center(turned, crop_width, crop_height)), image_size
-    )
+    return np.ascontiguousarray(geometry.crop_around_center(turned, crop_width, crop_height))
+
+
+def serve(photo: np.ndarray, view: geometry.View) -> np.ndarray:
+    """A code's image (HWC uint8, any size) as a model with records' `view` is served it: the
+    preparation every inference path runs (geometry.upright_view, what Predictor.prepare calls), the
+    view's crop left out because the code cut the records' rectangle already."""
+    return geometry.upright_view(photo, dataclasses.replace(view, crop_largest_rect=False))
+
+
+def _deliver(photo: np.ndarray, image_size: int, served_view: geometry.View | None) -> np.ndarray:
+    """The code's image at the model's size: served (module docstring), or raw (resized)."""
+    if served_view is None:
+        return geometry.resize(photo, image_size)
+    if served_view.image_size != image_size:
+        raise ValueError(f"the served view is {served_view.image_size} px, the codes render {image_size} px")
+    return serve(photo, served_view)
 
 
 def render(
@@ -121,12 +145,14 @@ def render(
     crop_scale: str = "largest",
     angles_degrees: Sequence[int] = range(360),
     rendering: str = "angle-independent",
+    served_view: geometry.View | None = None,
 ) -> np.ndarray:
     """`image` (an original HWC uint8 source, center-cropped to its square here) turned by the angle
     with rotation code `code`, at image_size x image_size. With the crop, every code shows the
     rectangle the records show: `crop_scale` with `angles_degrees` (the records' angle set) decides it
     (geometry.view_crop). `key`, `resampling` and `rendering` apply to "pipeline" only: the
-    pipeline's own rendering (pipeline.rotations) with the records' options."""
+    pipeline's own rendering (pipeline.rotations) with the records' options; the other codes' images
+    are served with `served_view` (the model's view: `serve`), or resized raw without it."""
     square = _square(image)
     side = square.shape[0]
     view = geometry.View(
@@ -146,25 +172,27 @@ def render(
             fine = _hwc(cv2.resize(square, (size, size), interpolation=cv2.INTER_CUBIC), square.shape[2])
         turned = _cv2_turn(fine, angle_degrees, crop_largest_rect, cv2.INTER_CUBIC)
         if crop_largest_rect:
-            return _crop_resize(turned, fine.shape[1], fine.shape[0], angle_degrees, image_size, view)
-        return geometry.resize(turned, image_size)
+            turned = _crop(turned, fine.shape[1], fine.shape[0], angle_degrees, view)
+        return _deliver(turned, image_size, served_view)
     if code not in ROTATION_CODES:
         raise ValueError(f"rotation code {code!r} is not one of {', '.join(ROTATION_CODES)}")
     if not crop_largest_rect:
         # At the output resolution, as RotNet turns MNIST digits.
         small = geometry.resize(square, image_size)
         if code == "cv2-bilinear":
-            return _cv2_turn(small, angle_degrees, False, cv2.INTER_LINEAR)
-        if code == "pil-bicubic":
-            return _pil_turn(small, angle_degrees, False)
-        return _skimage_turn(small, angle_degrees, False)
+            turned = _cv2_turn(small, angle_degrees, False, cv2.INTER_LINEAR)
+        elif code == "pil-bicubic":
+            turned = _pil_turn(small, angle_degrees, False)
+        else:
+            turned = _skimage_turn(small, angle_degrees, False)
+        return _deliver(turned, image_size, served_view)
     if code == "cv2-bilinear":
         turned = _cv2_turn(square, angle_degrees, True, cv2.INTER_LINEAR)
     elif code == "pil-bicubic":
         turned = _pil_turn(square, angle_degrees, True)
     else:
         turned = _skimage_turn(square, angle_degrees, True)
-    return _crop_resize(turned, side, side, angle_degrees, image_size, view)
+    return _deliver(_crop(turned, side, side, angle_degrees, view), image_size, served_view)
 
 
 # --- Source images of a split ----------------------------------------------------------------------
@@ -227,11 +255,14 @@ class RobustnessReport:
     seed: int
     rows: list[CodeRow] = field(default_factory=list)
     worst_over_best: dict[str, float] = field(default_factory=dict)  # "tta N" -> worst mean / best mean
+    served: bool = True  # each code's image through the records' preparation (module docstring), or raw
 
     def table(self) -> str:
+        how = "served as a photo (Predictor.prepare)" if self.served else "raw (resized, no preparation)"
         lines = [
             f"rotation codes on the {self.split} split's original images: {self.num_images:,} images x "
-            f"{self.angles_per_image} random angles (seed {self.seed}), the same for every code",
+            f"{self.angles_per_image} random angles (seed {self.seed}), the same for every code; "
+            f"the codes' images {how}",
             f"{'code':<14} tta    mean  median     p95  within 2 / 5 / 10 deg",
             *(row.line() for row in self.rows),
         ]
@@ -253,9 +284,11 @@ def _render_angles(
     crop_scale: str,
     angles_degrees: Sequence[int],
     rendering: str = "angle-independent",
+    served_view: geometry.View | None = None,
 ) -> list[np.ndarray]:
     """`render` at several angles; the pipeline code prepares the image once for all of them, with the
-    pipeline's own functions (pipeline.rotations) and the records' rendering options."""
+    pipeline's own functions (pipeline.rotations) and the records' rendering options (its images are
+    records: never served again)."""
     if code == "pipeline":
         source = rotations.prepare(
             _square(image),
@@ -278,6 +311,7 @@ def _render_angles(
             crop_largest_rect,
             crop_scale=crop_scale,
             angles_degrees=angles_degrees,
+            served_view=served_view,
         )
         for angle in angles
     ]
@@ -318,11 +352,15 @@ def evaluate_codes(
     batch_size: int = 256,
     progress: Callable[[int], None] | None = None,
     rendering: str = "angle-independent",
+    served: bool = True,
 ) -> RobustnessReport:
     """Turn every image by the same random angles with each code, predict (`predictor.predict(images,
     batch_size, tta)`, trainer.predict.Predictor), and score each code and tta.
 
     "pipeline" uses the record key example_key(dataset, split, image_id, angle), as the records did.
+    `served`: the other codes' images reach the model through its own view's preparation (`serve`,
+    what Predictor.prepare runs); a model saved without a view (before rotnet 0.3) is served them
+    resized, as Predictor.prepare serves it.
     """
     unknown = [code for code in codes if code not in ROTATION_CODES]
     if unknown:
@@ -330,6 +368,7 @@ def evaluate_codes(
     image_size = int(predictor.image_size[0])
     angles = draw_angles(len(images), angles_per_image, seed, predictor.head.bin_angles)
     true_angles = angles.ravel()
+    served_view = getattr(predictor, "view", None) if served else None
     rows = []
     for code in codes:
         batch = np.stack(
@@ -347,6 +386,7 @@ def evaluate_codes(
                     crop_scale,
                     angles_degrees,
                     rendering,
+                    served_view,
                 )
             ]
         )
@@ -359,4 +399,4 @@ def evaluate_codes(
     for augmentation in tta:
         means = [row.mean_error_degrees for row in rows if row.tta == augmentation]
         ratios[f"tta {augmentation}"] = max(means) / min(means) if min(means) > 0 else math.inf
-    return RobustnessReport(split, len(images), angles_per_image, seed, rows, ratios)
+    return RobustnessReport(split, len(images), angles_per_image, seed, rows, ratios, served)

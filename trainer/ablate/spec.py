@@ -38,6 +38,7 @@ EVALUATE_KEYS: dict[str, type] = {
     "max_records": int,
     "codes_angles_per_image": int,
     "codes_seed": int,
+    "codes_input": str,
     "source_dir": str,
     "angles": str,
 }
@@ -268,6 +269,11 @@ def _check_evaluate_value(key: str, value: Any, where: str) -> None:
         raise SpecError(f"{where}: {key} must be a non-empty string, not {value!r}")
     if key == "tta" and value not in TTAS:
         raise SpecError(f"{where}: tta must be 1, 2 or 4, not {value}")
+    if key == "codes_input":
+        from trainer.robustness import CODES_INPUTS
+
+        if value not in CODES_INPUTS:
+            raise SpecError(f"{where}: codes_input must be {' or '.join(CODES_INPUTS)}, not {value!r}")
 
 
 def _check_rotation_codes(codes: str, where: str) -> None:
