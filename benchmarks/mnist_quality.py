@@ -15,8 +15,10 @@ Each arm runs exactly these commands:
 
     rotnet-pipeline --dataset mnist --mnist-dir ../shared/data/mnist-5k --output-dir RECORDS [--rendering legacy]
     rotnet-train --records RECORDS --output RUN <TRAIN_ARGS>
-    rotnet-evaluate --model RUN --records RECORDS --split validation --tta 1 --rotation-codes all
-    rotnet-evaluate --model RUN --records RECORDS --split validation --tta 4 --rotation-codes all
+    rotnet-evaluate --model RUN --records RECORDS --split validation --tta 1 --rotation-codes all \
+        --codes-angles-per-image 32 --codes-input served
+    rotnet-evaluate --model RUN --records RECORDS --split validation --tta 4 --rotation-codes all \
+        --codes-angles-per-image 32 --codes-input served
 
 The pipeline splits the 5,000 digits ~4,500/500 by a hash of the image id and writes all 360 rotations
 of each; evaluation scores every rotation of every validation digit on the records, and, with

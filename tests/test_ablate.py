@@ -82,6 +82,7 @@ def _invoke(*args: str):
         ("[base]\naugment = 1\n", 4, "augment takes true or false"),
         ("[base]\nseed = 3\n", 4, "'seed' is set by rotnet-ablate"),
         ("[evaluate]\ntta = 3\n", 4, "tta must be 1, 2 or 4"),
+        ('[evaluate]\ncodes_input = "cooked"\n', 4, "codes_input must be served or raw, not 'cooked'"),
         ('[evaluate]\nsplitt = "validation"\n', 4, "unknown [evaluate] key 'splitt'"),
         ('[evaluate]\nrotation_codes = "pipeline,nearest"\n', 4, "unknown rotation codes nearest"),
         ('[[arm]]\nname = "a"\n\n[[arm]]\nname = "b"\nlr = -1.0\n', 8, "--lr must be a positive"),

@@ -50,5 +50,14 @@ def test_evaluate_cli_scores_every_rotation_code(tmp_path: Path, shared_data: Pa
     num_images = len(sources["validation"])
     assert all(row["num_predictions"] == 2 * num_images for row in rows)
     assert set(evaluation["rotation_codes"]["worst_over_best"]) == {"tta 1", "tta 4"}
+    assert evaluation["rotation_codes"]["served"] is True and "served as a photo" in result.output
+    raw_output = tmp_path / "evaluation-raw"
+    raw_arguments = [*arguments[:5], str(raw_output), "--tta", "1", "--rotation-codes", "all"]
+    result = CliRunner().invoke(evaluate_main, [*raw_arguments, "--codes-input", "raw"])
+    assert result.exit_code == 0, result.output
+    assert json.loads((raw_output / "evaluation.json").read_text())["rotation_codes"]["served"] is False
+    result = CliRunner().invoke(evaluate_main, [*raw_arguments, "--codes-input", "cooked"])
+    assert result.exit_code == 2 and "Invalid value for '--codes-input'" in result.output
+    assert "Traceback" not in result.output
     result = CliRunner().invoke(evaluate_main, [*arguments, "--rotation-codes", "pipeline,nearest"])
     assert result.exit_code != 0 and "unknown rotation codes nearest" in result.output

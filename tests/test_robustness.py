@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 
 import schemas
-from pipeline import codec, local_writer
+from pipeline import codec, geometry, local_writer
 from schemas import tfrecord_file
 from schemas.record import example_key
 from schemas.splits import assign_split
@@ -124,6 +124,92 @@ def test_evaluate_codes_scores_every_code_on_the_same_angles() -> None:
     assert np.array_equal(
         robustness.draw_angles(12, 5, 3, range(360)), robustness.draw_angles(12, 5, 3, range(360))
     )
+
+
+class _RecordingPredictor(_BlobPredictor):
+    """A served model: the records' view (MNIST: 28 px grey, no crop), Predictor.prepare's preparation,
+    and every batch it is given kept."""
+
+    view = geometry.View(28, 1)
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.batches: list[np.ndarray] = []
+
+    def prepare(self, image: np.ndarray) -> np.ndarray:
+        return geometry.upright_view(image, self.view)  # what trainer.predict.Predictor.prepare runs
+
+    def predict(self, images, batch_size: int = 64, tta: int = 1) -> _Prediction:
+        self.batches.append(np.asarray(images).copy())
+        return super().predict(images, batch_size, tta)
+
+
+def test_each_codes_image_is_served_as_a_photo_pixel_for_pixel() -> None:
+    """--codes-input served: every independent code's turned digit reaches the model exactly as
+    Predictor.prepare serves that photo (the supersampled code's photo is its 4x turn); the pipeline code's images are records and are not prepared
+    again; raw gives the turned digits themselves, as before."""
+    images = [(f"{index:05d}", _marked_image(28, 1)) for index in range(4)]
+    options = {"dataset": "mnist", "split": "validation", "crop_largest_rect": False, "seed": 5}
+    served, raw = _RecordingPredictor(), _RecordingPredictor()
+    served_report = robustness.evaluate_codes(served, images, angles_per_image=3, **options)
+    raw_report = robustness.evaluate_codes(raw, images, angles_per_image=3, served=False, **options)
+    assert served_report.served and not raw_report.served
+    assert "served as a photo" in served_report.table() and "raw" in raw_report.table()
+    assert served_report.to_dict()["served"] is True
+    for code, served_batch, raw_batch in zip(
+        robustness.ROTATION_CODES, served.batches, raw.batches, strict=True
+    ):
+        if code == "pipeline":
+            assert np.array_equal(served_batch, raw_batch)
+            continue
+        prepared = np.stack([served.prepare(photo) for photo in raw_batch])
+        if code == "supersampled":
+            # Its photo is the 4x turn (112 px), served from that resolution: close to, not equal to,
+            # serving its 28 px reduction.
+            assert np.abs(served_batch.astype(int) - prepared.astype(int)).mean() < 3, code
+        else:  # the codes that turn at 28 px, as RotNet turns digits: the photo is their image
+            assert np.array_equal(served_batch, prepared), code
+        assert not np.array_equal(served_batch, raw_batch), code  # the records' low-pass was applied
+    for row in served_report.rows:  # still read at the right angles by an oracle
+        assert row.mean_error_degrees < 4, row
+
+
+def test_a_model_without_a_view_is_given_the_codes_images_resized() -> None:
+    images = [(f"{index:05d}", _marked_image(28, 1)) for index in range(3)]
+    options = {"dataset": "mnist", "split": "validation", "crop_largest_rect": False, "angles_per_image": 2}
+    viewless, raw = _BlobPredictor(), _RecordingPredictor()
+    viewless.batches, viewless_predict = [], viewless.predict
+
+    def keep(images, batch_size: int = 64, tta: int = 1):
+        viewless.batches.append(np.asarray(images).copy())
+        return viewless_predict(images, batch_size, tta)
+
+    viewless.predict = keep
+    robustness.evaluate_codes(viewless, images, **options)
+    robustness.evaluate_codes(raw, images, served=False, **options)
+    assert all(np.array_equal(a, b) for a, b in zip(viewless.batches, raw.batches, strict=True))
+
+
+@pytest.mark.parametrize("crop_scale", ["largest", "constant"])
+def test_with_a_crop_the_served_image_is_the_codes_rectangle_prepared_once(crop_scale: str) -> None:
+    """Photos: the code cuts the records' rectangle from its full-resolution turn; serving it is the
+    records' low-pass and resampling of that rectangle, not a second crop."""
+    photo = _marked_image(300, 3)
+    view = geometry.View(64, 3, crop_largest_rect=True, crop_scale=crop_scale)
+    for angle in (0, 30, 135):
+        served = robustness.render(
+            "cv2-bilinear", photo, angle, 64, True, crop_scale=crop_scale, served_view=view
+        )
+        raw = robustness.render("cv2-bilinear", photo, angle, 64, True, crop_scale=crop_scale)
+        assert served.shape == raw.shape == (64, 64, 3)
+        difference = abs((_blob_angle(served) - angle + 180) % 360 - 180)
+        assert difference < 2, (angle, _blob_angle(served))
+        # The same field of view (a second constant crop would zoom in by sqrt 2 and push the blob out).
+        assert np.abs(served.astype(int) - raw.astype(int)).mean() < 6
+    with pytest.raises(ValueError, match="served view is 32 px"):
+        robustness.render(
+            "pil-bicubic", photo, 10, 64, True, served_view=geometry.View(32, 3, crop_largest_rect=True)
+        )
 
 
 def test_mnist_source_images_are_the_pipelines_split_and_the_pipeline_code_is_the_record(
